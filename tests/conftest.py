@@ -1,0 +1,32 @@
+"""Shared fixtures: synthetic volumes, the real FIB-SEM data in ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TOKENUNIFY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder with the real medulla FIB-SEM volumes; skips the test when it is absent."""
+    if not (SHARED_DATA / "medulla-labeled" / "test-image.h5").exists():
+        pytest.skip(
+            f"real EM data not found at {SHARED_DATA} (expected ../shared/data beside the repo, "
+            "or set TOKENUNIFY_SHARED_DATA)"
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_small():
+    """A small isotropic synthetic EM volume (32, 64, 64) with labels, seed 0."""
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    return make_synthetic_volume((32, 64, 64), seed=0)
