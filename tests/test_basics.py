@@ -55,3 +55,20 @@ def test_synthetic_volume_is_reproducible_and_em_like():
 def test_synthetic_anisotropic_voxel_size():
     v = make_synthetic_volume((8, 32, 32), anisotropy=4, seed=0)
     assert v.voxel_size == (40.0, 10.0, 10.0)
+
+
+def test_labels_to_affinities_convention():
+    from napari_tokenunify.affinities import labels_to_affinities
+
+    lab = np.zeros((2, 3, 3), dtype=np.uint32)
+    lab[:, :, :2] = 1
+    lab[:, :, 2] = 2
+    lab[0, 0, 0] = 0
+    affs, mask = labels_to_affinities(lab)
+    assert affs.shape == (3, 2, 3, 3)
+    # x affinity at (z, y, 1) links to (z, y, 0): same id 1 -> 1, except where label 0 is involved
+    assert affs[2, 1, 1, 1] == 1 and affs[2, 0, 0, 1] == 0
+    # across the 1|2 border in x there is no connection
+    assert affs[2, 1, 1, 2] == 0
+    # z affinity of the first section has no neighbour: masked out
+    assert mask[0, 0].sum() == 0 and mask[0, 1].all()
