@@ -1,0 +1,332 @@
+"""Proofreading edits on a neuron label volume (pure numpy; no Qt, no napari).
+
+Every edit function leaves ``labels`` untouched and returns an :class:`Edit`: the bounding box of
+the change plus the label values there before and after. The napari widgets apply an edit through
+the Labels layer's history-recording API (so napari's undo works) and keep the edits in an
+:class:`EditLog`, which tells finetuning which regions a person has corrected. Library users call
+:func:`apply_edit`.
+
+Affinity volumes follow :mod:`napari_tokenunify.affinities`: channels first, ``(C, Z, Y, X)``,
+values in [0, 1], channel ``c`` linking voxel v and v - offsets[c].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+Region = tuple[slice, slice, slice]
+
+
+class ProofreadError(ValueError):
+    """A proofreading request that cannot be carried out (message says why and what to do)."""
+
+
+@dataclass
+class Edit:
+    """One change to a label volume, confined to ``region`` (a bounding box of slices)."""
+
+    kind: str
+    region: Region
+    before: np.ndarray
+    after: np.ndarray
+    ids: tuple[int, ...] = ()
+
+    @property
+    def changed(self) -> np.ndarray:
+        """Boolean mask (shape of the region) of the voxels whose label changes."""
+        return self.before != self.after
+
+    @property
+    def n_changed(self) -> int:
+        return int(np.count_nonzero(self.changed))
+
+    def changed_indices(self) -> tuple[np.ndarray, ...]:
+        """Full-volume index arrays of the changed voxels (fancy indexing, as napari expects)."""
+        local = np.nonzero(self.changed)
+        return tuple(idx + sl.start for idx, sl in zip(local, self.region, strict=True))
+
+    def changed_values(self) -> np.ndarray:
+        return self.after[self.changed]
+
+
+def _check_labels(labels: np.ndarray) -> None:
+    if labels.ndim != 3:
+        raise ProofreadError(f"labels must be a 3D volume (z, y, x), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ProofreadError(f"labels must hold integer ids, got dtype {labels.dtype}")
+
+
+def _present(labels: np.ndarray, label_id: int) -> np.ndarray:
+    mask = labels == label_id
+    if label_id == 0:
+        raise ProofreadError("label 0 is background; pick a neuron label (a non-zero id)")
+    if not mask.any():
+        raise ProofreadError(f"label {label_id} does not occur in the labels layer")
+    return mask
+
+
+def _bbox_of(mask: np.ndarray, pad: int = 0) -> Region:
+    coords = np.nonzero(mask)
+    return tuple(
+        slice(max(int(c.min()) - pad, 0), min(int(c.max()) + 1 + pad, size))
+        for c, size in zip(coords, mask.shape, strict=True)
+    )  # type: ignore[return-value]
+
+
+def _union_region(a: Region, b: Region) -> Region:
+    return tuple(
+        slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
+    )  # type: ignore[return-value]
+
+
+def next_free_id(labels: np.ndarray) -> int:
+    """An id not used in ``labels`` (one more than the largest)."""
+    return int(labels.max(initial=0)) + 1
+
+
+def label_bbox(labels: np.ndarray, label_id: int) -> Region:
+    """Bounding box (slices) of ``label_id``."""
+    _check_labels(labels)
+    return _bbox_of(_present(labels, label_id))
+
+
+def label_centroid(labels: np.ndarray, label_id: int) -> tuple[float, float, float]:
+    """Centre of mass of ``label_id`` in voxel coordinates (z, y, x)."""
+    _check_labels(labels)
+    mask = _present(labels, label_id)
+    return tuple(float(c) for c in ndi.center_of_mass(mask))  # type: ignore[return-value]
+
+
+def label_at(labels: np.ndarray, point: Sequence[float]) -> int:
+    """The id at a (z, y, x) point, rounded to the nearest voxel; an error when outside."""
+    idx = tuple(int(round(float(p))) for p in point)
+    if len(idx) != labels.ndim or any(
+        not 0 <= i < s for i, s in zip(idx, labels.shape, strict=True)
+    ):
+        raise ProofreadError(f"point {tuple(point)} lies outside the labels volume {labels.shape}")
+    return int(labels[idx])
+
+
+def merge_labels(labels: np.ndarray, ids: Iterable[int], target: int | None = None) -> Edit:
+    """Give all of ``ids`` one id (``target``, by default the smallest of them)."""
+    _check_labels(labels)
+    ids = sorted({int(i) for i in ids if int(i) != 0})
+    if len(ids) < 2:
+        raise ProofreadError("select at least two different non-zero labels to merge")
+    target = ids[0] if target is None else int(target)
+    masks = np.isin(labels, ids)
+    missing = [i for i in ids if not (labels == i).any()]
+    if missing:
+        raise ProofreadError(f"label(s) {missing} do not occur in the labels layer")
+    region = _bbox_of(masks)
+    before = np.array(labels[region], copy=True)
+    after = before.copy()
+    after[np.isin(before, ids)] = target
+    return Edit("merge", region, before, after, tuple(ids))
+
+
+def delete_label(labels: np.ndarray, label_id: int) -> Edit:
+    """Set every voxel of ``label_id`` to 0 (background)."""
+    _check_labels(labels)
+    label_id = int(label_id)
+    region = _bbox_of(_present(labels, label_id))
+    before = np.array(labels[region], copy=True)
+    after = before.copy()
+    after[before == label_id] = 0
+    return Edit("delete", region, before, after, (label_id,))
+
+
+def relabel(labels: np.ndarray, label_id: int, new_id: int | None = None) -> Edit:
+    """Give ``label_id`` a fresh id (``new_id``, by default one not used anywhere)."""
+    _check_labels(labels)
+    label_id = int(label_id)
+    region = _bbox_of(_present(labels, label_id))
+    new_id = next_free_id(labels) if new_id is None else int(new_id)
+    if new_id == 0:
+        raise ProofreadError("the new id must be non-zero (0 is background); use delete instead")
+    if new_id != label_id and (labels == new_id).any():
+        raise ProofreadError(f"id {new_id} is already used; leave it empty to get a fresh id")
+    before = np.array(labels[region], copy=True)
+    after = before.copy()
+    after[before == label_id] = new_id
+    return Edit("relabel", region, before, after, (label_id, new_id))
+
+
+def boundary_map(affinities: np.ndarray) -> np.ndarray:
+    """1 - mean nearest-neighbour affinity: high on membranes (the watershed elevation)."""
+    affs = np.asarray(affinities, dtype=np.float32)
+    if affs.ndim != 4:
+        raise ProofreadError(f"affinities must be (channels, z, y, x), got shape {affs.shape}")
+    return 1.0 - affs[: min(3, affs.shape[0])].mean(axis=0)
+
+
+def split_label(
+    labels: np.ndarray,
+    seeds: Sequence[Sequence[float]],
+    *,
+    affinities: np.ndarray | None = None,
+    image: np.ndarray | None = None,
+    label_id: int | None = None,
+) -> Edit:
+    """Split one label into as many pieces as there are seed points, by seeded watershed.
+
+    The watershed runs only inside the label, on the affinity boundary map when ``affinities`` are
+    given, else on the image (EM membranes are dark, so dark = high), else on the inverted
+    distance to the label's border. The first seed keeps the old id; the others get fresh ids.
+    Voxels no seed can reach (other pieces of a disconnected label) keep the old id.
+    """
+    _check_labels(labels)
+    pts = [tuple(int(round(float(c))) for c in p) for p in seeds]
+    if len(set(pts)) < 2:
+        raise ProofreadError(
+            "place at least two seed points (in different voxels) to split a label"
+        )
+    ids = {label_at(labels, p) for p in pts}
+    if label_id is None:
+        if len(ids) != 1:
+            raise ProofreadError(
+                f"the seed points fall in different labels {sorted(ids)}; put all seeds inside "
+                "the one label to split"
+            )
+        label_id = ids.pop()
+    elif ids != {int(label_id)}:
+        raise ProofreadError(f"every seed point must lie inside label {label_id}")
+    label_id = int(label_id)
+    region = _bbox_of(_present(labels, label_id), pad=1)
+    before = np.array(labels[region], copy=True)
+    mask = before == label_id
+
+    if affinities is not None:
+        affs = np.asarray(affinities[(slice(None),) + region])
+        if affs.shape[1:] != before.shape:
+            raise ProofreadError(
+                f"affinities {np.shape(affinities)} do not match the labels {labels.shape}"
+            )
+        elevation = boundary_map(affs)
+    elif image is not None:
+        if np.shape(image) != labels.shape:
+            raise ProofreadError(f"image {np.shape(image)} does not match labels {labels.shape}")
+        elevation = -np.asarray(image[region], dtype=np.float32)
+    else:
+        elevation = -ndi.distance_transform_edt(mask)
+
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(before.shape, dtype=np.int32)
+    for k, p in enumerate(pts, start=1):
+        markers[tuple(c - sl.start for c, sl in zip(p, region, strict=True))] = k
+    pieces = watershed(elevation, markers=markers, mask=mask)
+
+    fresh = next_free_id(labels)
+    new_ids = np.array([0, label_id] + [fresh + i for i in range(len(pts) - 1)], dtype=labels.dtype)
+    after = before.copy()
+    after[mask] = new_ids[pieces[mask]]
+    after[mask & (pieces == 0)] = label_id
+    return Edit("split", region, before, after, tuple(int(i) for i in new_ids[1:]))
+
+
+def apply_edit(labels: np.ndarray, edit: Edit) -> np.ndarray:
+    """Write ``edit`` into ``labels`` in place and return it."""
+    labels[edit.region] = np.where(edit.changed, edit.after, labels[edit.region])
+    return labels
+
+
+def revert_edit(labels: np.ndarray, edit: Edit) -> np.ndarray:
+    """Undo ``edit`` in place (for library users; the widgets use napari's undo)."""
+    labels[edit.region] = np.where(edit.changed, edit.before, labels[edit.region])
+    return labels
+
+
+@dataclass
+class EditLog:
+    """The regions a person corrected, for finetuning on them and for autosave bookkeeping."""
+
+    shape: tuple[int, int, int]
+    edits: list[Edit] = field(default_factory=list)
+
+    def record(self, edit: Edit) -> None:
+        self.edits.append(edit)
+
+    def __len__(self) -> int:
+        return len(self.edits)
+
+    def regions(self) -> list[Region]:
+        return [e.region for e in self.edits]
+
+    def bounding_box(self) -> Region | None:
+        """One box around every edit, or None when nothing was edited."""
+        if not self.edits:
+            return None
+        box = self.edits[0].region
+        for e in self.edits[1:]:
+            box = _union_region(box, e.region)
+        return box
+
+    def mask(self, margin: int = 0) -> np.ndarray:
+        """Boolean volume, True inside the (optionally enlarged) box of every edit."""
+        out = np.zeros(self.shape, dtype=bool)
+        for e in self.edits:
+            sl = tuple(
+                slice(max(s.start - margin, 0), min(s.stop + margin, n))
+                for s, n in zip(e.region, self.shape, strict=True)
+            )
+            out[sl] = True
+        return out
+
+    def clear(self) -> None:
+        self.edits.clear()
+
+
+@dataclass
+class UncertainSpot:
+    """A block of the volume where the affinities are least decided."""
+
+    score: float
+    region: Region
+    center: tuple[float, float, float]
+
+
+def uncertainty_ranking(
+    affinities: np.ndarray,
+    block: Sequence[int] = (8, 32, 32),
+    top: int | None = 20,
+    min_score: float = 0.0,
+) -> list[UncertainSpot]:
+    """Blocks ranked by mean ``min(a, 1 - a)`` over channels and voxels (0 = sure, 0.5 = coin flip).
+
+    Reads one slab of blocks at a time, so ``affinities`` may be a zarr or dask array.
+    """
+    shape = tuple(int(s) for s in np.shape(affinities))
+    if len(shape) != 4:
+        raise ProofreadError(f"affinities must be (channels, z, y, x), got shape {shape}")
+    block = tuple(max(1, min(int(b), s)) for b, s in zip(block, shape[1:], strict=True))
+    bz, by, bx = block
+    _, Z, Y, X = shape
+    ny, nx = -(-Y // by), -(-X // bx)
+    spots: list[UncertainSpot] = []
+    for z0 in range(0, Z, bz):
+        slab = np.asarray(affinities[:, z0 : z0 + bz], dtype=np.float32)
+        u = np.minimum(slab, 1.0 - slab).mean(axis=0)  # (dz, Y, X)
+        dz = u.shape[0]
+        pad = ((0, 0), (0, ny * by - Y), (0, nx * bx - X))
+        padded = np.pad(u, pad, constant_values=np.nan)
+        blocks = padded.reshape(dz, ny, by, nx, bx)
+        scores = np.nanmean(blocks, axis=(0, 2, 4))
+        for iy in range(ny):
+            for ix in range(nx):
+                s = float(scores[iy, ix])
+                if s < min_score:
+                    continue
+                region = (
+                    slice(z0, z0 + dz),
+                    slice(iy * by, min((iy + 1) * by, Y)),
+                    slice(ix * bx, min((ix + 1) * bx, X)),
+                )
+                center = tuple((r.start + r.stop - 1) / 2 for r in region)
+                spots.append(UncertainSpot(s, region, center))  # type: ignore[arg-type]
+    spots.sort(key=lambda s: -s.score)
+    return spots if top is None else spots[:top]

@@ -1,0 +1,187 @@
+"""Proofreading edits: merge, split, delete, relabel, navigation, edit log, uncertainty ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_tokenunify import proofread as pr
+from napari_tokenunify.affinities import labels_to_affinities
+
+
+@pytest.fixture
+def blocks() -> np.ndarray:
+    """Three boxes: 1 (left half), 2 (right top), 3 (right bottom), 0 elsewhere."""
+    lab = np.zeros((4, 10, 12), dtype=np.uint32)
+    lab[:, 1:9, 1:5] = 1
+    lab[:, 1:5, 6:11] = 2
+    lab[:, 5:9, 6:11] = 3
+    return lab
+
+
+def test_merge_and_apply_revert(blocks):
+    original = blocks.copy()
+    edit = pr.merge_labels(blocks, [3, 2])
+    np.testing.assert_array_equal(blocks, original)  # edits never mutate their input
+    assert edit.kind == "merge" and edit.ids == (2, 3)
+    assert edit.n_changed == int((blocks == 3).sum())
+    pr.apply_edit(blocks, edit)
+    assert set(np.unique(blocks)) == {0, 1, 2}
+    assert (blocks[original == 3] == 2).all()
+    # The region covers the merged labels and nothing of label 1's own columns.
+    assert edit.region[2].start == 6
+    pr.revert_edit(blocks, edit)
+    np.testing.assert_array_equal(blocks, original)
+
+
+def test_merge_target_and_errors(blocks):
+    edit = pr.merge_labels(blocks, [1, 2, 3], target=3)
+    pr.apply_edit(blocks, edit)
+    assert set(np.unique(blocks)) == {0, 3}
+    with pytest.raises(pr.ProofreadError, match="at least two"):
+        pr.merge_labels(blocks, [3, 3, 0])
+    with pytest.raises(pr.ProofreadError, match=r"\[42\]"):
+        pr.merge_labels(blocks, [3, 42])
+
+
+def test_delete_and_relabel(blocks):
+    d = pr.delete_label(blocks, 2)
+    after = pr.apply_edit(blocks.copy(), d)
+    assert not (after == 2).any() and (after[blocks == 2] == 0).all()
+    r = pr.relabel(blocks, 1)
+    after = pr.apply_edit(blocks.copy(), r)
+    assert r.ids == (1, 4)
+    assert (after[blocks == 1] == 4).all() and not (after == 1).any()
+    with pytest.raises(pr.ProofreadError, match="already used"):
+        pr.relabel(blocks, 1, new_id=2)
+    with pytest.raises(pr.ProofreadError, match="background"):
+        pr.delete_label(blocks, 0)
+    with pytest.raises(pr.ProofreadError, match="does not occur"):
+        pr.delete_label(blocks, 9)
+
+
+def test_changed_indices_address_full_volume(blocks):
+    edit = pr.delete_label(blocks, 3)
+    idx = edit.changed_indices()
+    assert len(idx) == 3
+    np.testing.assert_array_equal(
+        np.sort(np.ravel_multi_index(idx, blocks.shape)), np.flatnonzero(blocks == 3)
+    )
+    assert (edit.changed_values() == 0).all()
+
+
+def _two_cells_touching():
+    """One label covering two blobs joined by a thin neck; affinities from the true split."""
+    truth = np.zeros((6, 20, 30), dtype=np.uint32)
+    truth[:, 2:18, 2:14] = 1
+    truth[:, 2:18, 16:28] = 2
+    truth[:, 9:11, 14:16] = 2  # neck
+    merged = np.where(truth > 0, 7, 0).astype(np.uint32)
+    affs, _ = labels_to_affinities(truth)
+    return truth, merged, affs
+
+
+def test_split_on_affinities_recovers_true_cells():
+    truth, merged, affs = _two_cells_touching()
+    edit = pr.split_label(merged, [(3, 10, 6), (3, 10, 22)], affinities=affs)
+    out = pr.apply_edit(merged.copy(), edit)
+    assert edit.ids == (7, 8)
+    assert set(np.unique(out)) == {0, 7, 8}
+    # Every true cell lands in exactly one piece.
+    assert set(np.unique(out[truth == 1])) == {7}
+    # The voxel right on the cut (x=14, where affinity to cell 1 is 0) may go either way.
+    body2 = truth == 2
+    body2[:, :, 14] = False
+    assert set(np.unique(out[body2])) == {8}
+    assert (out[merged == 0] == 0).all()
+
+
+def test_split_without_affinities_uses_distance_or_image():
+    truth, merged, _ = _two_cells_touching()
+    edit = pr.split_label(merged, [(3, 10, 6), (3, 10, 22)])
+    out = pr.apply_edit(merged.copy(), edit)
+    # Distance-transform watershed cuts near the neck: the blob centres stay whole.
+    assert (out[:, 4:16, 3:12] == 7).all() and (out[:, 4:16, 18:27] == 8).all()
+    image = np.where(truth > 0, 200, 20).astype(np.uint8)
+    image[:, 9:11, 15] = 20  # a dark membrane across the neck
+    edit = pr.split_label(merged, [(3, 10, 6), (3, 10, 22)], image=image)
+    out = pr.apply_edit(merged.copy(), edit)
+    assert (out[:, :, :15][merged[:, :, :15] == 7] == 7).all()
+    assert (out[:, :, 16:][merged[:, :, 16:] == 7] == 8).all()
+
+
+def test_split_three_seeds_and_errors(blocks):
+    edit = pr.split_label(blocks, [(0, 2, 2), (2, 5, 3), (3, 8, 4)])
+    assert len(edit.ids) == 3 and edit.ids[0] == 1
+    out = pr.apply_edit(blocks.copy(), edit)
+    assert set(np.unique(out[blocks == 1])) == set(edit.ids)
+    with pytest.raises(pr.ProofreadError, match="at least two seed"):
+        pr.split_label(blocks, [(0, 2, 2), (0, 2, 2)])
+    with pytest.raises(pr.ProofreadError, match="different labels"):
+        pr.split_label(blocks, [(0, 2, 2), (0, 2, 8)])
+    with pytest.raises(pr.ProofreadError, match="outside"):
+        pr.split_label(blocks, [(0, 2, 2), (0, 99, 2)])
+
+
+def test_split_keeps_unreached_pieces():
+    lab = np.zeros((2, 10, 20), dtype=np.uint16)
+    lab[:, 1:4, 1:8] = 5
+    lab[:, 6:9, 1:8] = 5  # a disconnected second piece with no seed
+    lab[:, 1:4, 10:18] = 5
+    lab[:, 1:4, 8:10] = 5
+    edit = pr.split_label(lab, [(0, 2, 2), (0, 2, 16)])
+    out = pr.apply_edit(lab.copy(), edit)
+    assert (out[:, 6:9, 1:8] == 5).all()  # not lost to background
+    assert (out > 0).sum() == (lab > 0).sum()
+
+
+def test_navigation(blocks):
+    box = pr.label_bbox(blocks, 2)
+    assert box == (slice(0, 4), slice(1, 5), slice(6, 11))
+    c = pr.label_centroid(blocks, 3)
+    assert c == pytest.approx((1.5, 6.5, 8.0))
+    assert pr.label_at(blocks, (1.2, 6.6, 7.9)) == 3
+    assert pr.next_free_id(blocks) == 4
+
+
+def test_edit_log(blocks):
+    log = pr.EditLog(blocks.shape)
+    assert log.bounding_box() is None and not log.mask().any()
+    log.record(pr.delete_label(blocks, 2))
+    log.record(pr.delete_label(blocks, 1))
+    assert len(log) == 2
+    assert log.bounding_box() == (slice(0, 4), slice(1, 9), slice(1, 11))
+    m = log.mask()
+    assert m[(blocks == 1) | (blocks == 2)].all() and not m[:, 9:, :].any()
+    assert log.mask(margin=1)[:, 9, 3].all()
+
+
+def test_uncertainty_ranking_finds_the_undecided_block():
+    rng = np.random.default_rng(0)
+    affs = (rng.random((3, 16, 64, 64)) > 0.5).astype(np.float32) * 0.98 + 0.01
+    affs[:, 8:16, 32:64, 0:32] = 0.5  # one coin-flip block
+    affs[:, 0:8, 0:32, 32:64] = 0.3
+    spots = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=3)
+    assert len(spots) == 3
+    assert spots[0].region == (slice(8, 16), slice(32, 64), slice(0, 32))
+    assert spots[0].score == pytest.approx(0.5)
+    assert spots[1].region == (slice(0, 8), slice(0, 32), slice(32, 64))
+    assert spots[1].score == pytest.approx(0.3)
+    assert spots[2].score == pytest.approx(0.01, abs=1e-6)
+    assert spots[0].center == (11.5, 47.5, 15.5)
+
+
+def test_uncertainty_ranking_ragged_edges_and_zarr(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    affs = np.full((3, 10, 40, 50), 0.95, dtype=np.float32)
+    affs[:, 8:, 32:, 48:] = 0.5  # the small corner block at the ragged edge
+    store = zarr.create_array(
+        tmp_path / "a.zarr", shape=affs.shape, dtype="f4", chunks=(3, 4, 16, 16)
+    )
+    store[:] = affs
+    spots = pr.uncertainty_ranking(store, block=(8, 32, 32), top=None)
+    assert len(spots) == 2 * 2 * 2
+    assert spots[0].region == (slice(8, 10), slice(32, 40), slice(32, 50))
+    assert spots[0].score == pytest.approx((2 * 8 * 16 * 0.05 + 2 * 8 * 2 * 0.5) / (2 * 8 * 18))
+    with pytest.raises(pr.ProofreadError, match="channels"):
+        pr.uncertainty_ranking(affs[0])
