@@ -1,0 +1,347 @@
+"""Supervised finetuning of an affinity network on instance labels.
+
+Takes in-memory (or lazy) arrays so the napari plugin can finetune on the labels a user corrected
+(``mask``/``box`` restrict training to that region). Starts from a model, a model path (ours, a
+TokenUnify ``.pth``, or a pretraining output folder) or from scratch. Periodically segments a
+validation volume with the engine and keeps the model with the lowest VOI (split + merge).
+Checkpoints are written atomically and runs resume; the initial model is never written to.
+
+Weight carry-over from pretraining: the pretrained network has one output channel (the
+reconstruction); :func:`transfer_weights` copies every parameter whose name and shape match into
+the affinity network, i.e. everything except the final 1×1×1 output convolution.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..affinities import NEAREST_OFFSETS
+from ..devices import resolve_device
+from ..progress import CancelToken, ProgressCallback, ProgressReporter, check_cancel
+from .augment import EMAugment
+from .checkpoints import LAST, export_model, find_resume, guard_output, load_checkpoint, save_checkpoint
+from .logs import LossLog, plot_losses
+from .runtime import Budget, hardware, lr_at, restore_rng, rng_state, seed_everything, set_lr
+from .sampling import PatchSampler, to_unit
+from .targets import TrainingDataError, affinity_targets, balance_weights, check_training_pair
+
+DEFAULT_PATCH = (32, 64, 64)
+
+
+def transfer_weights(source: torch.nn.Module, target: torch.nn.Module) -> dict[str, list[str]]:
+    """Copy parameters/buffers with equal names and shapes from ``source`` into ``target``.
+
+    Returns ``{"copied": [...], "skipped": [...]}`` (skipped: missing in the source or of another
+    shape, e.g. the output convolution when the channel count changes).
+    """
+    src = source.state_dict()
+    dst = target.state_dict()
+    copied, skipped = [], []
+    for name, value in dst.items():
+        if name in src and tuple(src[name].shape) == tuple(value.shape):
+            dst[name] = src[name].detach().clone().to(value.dtype)
+            copied.append(name)
+        else:
+            skipped.append(name)
+    target.load_state_dict(dst)
+    return {"copied": copied, "skipped": skipped}
+
+
+def _out_channels(model: torch.nn.Module) -> int | None:
+    card = getattr(model, "card", None)
+    if card is not None and getattr(card, "out_channels", None):
+        return int(card.out_channels)
+    cfg = getattr(model, "config", None)
+    if isinstance(cfg, dict) and "out_channels" in cfg:
+        return int(cfg["out_channels"])
+    return None
+
+
+def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[torch.nn.Module, dict]:
+    """The network to finetune (never the caller's object: a copy) and a note of what carried over."""
+    from ..model import build_model, load_model
+
+    if init is None or init == "scratch":
+        return build_model(preset, out_channels=n_channels), {"init": "scratch"}
+    if isinstance(init, torch.nn.Module):
+        source, name = copy.deepcopy(init), type(init).__name__
+    else:
+        source, name = load_model(str(init), device="cpu"), str(init)
+        card = getattr(source, "card", None)
+        if card is not None:
+            preset = getattr(card, "preset", preset) or preset
+    if _out_channels(source) in (None, n_channels):
+        return source, {"init": name, "copied": "all"}
+    if type(source).__name__ != "EMMamba" and not hasattr(source, "card"):
+        raise ValueError(
+            f"cannot change the output channels of {name} ({_out_channels(source)} → {n_channels}); "
+            "give a model with one channel per offset"
+        )
+    target = build_model(preset, out_channels=n_channels)
+    report = transfer_weights(source, target)
+    return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"]}
+
+
+def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
+    """Crop arrays to ``box`` plus half a patch of context each side; mask = 1 inside the box."""
+    shape = arrays[0].shape
+    if len(box) != 3:
+        raise ValueError(f"box must be three slices or (start, stop) pairs (z, y, x), got {box}")
+    lo, hi, inner = [], [], []
+    for b, size, p in zip(box, shape, patch_shape):
+        start, stop = (b.start, b.stop) if isinstance(b, slice) else b
+        start, stop = max(0, int(start or 0)), min(size, int(size if stop is None else stop))
+        if stop <= start:
+            raise TrainingDataError(f"box {box} selects no voxel of a volume of shape {shape}")
+        a, z = max(0, start - p // 2), min(size, stop + p // 2)
+        lo.append(a)
+        hi.append(z)
+        inner.append(slice(start - a, stop - a))
+    sl = tuple(slice(a, z) for a, z in zip(lo, hi))
+    cropped = [None if a is None else np.asarray(a[sl]) for a in arrays]
+    box_mask = np.zeros(tuple(z - a for a, z in zip(lo, hi)), dtype=np.float32)
+    box_mask[tuple(inner)] = 1.0
+    return cropped, box_mask
+
+
+def _batch(sampler, augment, offsets, rng, batch_size):
+    raws, targets, weights = [], [], []
+    for _ in range(batch_size):
+        p = sampler.sample()
+        raw, labels, mask = p.raw, p.labels, p.mask
+        if augment is not None:
+            raw, labels, mask = augment(raw, labels, mask, rng)
+        affs, valid = affinity_targets(labels, offsets, mask)
+        raws.append(raw)
+        targets.append(affs)
+        weights.append(balance_weights(affs, valid))
+    t = [torch.from_numpy(np.stack(x)) for x in (raws, targets, weights)]
+    return t[0][:, None], t[1], t[2]
+
+
+def validate(model, raw, labels, *, mask=None, device="cpu", threshold=0.5) -> dict[str, float]:
+    """Predict, segment and score one validation volume with the engine (VOI/ARAND)."""
+    from ..engine import evaluate, predict_affinities, segment_affinities
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            affs = predict_affinities(raw, model, device=device, dtype="float32")
+        seg = segment_affinities(np.asarray(affs), threshold=threshold)
+        scores = evaluate(seg, np.asarray(labels), ignore_label=0, mask=mask)
+    finally:
+        model.train(was_training)
+    scores = {k: float(v) for k, v in scores.items()}
+    scores["voi"] = scores["voi_split"] + scores["voi_merge"]
+    return scores
+
+
+def finetune(
+    raw,
+    labels,
+    *,
+    mask=None,
+    box=None,
+    init: Any = None,
+    preset: str = "tiny",
+    steps: int = 500,
+    out_dir: str | Path | None = None,
+    offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS,
+    patch_shape: Sequence[int] = DEFAULT_PATCH,
+    validation: tuple | None = None,
+    val_every: int = 100,
+    threshold: float = 0.5,
+    batch_size: int = 1,
+    lr: float = 1e-3,
+    augment: EMAugment | bool = True,
+    device: str = "auto",
+    seed: int = 0,
+    time_budget_s: float | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> torch.nn.Module:
+    """Finetune an affinity network on ``raw`` + instance ``labels``; returns the best model.
+
+    ``mask`` (1 = train here) and ``box`` (three slices) restrict where the loss counts.
+    ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``: scored every ``val_every``
+    steps and at the end; the model with the lowest VOI is returned (without it, the last one).
+    With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best), ``loss.csv``, ``loss.png``,
+    ``validation.csv``.
+    """
+    check_training_pair(raw, labels, mask)
+    offsets = [tuple(int(v) for v in o) for o in offsets]
+    if out_dir is not None:
+        guard_output(out_dir, init)
+    patch_shape = tuple(int(p) for p in patch_shape)
+    arrays = [raw, labels, mask]
+    if box is not None:
+        (raw, labels, mask), box_mask = _crop_box(arrays, box, patch_shape)
+        mask = box_mask if mask is None else box_mask * (np.asarray(mask) > 0)
+        check_training_pair(raw, labels, mask)
+    dev = resolve_device(device)
+    rng, gen = seed_everything(seed)
+    model, init_note = prepare_model(init, len(offsets), preset)
+    model = model.to(dev)
+    div = getattr(model, "input_divisor", 1)
+    div = div if isinstance(div, (tuple, list)) else (div,) * 3
+    if any(p % d for p, d in zip(patch_shape, div)):
+        raise ValueError(f"patch shape {patch_shape} must be a multiple of the model's input divisor {div}")
+    augment = EMAugment() if augment is True else (augment or None)
+    sampler = PatchSampler(
+        [raw], patch_shape, labels=[labels], masks=[mask], seed=rng, min_labelled=0.05
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    out = Path(out_dir) if out_dir is not None else None
+    log = LossLog(out / "loss.csv", resume=resume) if out is not None else None
+
+    step, elapsed = 0, 0.0
+    best: dict[str, Any] = {"voi": float("inf"), "state": None, "step": 0, "scores": None}
+    history: list[dict] = []
+    ckpt = find_resume(out) if (resume and out is not None) else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, map_location=dev)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], rng, gen)
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        best = state["best"]
+        history = state["history"]
+        if log is not None:
+            log.truncate_after(step)
+
+    budget = Budget(steps, time_budget_s, elapsed)
+
+    def checkpoint() -> None:
+        if out is None:
+            return
+        save_checkpoint(
+            out / "checkpoints" / LAST,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(rng, gen),
+                "step": step,
+                "elapsed": budget.elapsed,
+                "best": best,
+                "history": history,
+            },
+        )
+
+    def run_validation() -> None:
+        if validation is None:
+            return
+        v_raw, v_labels = validation[0], validation[1]
+        v_mask = validation[2] if len(validation) > 2 else None
+        scores = validate(model, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=threshold)
+        history.append({"step": step, **scores})
+        if scores["voi"] < best["voi"]:
+            best.update(
+                voi=scores["voi"],
+                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                step=step,
+                scores=scores,
+            )
+        if out is not None:
+            _write_history(out / "validation.csv", history)
+
+    reporter = ProgressReporter(steps, progress, "finetuning", "voxels/s")
+    reporter.done = step
+    voxels = batch_size * int(np.prod(patch_shape))
+    model.train()
+    while not budget.done(step):
+        check_cancel(cancel)
+        x, target, weight = _batch(sampler, augment, offsets, rng, batch_size)
+        lr_now = lr_at(step, steps, lr)
+        set_lr(optimizer, lr_now)
+        pred = model(x.to(dev))
+        loss = F.binary_cross_entropy(
+            pred.clamp(1e-6, 1 - 1e-6), target.to(dev), weight=weight.to(dev), reduction="sum"
+        ) / weight.to(dev).gt(0).sum().clamp_min(1)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"finetuning loss became {loss.item()} at step {step}; lower the learning rate "
+                f"(now {lr}) and rerun (the last checkpoint is intact)"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if log is not None:
+            log.write(step, "affinity_bce", float(loss), lr_now, budget.elapsed)
+        reporter.advance(1, voxels, loss=float(loss))
+        if val_every and step % val_every == 0:
+            run_validation()
+        if step % checkpoint_every == 0:
+            checkpoint()
+    if validation is not None and (not history or history[-1]["step"] != step):
+        run_validation()
+    checkpoint()
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    training = {
+        "objective": "affinity_bce_balanced",
+        **{k: v for k, v in init_note.items() if k != "reinitialised"},
+        "steps": step,
+        "best_step": best["step"] if best["state"] is not None else step,
+        "seconds": round(budget.elapsed, 1),
+        "patch_shape": list(patch_shape),
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "augment": augment is not None,
+        "hardware": hardware(),
+    }
+    model.training_info = training
+    model.validation_history = history
+    if out is not None:
+        plot_losses(out / "loss.csv", out / "loss.png")
+        card = _card(model, preset, offsets, patch_shape, training, best.get("scores"))
+        export_model(model, out / "model", card)
+    return model
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    import csv
+
+    keys = list(history[0].keys())
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, keys)
+        w.writeheader()
+        w.writerows(history)
+    tmp.replace(path)
+
+
+def _card(model, preset, offsets, patch_shape, training, scores):
+    from dataclasses import replace
+
+    from ..model import ModelCard
+
+    fields = {
+        "preset": preset,
+        "in_channels": 1,
+        "out_channels": len(offsets),
+        "offsets": [list(o) for o in offsets],
+        "patch_size": list(patch_shape),
+        "training": training,
+        "metrics": {"validation": scores} if scores else {},
+    }
+    base = getattr(model, "card", None)
+    if base is not None:
+        return replace(base, **{k: v for k, v in fields.items() if hasattr(base, k)})
+    return ModelCard(**fields)
+
+
+__all__ = ["finetune", "prepare_model", "transfer_weights", "validate", "to_unit"]

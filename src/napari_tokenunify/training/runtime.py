@@ -1,0 +1,72 @@
+"""Pieces both training loops share: learning-rate schedule, RNG state for exact resume, the
+budget (steps and optional wall-clock seconds) and a description of the hardware for model cards."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup: int = 50, floor: float = 0.05) -> float:
+    """Linear warm-up, then cosine decay to ``floor * base_lr`` at ``total``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
+    return {"numpy": rng.bit_generator.state, "torch": gen.get_state()}
+
+
+def restore_rng(state: dict[str, Any], rng: np.random.Generator, gen: torch.Generator) -> None:
+    rng.bit_generator.state = state["numpy"]
+    gen.set_state(state["torch"])
+
+
+class Budget:
+    """Stops training after ``steps`` steps or ``seconds`` of training time (across resumes)."""
+
+    def __init__(self, steps: int, seconds: float | None = None, elapsed: float = 0.0) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"the time budget must be positive, got {seconds} s")
+        self.steps = int(steps)
+        self.seconds = seconds
+        self._before = float(elapsed)
+        self._t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return self._before + time.perf_counter() - self._t0
+
+    def done(self, step: int) -> bool:
+        return step >= self.steps or (self.seconds is not None and self.elapsed >= self.seconds)
+
+
+def hardware() -> str:
+    """E.g. ``cpu: x86_64, 2 cores, torch 2.13.0, 1 thread`` or the CUDA device name."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return (
+        f"cpu: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
+
+
+def seed_everything(seed: int) -> tuple[np.random.Generator, torch.Generator]:
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    return np.random.default_rng(seed), gen
