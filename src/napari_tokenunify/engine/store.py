@@ -1,0 +1,153 @@
+"""Zarr output stores written block by block, with a record of the completed blocks.
+
+A store is a Zarr group with the result array (``affinities`` or ``labels``) chunked like the
+block cores, and a ``done`` array holding one byte per block (one chunk per block, so several
+processes can mark their own blocks without locking). A run that was cancelled or crashed is
+resumed by skipping the blocks marked done; the settings that shaped the grid are kept in the
+group attributes and a resume with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DONE = "done"
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+def is_store(path: str | Path, name: str) -> bool:
+    """Whether ``path`` is a group written by this module holding array ``name``."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        group = _zarr().open_group(str(path), mode="r")
+        return name in group and DONE in group
+    except Exception:
+        return False
+
+
+class BlockStore:
+    """A result array plus per-block completion records (see the module docstring)."""
+
+    def __init__(self, path: Path, group, name: str) -> None:
+        self.path = Path(path)
+        self.group = group
+        self.name = name
+        self.array = group[name]
+        self.done = group[DONE]
+
+    # ---- creation / opening -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        name: str,
+        *,
+        shape: Sequence[int],
+        chunks: Sequence[int],
+        dtype: str | np.dtype,
+        grid_shape: Sequence[int],
+        settings: dict[str, Any],
+        attrs: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        resume: bool = True,
+    ) -> BlockStore:
+        """Create the store, or reopen an unfinished one made with the same ``settings``.
+
+        An existing path is refused unless it is an unfinished store with equal settings
+        (``resume``) or ``overwrite`` is set (then it is deleted first).
+        """
+        zarr = _zarr()
+        path = Path(path)
+        if str(path).strip() in ("", "."):
+            raise ValueError("the output path is empty; give a path ending in .zarr")
+        settings = _jsonable(settings)
+        if path.exists() and not overwrite:
+            if resume and is_store(path, name):
+                store = cls(path, zarr.open_group(str(path), mode="r+"), name)
+                old = store.group.attrs.get("settings")
+                if old != settings:
+                    raise FileExistsError(
+                        f"{path} holds a run with other settings ({_diff(old, settings)}); "
+                        "use --overwrite (overwrite=True) to replace it or choose another output"
+                    )
+                if store.complete:
+                    raise FileExistsError(
+                        f"{path} already exists and is complete; use --overwrite "
+                        "(overwrite=True) to replace it"
+                    )
+                return store
+            raise FileExistsError(
+                f"{path} already exists; use --overwrite (overwrite=True) to replace it"
+            )
+        if path.exists():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array(
+            name, shape=tuple(int(s) for s in shape), chunks=tuple(int(c) for c in chunks),
+            dtype=dtype, fill_value=0,
+        )
+        group.create_array(
+            DONE, shape=tuple(int(s) for s in grid_shape), chunks=(1,) * len(grid_shape),
+            dtype="uint8", fill_value=0,
+        )
+        group.attrs.update({"settings": settings, "complete": False, **_jsonable(attrs or {})})
+        return cls(path, group, name)
+
+    @classmethod
+    def open(cls, path: str | Path, name: str, mode: str = "r+") -> BlockStore:
+        return cls(Path(path), _zarr().open_group(str(path), mode=mode), name)
+
+    # ---- completion records -------------------------------------------------------------------
+    def is_done(self, index: Sequence[int]) -> bool:
+        return bool(self.done[tuple(index)])
+
+    def mark_done(self, index: Sequence[int]) -> None:
+        self.done[tuple(index)] = 1
+
+    def done_indices(self) -> set[tuple[int, ...]]:
+        return {tuple(int(i) for i in ix) for ix in np.argwhere(self.done[...] > 0)}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    def finish(self, **attrs: Any) -> None:
+        self.group.attrs.update({"complete": True, **_jsonable(attrs)})
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _diff(old: Any, new: Any) -> str:
+    if not isinstance(old, dict):
+        return "no settings recorded"
+    keys = sorted(set(old) | set(new))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(changed) or "unknown difference"

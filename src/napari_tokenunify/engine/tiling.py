@@ -1,0 +1,177 @@
+"""The block grid of tiled prediction: cores, halos, padding and the order of work.
+
+The output is cut into disjoint *cores* (a regular grid, the last core along an axis may be
+smaller). Each core is predicted from an input *tile* of a fixed shape accepted by the model
+that holds the core plus at least ``halo`` voxels of context on every side; only the core of the
+prediction is kept (valid-region stitching). Because cores are disjoint and line up with the
+chunks of the output store, blocks can be written independently (resume, several workers)
+and no blending weights are needed: the halo hides the tile border from the kept region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+Shape3 = tuple[int, int, int]
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One unit of work: ``index`` in the grid, its ``core`` box (output voxels it owns) and the
+    ``tile`` box it reads (may reach outside the volume; the outside is padded)."""
+
+    index: tuple[int, int, int]
+    core: Box
+    tile: Box
+
+    @property
+    def core_slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in self.core)
+
+    @property
+    def core_shape(self) -> Shape3:
+        return tuple(b - a for a, b in self.core)
+
+    @property
+    def n_core_voxels(self) -> int:
+        return int(np.prod(self.core_shape))
+
+    def core_in_tile(self) -> tuple[slice, slice, slice]:
+        """Where the core lies inside the predicted tile."""
+        return tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(self.core, self.tile))
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A grid of ``core_shape`` cores over a region ``origin`` + ``shape`` of a volume whose
+    tiles are ``tile_shape`` (core + 2 × halo, the model's input shape)."""
+
+    shape: Shape3
+    tile_shape: Shape3
+    halo: Shape3
+    origin: Shape3 = (0, 0, 0)
+
+    def __post_init__(self) -> None:
+        for name in ("shape", "tile_shape", "halo", "origin"):
+            value = getattr(self, name)
+            if len(value) != 3:
+                raise ValueError(f"{name} must have three sizes (z, y, x), got {value}")
+        if min(self.shape) < 1:
+            raise ValueError(f"the region to predict is empty: shape {self.shape}")
+        if min(self.halo) < 0:
+            raise ValueError(f"halo must be non-negative, got {self.halo}")
+        if any(t - 2 * h < 1 for t, h in zip(self.tile_shape, self.halo)):
+            raise ValueError(
+                f"tile shape {self.tile_shape} leaves no core with a halo of {self.halo} on each "
+                "side; use a larger tile or a smaller halo"
+            )
+
+    @property
+    def core_shape(self) -> Shape3:
+        return tuple(t - 2 * h for t, h in zip(self.tile_shape, self.halo))
+
+    @property
+    def grid_shape(self) -> Shape3:
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.core_shape))
+
+    def __len__(self) -> int:
+        return int(np.prod(self.grid_shape))
+
+    def block(self, index: Sequence[int]) -> Block:
+        core, tile = [], []
+        for i, o, s, c, h, t in zip(
+            index, self.origin, self.shape, self.core_shape, self.halo, self.tile_shape
+        ):
+            a = o + i * c
+            b = min(a + c, o + s)
+            core.append((a, b))
+            tile.append((a - h, a - h + t))
+        return Block(tuple(int(i) for i in index), tuple(core), tuple(tile))
+
+    def blocks(self) -> list[Block]:
+        return [self.block(ix) for ix in product(*(range(n) for n in self.grid_shape))]
+
+
+def boxes_intersect(a: Box, b: Box) -> bool:
+    return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b))
+
+
+def order_blocks(blocks: Sequence[Block], first: Box | None = None) -> list[Block]:
+    """Blocks that meet ``first`` (e.g. the region in view), nearest its centre first, then the
+    rest in grid order. Without ``first`` the grid order is kept."""
+    if first is None:
+        return list(blocks)
+    centre = np.array([(a + b) / 2 for a, b in first])
+    inside = [b for b in blocks if boxes_intersect(b.core, first)]
+    outside = [b for b in blocks if not boxes_intersect(b.core, first)]
+
+    def dist(b: Block) -> float:
+        c = np.array([(x0 + x1) / 2 for x0, x1 in b.core])
+        return float(np.sum((c - centre) ** 2))
+
+    return sorted(inside, key=dist) + outside
+
+
+def parse_box(text: str, shape: Sequence[int] | None = None) -> Box:
+    """Parse ``"z0:z1,y0:y1,x0:x1"`` (empty ends mean the volume edge) into a box, checked
+    against ``shape`` when given."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3 or any(":" not in p for p in parts):
+        raise ValueError(f"region {text!r} must look like z0:z1,y0:y1,x0:x1 (e.g. 0:32,0:256,0:256)")
+    box = []
+    for axis, part in enumerate(parts):
+        lo, hi = part.split(":", 1)
+        try:
+            a = int(lo) if lo.strip() else 0
+            if hi.strip():
+                b = int(hi)
+            elif shape is not None:
+                b = int(shape[axis])
+            else:
+                raise ValueError(f"region {text!r}: open end needs the volume shape")
+        except ValueError as err:
+            raise ValueError(f"region {text!r}: {err}; use integers like 0:32,0:256,0:256") from None
+        box.append((a, b))
+    return check_box(tuple(box), shape)
+
+
+def check_box(box: Box, shape: Sequence[int] | None = None) -> Box:
+    """Refuse empty or out-of-volume boxes with a message naming the volume shape."""
+    box = tuple((int(a), int(b)) for a, b in box)
+    if len(box) != 3:
+        raise ValueError(f"a region needs three (start, stop) pairs, got {box}")
+    for axis, (a, b) in enumerate(box):
+        if a < 0 or b <= a:
+            raise ValueError(f"region {box} is empty or negative along axis {'zyx'[axis]}")
+        if shape is not None and b > shape[axis]:
+            raise ValueError(
+                f"region {box} reaches outside the volume of shape {tuple(shape)} along axis "
+                f"{'zyx'[axis]}"
+            )
+    return box
+
+
+def read_padded(image, box: Box) -> np.ndarray:
+    """Read ``box`` from a (z, y, x) array (numpy, dask or zarr); parts outside are mirrored
+    (reflect; edge when the volume is too thin to reflect), so every tile has the same shape."""
+    shape = image.shape
+    inner = tuple((max(a, 0), min(b, s)) for (a, b), s in zip(box, shape))
+    data = image[tuple(slice(a, b) for a, b in inner)]
+    data = np.asarray(data.compute() if hasattr(data, "compute") else data)
+    pad = [(ia - a, b - ib) for (a, b), (ia, ib) in zip(box, inner)]
+    if not any(p for pair in pad for p in pair):
+        return data
+    # reflect (numpy repeats it when the pad is wider than the data); edge on 1-voxel axes
+    out = data
+    for axis, widths_axis in enumerate(pad):
+        if widths_axis == (0, 0):
+            continue
+        widths = [(0, 0)] * 3
+        widths[axis] = widths_axis
+        out = np.pad(out, widths, mode="edge" if out.shape[axis] == 1 else "reflect")
+    return out
