@@ -66,13 +66,15 @@ def _out_channels(model: torch.nn.Module) -> int | None:
 
 def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[torch.nn.Module, dict]:
     """The network to finetune (never the caller's object: a copy) and a note of what carried over."""
-    from ..model import build_model, load_model
-
     if init is None or init == "scratch":
+        from ..model import build_model
+
         return build_model(preset, out_channels=n_channels), {"init": "scratch"}
     if isinstance(init, torch.nn.Module):
         source, name = copy.deepcopy(init), type(init).__name__
     else:
+        from ..model import load_model
+
         source, name = load_model(str(init), device="cpu"), str(init)
         card = getattr(source, "card", None)
         if card is not None:
@@ -84,6 +86,8 @@ def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[tor
             f"cannot change the output channels of {name} ({_out_channels(source)} → {n_channels}); "
             "give a model with one channel per offset"
         )
+    from ..model import build_model
+
     target = build_model(preset, out_channels=n_channels)
     report = transfer_weights(source, target)
     return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"]}
@@ -278,8 +282,8 @@ def finetune(
         optimizer.step()
         step += 1
         if log is not None:
-            log.write(step, "affinity_bce", float(loss), lr_now, budget.elapsed)
-        reporter.advance(1, voxels, loss=float(loss))
+            log.write(step, "affinity_bce", loss.item(), lr_now, budget.elapsed)
+        reporter.advance(1, voxels, loss=loss.item())
         if val_every and step % val_every == 0:
             run_validation()
         if step % checkpoint_every == 0:

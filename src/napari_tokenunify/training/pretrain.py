@@ -180,8 +180,8 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        log.write(step, objective, float(loss), lr_now, budget.elapsed)
-        reporter.advance(1, voxels, loss=float(loss), objective=objective)
+        log.write(step, objective, loss.item(), lr_now, budget.elapsed)
+        reporter.advance(1, voxels, loss=loss.item(), objective=objective)
         if step % checkpoint_every == 0:
             checkpoint()
     checkpoint()
