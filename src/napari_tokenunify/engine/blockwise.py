@@ -1,0 +1,227 @@
+"""Blockwise segmentation for volumes that do not fit in memory.
+
+1. Fragments per block: seeded watershed on the block plus ``context`` voxels, cropped to the
+   block, ids ``(block number << 32) | local id`` (unique without coordination), written to a
+   ``fragments`` array.
+2. Agglomeration across faces: per block, waterz on the block plus context (the fragments of
+   the neighbours included) up to the threshold; every local segment that owns a fragment in the
+   block links all its fragments, so a neuron cut by a face is joined by the blocks on both sides.
+3. One global relabelling: the links' connected components give consecutive ids over the whole
+   volume (uint32, uint64 when needed); each block's fragments are mapped and written.
+
+Each step is a list of independent block tasks (here, or on dask.distributed workers that read
+and write the same Zarr store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..progress import CancelToken, ProgressCallback
+from .agglomerate import (
+    DEFAULT_QUEUE,
+    DEFAULT_THRESHOLD,
+    TOKENUNIFY_SCORING,
+    label_dtype,
+    merge_history,
+)
+from .executor import run_tasks
+from .fragments import as_float_affinities, check_affinities, fragments_from_affinities
+from .tiling import Block, TileGrid
+
+LOCAL_BITS = 32
+
+
+def _clip(box, shape):
+    return tuple((max(a, 0), min(b, s)) for (a, b), s in zip(box, shape))
+
+
+def _slices(box):
+    return tuple(slice(a, b) for a, b in box)
+
+
+def _read_affs(affinities, box) -> np.ndarray:
+    return as_float_affinities(affinities[(slice(None),) + _slices(box)])
+
+
+def block_fragments(block: Block, *, affinities, fragments_out, number: int,
+                    anisotropic: bool | None, voxel_size) -> int:
+    """Step 1 for one block; returns its number of fragments."""
+    shape = tuple(affinities.shape[1:])
+    tile = _clip(block.tile, shape)
+    affs = _read_affs(affinities, tile)
+    frag = fragments_from_affinities(affs, anisotropic=anisotropic, voxel_size=voxel_size)
+    inner = tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(block.core, tile))
+    from skimage.segmentation import relabel_sequential
+
+    core, _, _ = relabel_sequential(frag[inner])
+    n = int(core.max())
+    core = core.astype(np.uint64)
+    core[core > 0] |= np.uint64(number) << np.uint64(LOCAL_BITS)
+    fragments_out[_slices(block.core)] = core
+    return n
+
+
+def block_links(block: Block, *, affinities, fragments, threshold: float, scoring: str,
+                discretize_queue: int) -> np.ndarray:
+    """Step 2 for one block: pairs (K, 2) of global fragment ids to join."""
+    shape = tuple(affinities.shape[1:])
+    tile = _clip(block.tile, shape)
+    affs = _read_affs(affinities, tile)
+    frag = np.asarray(fragments[_slices(tile)])
+    ids, local = np.unique(frag, return_inverse=True)
+    local = local.reshape(frag.shape).astype(np.uint64)
+    if ids[0] != 0:  # keep 0 for "no fragment"; local ids start at 1
+        local += np.uint64(1)
+        ids = np.r_[np.uint64(0), ids]
+    pairs, scores = merge_history(affs, local, scoring=scoring, discretize_queue=discretize_queue,
+                                  max_threshold=threshold)
+    if len(pairs) == 0:
+        return np.zeros((0, 2), dtype=np.uint64)
+    from .agglomerate import components_lut
+
+    lut = components_lut(len(ids), pairs)
+    inner = tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(block.core, tile))
+    in_core = np.zeros(len(ids), dtype=bool)
+    in_core[np.unique(local[inner]).astype(np.int64)] = True
+    nodes = np.arange(1, len(ids))
+    seg = lut[nodes]
+    # each local segment with a fragment in this block: link all its fragments to one of those
+    owner = {}
+    for node, s in zip(nodes[in_core[nodes]], seg[in_core[nodes]]):
+        owner.setdefault(int(s), int(node))
+    links = [(ids[node], ids[owner[int(s)]]) for node, s in zip(nodes, seg)
+             if int(s) in owner and owner[int(s)] != node]
+    return np.array(links, dtype=np.uint64).reshape(-1, 2)
+
+
+def block_relabel(item, *, fragments, labels_out, dtype: str) -> int:
+    """Step 3 for one block: write final ids (``item`` = (block, lut for its local ids))."""
+    block, lut = item
+    frag = np.asarray(fragments[_slices(block.core)])
+    local = (frag & np.uint64((1 << LOCAL_BITS) - 1)).astype(np.int64)
+    table = np.r_[0, np.asarray(lut)].astype(dtype)
+    labels_out[_slices(block.core)] = table[local]
+    return block.n_core_voxels
+
+
+def global_lookup(grid: TileGrid, counts: Sequence[int], links: Sequence[np.ndarray]):
+    """Connected components of all links over all fragments → per-block lookup tables."""
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(counts)]
+    n = int(offsets[-1])
+    pairs = np.concatenate([np.asarray(x, dtype=np.uint64).reshape(-1, 2) for x in links]) if links else np.zeros((0, 2), np.uint64)
+    mask = np.uint64((1 << LOCAL_BITS) - 1)
+
+    def index(g):
+        number = (g >> np.uint64(LOCAL_BITS)).astype(np.int64)
+        return offsets[number] + (g & mask).astype(np.int64) - 1
+
+    ia, ib = index(pairs[:, 0]), index(pairs[:, 1])
+    graph = coo_matrix((np.ones(len(ia), dtype=np.int8), (ia, ib)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    # consecutive ids in order of first appearance
+    _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    final = rank[inverse] + 1
+    n_ids = int(final.max()) if n else 0
+    luts = [final[offsets[i]: offsets[i + 1]] for i in range(len(counts))]
+    return luts, n_ids
+
+
+def segment_blockwise(
+    affinities,
+    out: str | Path | None = None,
+    *,
+    block_shape: Sequence[int] = (64, 256, 256),
+    context: Sequence[int] | int = (8, 32, 32),
+    threshold: float = DEFAULT_THRESHOLD,
+    anisotropic: bool | None = None,
+    voxel_size: Sequence[float] | None = None,
+    scoring: str = TOKENUNIFY_SCORING,
+    discretize_queue: int = DEFAULT_QUEUE,
+    overwrite: bool = False,
+    client=None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+):
+    """Segment affinities (C, Z, Y, X; numpy, dask or zarr) block by block.
+
+    Returns a numpy array, or with ``out`` (a ``.zarr`` path) the zarr ``labels`` array of a
+    group that also keeps the ``fragments``. With ``client`` (dask.distributed) the block tasks
+    run on its workers, which then need ``affinities`` as a zarr array (they open it by path).
+    """
+    check_affinities(affinities)
+    shape = tuple(int(s) for s in affinities.shape[1:])
+    if isinstance(context, int):
+        context = (context,) * 3
+    block_shape = tuple(min(int(b), s) for b, s in zip(block_shape, shape))
+    context = tuple(int(c) for c in context)
+    grid = TileGrid(shape, tuple(b + 2 * c for b, c in zip(block_shape, context)), context)
+    blocks = grid.blocks()
+    if anisotropic is None:
+        anisotropic = bool(voxel_size is not None and voxel_size[0] >= 2 * max(voxel_size[1:]))
+
+    if out is None:
+        if client is not None:
+            raise ValueError("blockwise segmentation on a cluster needs an output path (.zarr)")
+        fragments = np.zeros(shape, dtype=np.uint64)
+        labels_target = None
+        group = None
+    else:
+        import zarr
+
+        from .store import BlockStore
+
+        store = BlockStore.create(
+            out, "labels", shape=shape, chunks=block_shape, dtype="uint64", grid_shape=grid.grid_shape,
+            settings={"blockwise": True, "threshold": threshold, "block": list(block_shape),
+                      "context": list(context), "shape": list(shape)},
+            attrs={"kind": "labels", "voxel_size": list(voxel_size) if voxel_size else None},
+            overwrite=overwrite, resume=False,
+        )
+        group = store.group
+        fragments = group.create_array("fragments", shape=shape, chunks=block_shape, dtype="uint64",
+                                       fill_value=0, overwrite=True)
+        labels_target = store
+        del zarr
+
+    numbered = list(zip(blocks, range(len(blocks))))
+    counts = run_tasks(
+        _fragments_task, numbered, client=client, progress=progress, cancel=cancel,
+        message="fragments", affinities=affinities, fragments_out=fragments,
+        anisotropic=anisotropic, voxel_size=voxel_size,
+    )
+    links = run_tasks(
+        block_links, blocks, client=client, progress=progress, cancel=cancel,
+        message="agglomerating", affinities=affinities, fragments=fragments,
+        threshold=threshold, scoring=scoring, discretize_queue=discretize_queue,
+    )
+    luts, n_ids = global_lookup(grid, counts, links)
+    dtype = str(label_dtype(n_ids))
+    if labels_target is None:
+        labels = np.zeros(shape, dtype=dtype)
+    else:
+        # the final dtype is known only now: recreate the labels array with it
+        labels = group.create_array("labels", shape=shape, chunks=block_shape, dtype=dtype,
+                                    fill_value=0, overwrite=True)
+    run_tasks(
+        block_relabel, list(zip(blocks, luts)), client=client, progress=progress, cancel=cancel,
+        message="relabelling", fragments=fragments, labels_out=labels, dtype=dtype,
+    )
+    if labels_target is not None:
+        for b in blocks:
+            labels_target.mark_done(b.index)
+        labels_target.finish(n_ids=n_ids)
+        return group["labels"]
+    return labels
+
+
+def _fragments_task(item, **kwargs) -> int:
+    block, number = item
+    return block_fragments(block, number=number, **kwargs)
