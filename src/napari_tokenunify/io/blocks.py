@@ -1,0 +1,58 @@
+"""Chunk-by-chunk writing from dask (or numpy) arrays, with progress and cancellation."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ..progress import CancelToken, ProgressReporter, check_cancel
+
+Block = tuple[slice, ...]
+
+
+def block_grid(shape: Sequence[int], block: Sequence[int]) -> list[Block]:
+    """Slices of a regular grid of ``block``-sized pieces covering ``shape`` (C order)."""
+    ranges = [range(0, s, b) for s, b in zip(shape, block, strict=False)]
+    return [
+        tuple(slice(o, min(o + b, s)) for o, b, s in zip(origin, block, shape, strict=False))
+        for origin in itertools.product(*ranges)
+    ]
+
+
+def _batches(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def write_blocks(
+    array: da.Array | np.ndarray,
+    store: Callable[[Block, np.ndarray], None],
+    blocks: list[Block],
+    *,
+    reporter: ProgressReporter | None = None,
+    cancel: CancelToken | None = None,
+    skip_zero: bool = False,
+) -> None:
+    """Compute ``array`` block by block (a few in parallel) and hand each to ``store``.
+
+    Only one batch of blocks is in memory at a time, so a volume larger than RAM streams
+    through. ``skip_zero`` skips all-zero blocks (their fill value) for chunked formats.
+    """
+    batch_size = max(1, min(8, os.cpu_count() or 1))
+    for batch in _batches(blocks, batch_size):
+        check_cancel(cancel)
+        if isinstance(array, da.Array):
+            values = dask.compute(*[array[b] for b in batch])
+        else:
+            values = [np.asarray(array[b]) for b in batch]
+        for b, value in zip(batch, values, strict=False):
+            check_cancel(cancel)
+            if not (skip_zero and not value.any()):
+                store(b, value)
+            if reporter is not None:
+                reporter.advance(1, amount=float(value.size), block=b)
