@@ -154,6 +154,12 @@ def test_edit_log(blocks):
     m = log.mask()
     assert m[(blocks == 1) | (blocks == 2)].all() and not m[:, 9:, :].any()
     assert log.mask(margin=1)[:, 9, 3].all()
+    log.mark((slice(-3, 2), slice(None), slice(5, 100)))  # clipped to the volume
+    assert log.regions()[-1] == (slice(0, 2), slice(0, 10), slice(5, 12))
+    log.mark((slice(2, 2), slice(0, 1), slice(0, 1)))  # empty: ignored
+    assert len(log) == 3
+    log.clear()
+    assert log.bounding_box() is None
 
 
 def test_uncertainty_ranking_finds_the_undecided_block():

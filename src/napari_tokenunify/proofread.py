@@ -246,39 +246,48 @@ class EditLog:
     """The regions a person corrected, for finetuning on them and for autosave bookkeeping."""
 
     shape: tuple[int, int, int]
-    edits: list[Edit] = field(default_factory=list)
+    _regions: list[Region] = field(default_factory=list)
 
     def record(self, edit: Edit) -> None:
-        self.edits.append(edit)
+        self.mark(edit.region)
+
+    def mark(self, region: Sequence[slice]) -> None:
+        """Record a changed box (e.g. from a paint stroke), clipped to the volume."""
+        box = tuple(
+            slice(max(int(s.start or 0), 0), min(int(n if s.stop is None else s.stop), n))
+            for s, n in zip(region, self.shape, strict=True)
+        )
+        if all(s.stop > s.start for s in box):
+            self._regions.append(box)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
-        return len(self.edits)
+        return len(self._regions)
 
     def regions(self) -> list[Region]:
-        return [e.region for e in self.edits]
+        return list(self._regions)
 
     def bounding_box(self) -> Region | None:
         """One box around every edit, or None when nothing was edited."""
-        if not self.edits:
+        if not self._regions:
             return None
-        box = self.edits[0].region
-        for e in self.edits[1:]:
-            box = _union_region(box, e.region)
+        box = self._regions[0]
+        for r in self._regions[1:]:
+            box = _union_region(box, r)
         return box
 
     def mask(self, margin: int = 0) -> np.ndarray:
         """Boolean volume, True inside the (optionally enlarged) box of every edit."""
         out = np.zeros(self.shape, dtype=bool)
-        for e in self.edits:
+        for r in self._regions:
             sl = tuple(
                 slice(max(s.start - margin, 0), min(s.stop + margin, n))
-                for s, n in zip(e.region, self.shape, strict=True)
+                for s, n in zip(r, self.shape, strict=True)
             )
             out[sl] = True
         return out
 
     def clear(self) -> None:
-        self.edits.clear()
+        self._regions.clear()
 
 
 @dataclass

@@ -1,0 +1,136 @@
+"""The TokenUnify dock widget: Model, Predict, Segment, Proofread, Finetune and Export sections.
+
+Besides holding the sections, it tracks which regions of each labels layer a person edited (for
+finetuning and autosave) and, when the viewer closes, cancels running work, waits for it to stop
+and saves changed labels.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+from .autosave import Autosaver
+from .state import Session, SessionEvents, edit_log_for
+from .workers import cancel_all_and_wait
+
+
+def _panel_classes() -> list[type]:
+    from .export_panel import ExportPanel
+    from .finetune_panel import FinetunePanel
+    from .model_panel import ModelPanel
+    from .predict_panel import PredictPanel
+    from .proofread_panel import ProofreadPanel
+    from .segment_panel import SegmentPanel
+
+    return [ModelPanel, PredictPanel, SegmentPanel, ProofreadPanel, FinetunePanel, ExportPanel]
+
+
+def painted_region(atoms: list) -> tuple[slice, ...] | None:
+    """Bounding box of a napari Labels history item (the ``value`` of a ``paint`` event)."""
+    lo: list[int] | None = None
+    hi: list[int] | None = None
+    for atom in atoms:
+        key = getattr(atom, "slice_key", None)
+        if key is not None:
+            a = [s.start or 0 for s in key]
+            b = [s.stop for s in key]
+        else:
+            indices = atom[0]
+            if len(indices) == 0 or len(indices[0]) == 0:
+                continue
+            a = [int(i.min()) for i in indices]
+            b = [int(i.max()) + 1 for i in indices]
+        lo = a if lo is None else [min(x, y) for x, y in zip(lo, a, strict=True)]
+        hi = b if hi is None else [max(x, y) for x, y in zip(hi, b, strict=True)]
+    if lo is None or hi is None:
+        return None
+    return tuple(slice(x, y) for x, y in zip(lo, hi, strict=True))
+
+
+class TokenUnifyWidget(QWidget):
+    """One dock widget with a collapsible section per step of the workflow."""
+
+    def __init__(self, napari_viewer: Any, autosave_interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = Session()
+        self.events = SessionEvents()
+        self.autosaver = Autosaver(autosave_interval_s, image_for=self._image_for)
+        self.panels: dict[str, Any] = {}
+        self._closed = False
+
+        inner = QWidget()
+        inner_layout = QVBoxLayout(inner)
+        for cls in _panel_classes():
+            panel = cls(self.viewer, self.session, self.events)
+            self.panels[cls.title] = panel
+            section = QCollapsible(cls.title)
+            section.addWidget(panel)
+            inner_layout.addWidget(section)
+            if cls.title in ("Model", "Predict", "Segment"):
+                section.expand(animate=False)
+        inner_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(inner)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
+
+        self._tracked: set[int] = set()
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        for layer in self.viewer.layers:
+            self._track(layer)
+        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+        if window is not None:
+            window.installEventFilter(self)
+        self.reset_choices()
+
+    # -- panels ------------------------------------------------------------------------------
+    def panel(self, title: str) -> Any:
+        return self.panels[title]
+
+    def reset_choices(self, *_: Any) -> None:
+        for panel in self.panels.values():
+            panel.reset_choices()
+
+    def _image_for(self, labels: Any) -> Any:
+        image = self.panels["Predict"].image.value if "Predict" in self.panels else None
+        return image
+
+    # -- edit tracking -----------------------------------------------------------------------
+    def _on_inserted(self, event: Any) -> None:
+        self._track(event.value)
+
+    def _track(self, layer: Any) -> None:
+        if type(layer).__name__ != "Labels" or id(layer) in self._tracked:
+            return
+        self._tracked.add(id(layer))
+        layer.events.paint.connect(partial(self._on_paint, layer))
+
+    def _on_paint(self, layer: Any, event: Any) -> None:
+        region = painted_region(event.value)
+        if region is None:
+            return
+        edit_log_for(self.session, layer).mark(region)
+        self.autosaver.mark_dirty(layer)
+        self.events.labels_edited.emit(layer, region)
+
+    # -- closing -----------------------------------------------------------------------------
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        if event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
+
+    def shutdown(self) -> None:
+        """Stop running work (waiting for it, so nothing is left half-written) and autosave."""
+        if self._closed:
+            return
+        self._closed = True
+        cancel_all_and_wait(timeout_s=60.0)
+        self.autosaver.flush()

@@ -1,0 +1,87 @@
+"""Model section: the bundled default model, a model file, the device, and the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, TextEdit
+
+from napari_tokenunify.devices import DEVICE_CHOICES, available_devices
+
+from .base import Panel
+
+SOURCES = ("default (bundled)", "tiny (untrained, for trying things out)", "model file…")
+
+
+def load_model_source(source: str, path: str | Path | None, device: str) -> Any:
+    """Load the chosen model (runs in a worker): bundled default, untrained tiny, or a file."""
+    from napari_tokenunify.model import build_model, load_model
+
+    if source == SOURCES[1]:
+        model = build_model("tiny")
+        model.eval()
+        return model
+    if source == SOURCES[2]:
+        if not path or str(path) in ("", "."):
+            raise ValueError("choose a model file (.safetensors with card.json, a model folder or a TokenUnify .pth)")
+        return load_model(str(path), device=device)
+    return load_model("default", device=device)
+
+
+def describe(model: Any) -> str:
+    """A few lines about a model: preset, parameters, voxel size, training data, metrics."""
+    n = sum(p.numel() for p in model.parameters())
+    card = getattr(model, "card", None)
+    lines = [f"parameters: {n / 1e6:.2f} M"]
+    if card is not None:
+        lines.insert(0, f"preset: {card.preset}" + (f" ({card.name})" if getattr(card, "name", "") else ""))
+        lines.append(f"offsets: {card.offsets}")
+        lines.append(f"patch size (z, y, x): {tuple(card.patch_size)}")
+        vs = card.voxel_size_nm
+        lines.append(f"voxel size (nm): {tuple(vs) if vs else 'not recorded'}")
+        if card.training:
+            data = card.training.get("data") or card.training.get("dataset") or card.training
+            lines.append(f"training: {data}")
+        if card.metrics:
+            lines.append("metrics: " + ", ".join(f"{k}={v}" for k, v in card.metrics.items()))
+    return "\n".join(lines)
+
+
+class ModelPanel(Panel):
+    title = "Model"
+
+    def __init__(self, viewer, session, events) -> None:
+        super().__init__(viewer, session, events)
+        found = available_devices()
+        self.source = ComboBox(label="model", choices=list(SOURCES), value=SOURCES[0])
+        self.path = FileEdit(label="model file", mode="r", filter="*.safetensors *.pth *.pt *.json")
+        self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self.found = Label(value=f"found: {', '.join(found)}")
+        self.load_btn = PushButton(text="Load model")
+        self.card = TextEdit(label="card", value="no model loaded yet (the default loads on first use)")
+        self.card.native.setReadOnly(True)
+        self.card.native.setMaximumHeight(130)
+        self.form.extend([self.source, self.path, self.device, self.found, self.load_btn, self.card])
+        self.load_btn.changed.connect(self.load)
+        self.device.changed.connect(self._device_changed)
+        events.model_changed.connect(self._show)
+
+    def _device_changed(self, value: str) -> None:
+        self.session.device = value
+
+    def load(self, *_: Any):
+        source, path, device = self.source.value, self.path.value, self.device.value
+
+        def work(progress=None, cancel=None):
+            return load_model_source(source, path, device)
+
+        return self.run(work, "Load model", on_result=self.set_model, show_progress=False)
+
+    def set_model(self, model: Any) -> None:
+        self.session.model = model
+        self.session.model_source = self.source.value
+        self.events.model_changed.emit(model)
+
+    def _show(self, model: Any) -> None:
+        self.card.value = describe(model) if model is not None else "no model"

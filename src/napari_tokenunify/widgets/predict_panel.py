@@ -1,0 +1,221 @@
+"""Predict section: affinities for an image layer, tile by tile, into a reusable Zarr store.
+
+The affinity layer is backed by the store itself and refreshed (throttled) while tiles finish, so
+results appear as they are computed; a cancelled run resumes from the completed tiles next time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton
+
+from .base import Panel, is_volume_layer, layer_combo
+from .checks import LayerError, require_image
+from .notify import reporting, show_info
+
+SCOPES = ("current view first", "current view only", "region only", "whole volume")
+AFFINITY_SUFFIX = " affinities"
+REFRESH_MS = 500
+
+
+class LiveArray:
+    """Read-only view of an array being written by a worker: a chunk caught mid-write reads as 0
+    (the next refresh shows it), so napari never sees an exception from a half-written file."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception:  # noqa: BLE001 - partial chunk; shown on the next refresh
+            return np.zeros(np.empty(self.shape, dtype=bool)[key].shape, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.asarray(self.array[...])
+        return out.astype(dtype) if dtype is not None else out
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def default_store(image_layer: Any) -> Path:
+    """Beside the data when the layer came from a file, else in the user's cache folder."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", image_layer.name).strip("_") or "image"
+    src = getattr(getattr(image_layer, "source", None), "path", None)
+    if src:
+        src = Path(src)
+        return src.parent / (src.name.split(".")[0] + ".tokenunify") / f"{name}-affinities.zarr"
+    env = os.environ.get("TOKENUNIFY_CACHE_DIR")
+    base = Path(env) if env else Path.home() / ".napari-tokenunify" / "predictions"
+    return base / f"{name}-affinities.zarr"
+
+
+def visible_box(viewer: Any, layer: Any, depth: int = 16) -> tuple[tuple[int, int], ...]:
+    """The part of ``layer`` (data voxels) on screen: the shown section ± ``depth``/2 in z and
+    the canvas extent in y, x. In 3D display, the whole volume."""
+    shape = tuple(int(s) for s in layer.data.shape[-3:])
+    if viewer.dims.ndisplay == 3:
+        return tuple((0, s) for s in shape)
+    ndim = viewer.dims.ndim
+    offset = ndim - 3
+    center = np.array(viewer.dims.point[offset:], dtype=float)
+    canvas = getattr(viewer, "_canvas_size", None) or (600, 800)
+    zoom = max(float(viewer.camera.zoom), 1e-6)
+    displayed = [a - offset for a in viewer.dims.displayed if a >= offset]
+    lo, hi = center.copy(), center.copy()
+    cam = viewer.camera.center[-len(displayed):]
+    for d, axis in enumerate(displayed):
+        half = canvas[d] / (2 * zoom) if d < len(canvas) else canvas[-1] / (2 * zoom)
+        lo[axis], hi[axis] = cam[d] - half, cam[d] + half
+    lo_d = np.asarray(layer.world_to_data(lo))
+    hi_d = np.asarray(layer.world_to_data(hi))
+    box = []
+    for axis, size in enumerate(shape):
+        if axis in displayed:
+            a, b = sorted((lo_d[axis], hi_d[axis]))
+            a, b = int(np.floor(a)), int(np.ceil(b)) + 1
+        else:
+            c = int(round(lo_d[axis]))
+            a, b = c - depth // 2, c + depth // 2
+        a, b = max(0, min(a, size - 1)), min(size, max(b, 1))
+        box.append((a, max(b, a + 1)))
+    return tuple(box)
+
+
+def parse_region(text: str, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    from napari_tokenunify.engine.tiling import parse_box
+
+    if not text.strip():
+        raise LayerError("type a region as z0:z1, y0:y1, x0:x1 (voxels), e.g. 0:16, 0:128, 0:128")
+    return parse_box(text, shape)
+
+
+class PredictPanel(Panel):
+    title = "Predict"
+
+    def __init__(self, viewer, session, events) -> None:
+        super().__init__(viewer, session, events)
+        self.image = layer_combo(viewer, "Image", "image", is_volume_layer)
+        self.scope = ComboBox(label="scope", choices=list(SCOPES), value=SCOPES[0])
+        self.region = LineEdit(label="region", tooltip="z0:z1, y0:y1, x0:x1 in voxels")
+        self.store = FileEdit(label="store (.zarr)", mode="w", filter="*.zarr")
+        self.predict_btn = PushButton(text="Predict affinities")
+        self.cancel_btn = PushButton(text="Cancel")
+        self.status = Label(value="")
+        self.form.extend(
+            [self.image, self.scope, self.region, self.store, self.predict_btn, self.cancel_btn, self.status]
+        )
+        self.predict_btn.changed.connect(self.predict)
+        self.cancel_btn.changed.connect(self.cancel)
+        self.tile_shape: tuple[int, int, int] | None = None  # engine default; tests use small tiles
+        self.layer: Any = None
+
+    def store_path(self, image_layer: Any) -> Path:
+        value = str(self.store.value or "")
+        return Path(value) if value not in ("", ".") else default_store(image_layer)
+
+    def _roi(self, image_layer: Any, shape) -> tuple[Any, bool]:
+        scope = self.scope.value
+        if scope == "whole volume":
+            return None, False
+        if scope == "region only":
+            return parse_region(self.region.value, shape), True
+        return visible_box(self.viewer, image_layer), scope == "current view only"
+
+    def predict(self, *_: Any, model: Any = None):
+        """Start prediction; returns the Job (None when the input was refused)."""
+        with reporting("Predict"):
+            if self.busy:
+                show_info("A prediction is already running; cancel it first")
+                return None
+            image_layer = self.image.value
+            image = require_image(image_layer, "prediction")
+            roi, roi_only = self._roi(image_layer, tuple(image.shape))
+            out = self.store_path(image_layer)
+            session, device, tile = self.session, self.session.device, self.tile_shape
+            model = model if model is not None else session.model
+            voxel = tuple(float(s) for s in image_layer.scale[-3:])
+            voxel = voxel if any(abs(v - 1.0) > 1e-6 for v in voxel) else None
+            self.status.value = f"writing to {out}"
+
+            def work(progress=None, cancel=None):
+                from napari_tokenunify.engine.predict import predict_affinities
+
+                m = model
+                if m is None:
+                    from napari_tokenunify.model import load_model
+
+                    m = load_model("default", device=device)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                result = predict_affinities(
+                    image, m, out=out, tile_shape=tile, device=device, roi=roi,
+                    roi_only=roi_only, voxel_size=voxel, progress=progress, cancel=cancel,
+                )
+                return m, result
+
+            self._pending_layer = (image_layer, out)
+            self.layer = None
+            return self.run(
+                work, "Predict affinities", on_progress=self._on_progress,
+                on_result=self._on_result, interval_ms=REFRESH_MS,
+            )
+        return None
+
+    def cancel(self, *_: Any) -> bool:
+        job = self.current_job()
+        if job is None:
+            show_info("No prediction to cancel")
+            return False
+        return job.cancel()
+
+    def _ensure_layer(self) -> None:
+        """Show the store as a layer as soon as it exists (refreshed as tiles finish)."""
+        image_layer, out = self._pending_layer
+        name = image_layer.name + AFFINITY_SUFFIX
+        from napari_tokenunify.engine.store import is_store
+
+        if not (out / "affinities").exists() and not is_store(out, "affinities"):
+            return
+        import zarr
+
+        arr = zarr.open_group(str(out), mode="r")["affinities"]
+        data = LiveArray(arr)
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = data
+        else:
+            layer = self.viewer.add_image(
+                data, name=name, contrast_limits=(0, 1), colormap="magma", opacity=0.6,
+                scale=(1, *image_layer.scale[-3:]), translate=(0, *image_layer.translate[-3:]),
+            )
+        layer.metadata["tokenunify"] = {"kind": "affinities", "store": str(out)}
+        self.layer = layer
+
+    def _on_progress(self, p) -> None:
+        if self.layer is None or self.layer not in self.viewer.layers:
+            self._ensure_layer()
+        elif self.layer is not None:
+            self.layer.refresh()
+        rate = f", {p.rate / 1e6:.2f} Mvoxel/s" if p.rate else ""
+        self.status.value = f"{p.done}/{p.total} tiles{rate}"
+
+    def _on_result(self, result) -> None:
+        model, _ = result
+        if self.session.model is None:
+            self.session.model = model
+            self.events.model_changed.emit(model)
+        self.layer = None
+        self._ensure_layer()
+        if self.layer is not None:
+            self.layer.refresh()
+        self.status.value = f"done: {self._pending_layer[1]}"

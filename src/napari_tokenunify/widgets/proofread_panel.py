@@ -1,0 +1,268 @@
+"""Proofread section: merge, split from seeds, delete, new id, jump to a label, next place to check.
+
+Edits are computed by :mod:`napari_tokenunify.proofread` and written with the Labels layer's
+``data_setitem`` so each is one step of napari's own undo (Ctrl+Z). Alt+click on the labels layer
+adds the label under the cursor to the merge list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import Label, LineEdit, PushButton, SpinBox
+
+from napari_tokenunify import proofread as pr
+
+from .base import Panel, is_affinity_layer, is_volume_layer, layer_combo
+from .checks import LayerError, layer_array, require_affinities, require_labels
+from .notify import reporting, show_info
+
+SEEDS_LAYER = "split seeds"
+
+
+def apply_edit_to_layer(layer: Any, edit: pr.Edit) -> int:
+    """Write an edit through napari's history API (one undo step); returns voxels changed."""
+    n = edit.n_changed
+    if n:
+        layer.data_setitem(edit.changed_indices(), edit.changed_values())
+    return n
+
+
+def parse_ids(text: str) -> list[int]:
+    """``"3, 7 9"`` → ``[3, 7, 9]``; a clear error for anything else."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise LayerError(
+            f"could not read label ids from {text!r}: type whole numbers separated by commas"
+        ) from None
+
+
+def go_to(viewer: Any, layer: Any, center, extent=None) -> None:
+    """Centre the view on a point given in ``layer``'s data coordinates.
+
+    The layer may have fewer dimensions than the viewer (a 3D labels layer beside a 4D affinity
+    map): its axes are the viewer's last ones.
+    """
+    world = np.asarray(layer.data_to_world(center), dtype=float)
+    ndim = viewer.dims.ndim
+    offset = ndim - len(world)
+    point = list(viewer.dims.point)
+    for i, w in enumerate(world):
+        point[offset + i] = w
+    displayed = list(viewer.dims.displayed)
+    for axis in range(ndim):
+        if axis not in displayed:
+            viewer.dims.set_point(axis, point[axis])
+    viewer.camera.center = tuple(point[a] for a in displayed)
+    canvas = getattr(viewer, "_canvas_size", None)
+    if extent is not None and canvas and min(canvas) > 0:
+        scale = layer.scale
+        shown = [extent[a - offset] * scale[a - offset] for a in displayed[-2:] if a >= offset]
+        if shown and max(shown) > 0:
+            viewer.camera.zoom = 0.6 * min(canvas) / max(shown)
+
+
+class ProofreadPanel(Panel):
+    title = "Proofread"
+
+    def __init__(self, viewer, session, events) -> None:
+        super().__init__(viewer, session, events)
+        self.labels = layer_combo(viewer, "Labels", "labels")
+        self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer)
+        self.image = layer_combo(viewer, "Image", "image", is_volume_layer)
+        self.ids = LineEdit(label="label ids", tooltip="ids to merge, e.g. '4, 9' (Alt+click adds)")
+        self.add_selected = PushButton(text="+ selected label")
+        self.merge_btn = PushButton(text="Merge ids")
+        self.split_btn = PushButton(text="Split by seed points")
+        self.delete_btn = PushButton(text="Delete selected label")
+        self.relabel_btn = PushButton(text="New id for selected label")
+        self.jump_id = SpinBox(label="jump to id", min=0, max=2**31 - 1)
+        self.jump_btn = PushButton(text="Jump")
+        self.next_btn = PushButton(text="Next place to check")
+        self.status = Label(value="")
+        self.form.extend(
+            [
+                self.labels,
+                self.affinities,
+                self.image,
+                self.ids,
+                self.add_selected,
+                self.merge_btn,
+                self.split_btn,
+                self.delete_btn,
+                self.relabel_btn,
+                self.jump_id,
+                self.jump_btn,
+                self.next_btn,
+                self.status,
+            ]
+        )
+        self.add_selected.changed.connect(self._add_selected)
+        self.merge_btn.changed.connect(self.merge)
+        self.split_btn.changed.connect(self.split)
+        self.delete_btn.changed.connect(self.delete)
+        self.relabel_btn.changed.connect(self.new_id)
+        self.jump_btn.changed.connect(lambda *_: self.jump_to(self.jump_id.value))
+        self.next_btn.changed.connect(self.next_spot)
+        self.labels.changed.connect(self._bind_labels)
+        self._spots: list[pr.UncertainSpot] = []
+        self._spot_index = -1
+        self._spots_key: Any = None
+        self._bound: Any = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _labels(self) -> tuple[Any, np.ndarray]:
+        layer = self.labels.value
+        return layer, require_labels(layer, action="proofreading")
+
+    def _apply(self, layer, edit: pr.Edit, what: str) -> None:
+        n = apply_edit_to_layer(layer, edit)
+        self.status.value = f"{what}: {n} voxels changed (Ctrl+Z undoes)"
+
+    def _bind_labels(self, *_: Any) -> None:
+        """Alt+click on the chosen labels layer adds the id under the cursor to the merge list."""
+        layer = self.labels.value
+        if layer is self._bound:
+            return
+        if self._bound is not None and self._alt_click in self._bound.mouse_drag_callbacks:
+            self._bound.mouse_drag_callbacks.remove(self._alt_click)
+        self._bound = layer
+        if layer is not None:
+            layer.mouse_drag_callbacks.append(self._alt_click)
+
+    def _alt_click(self, layer, event) -> None:
+        if "Alt" not in getattr(event, "modifiers", ()):
+            return
+        value = layer.get_value(
+            event.position,
+            view_direction=event.view_direction,
+            dims_displayed=event.dims_displayed,
+            world=True,
+        )
+        if value:
+            self.add_id(int(value))
+
+    def add_id(self, label_id: int) -> None:
+        ids = parse_ids(self.ids.value)
+        if label_id and label_id not in ids:
+            ids.append(label_id)
+        self.ids.value = ", ".join(str(i) for i in ids)
+
+    def _add_selected(self, *_: Any) -> None:
+        with reporting("Add selected label"):
+            layer, _ = self._labels()
+            self.add_id(int(layer.selected_label))
+
+    def _selected(self, layer) -> int:
+        label_id = int(layer.selected_label)
+        if label_id == 0:
+            raise LayerError("select a label first (pick it with the colour picker or Jump to)")
+        return label_id
+
+    # -- edits -------------------------------------------------------------------------------
+    def merge(self, *_: Any) -> None:
+        with reporting("Merge"):
+            layer, data = self._labels()
+            ids = parse_ids(self.ids.value)
+            edit = pr.merge_labels(data, ids)
+            self._apply(layer, edit, f"merged {list(edit.ids)} into {edit.ids[0]}")
+            layer.selected_label = edit.ids[0]
+            self.ids.value = ""
+
+    def split(self, *_: Any) -> None:
+        with reporting("Split"):
+            layer, data = self._labels()
+            seeds = self.viewer.layers[SEEDS_LAYER] if SEEDS_LAYER in self.viewer.layers else None
+            if seeds is None or len(seeds.data) < 2:
+                if seeds is None:
+                    seeds = self.viewer.add_points(
+                        ndim=3, name=SEEDS_LAYER, size=4, face_color="yellow"
+                    )
+                    seeds.scale = layer.scale
+                    seeds.translate = layer.translate
+                seeds.mode = "add"
+                self.viewer.layers.selection.active = seeds
+                show_info(
+                    f"Click two or more points inside the label to split (layer '{SEEDS_LAYER}'), "
+                    "then press Split again"
+                )
+                return
+            points = [layer.world_to_data(seeds.data_to_world(p)) for p in seeds.data]
+            affs = self.affinities.value
+            image = self.image.value
+            edit = pr.split_label(
+                data,
+                points,
+                affinities=require_affinities(affs, data.shape) if affs is not None else None,
+                image=layer_array(image) if affs is None and image is not None else None,
+            )
+            self._apply(layer, edit, f"split label {edit.ids[0]} into {list(edit.ids)}")
+            seeds.data = np.zeros((0, 3))
+
+    def delete(self, *_: Any) -> None:
+        with reporting("Delete label"):
+            layer, data = self._labels()
+            label_id = self._selected(layer)
+            self._apply(layer, pr.delete_label(data, label_id), f"deleted label {label_id}")
+
+    def new_id(self, *_: Any) -> None:
+        with reporting("New id"):
+            layer, data = self._labels()
+            label_id = self._selected(layer)
+            edit = pr.relabel(data, label_id)
+            self._apply(layer, edit, f"label {label_id} is now {edit.ids[1]}")
+            layer.selected_label = edit.ids[1]
+
+    # -- navigation --------------------------------------------------------------------------
+    def _go_to(self, layer, center, extent=None) -> None:
+        """Move the dims sliders and the camera to a data point of ``layer`` (zoom to ``extent``)."""
+        go_to(self.viewer, layer, center, extent)
+
+    def jump_to(self, label_id: int) -> None:
+        with reporting("Jump to label"):
+            layer, data = self._labels()
+            box = pr.label_bbox(data, int(label_id))
+            center = pr.label_centroid(data, int(label_id))
+            self._go_to(layer, center, [s.stop - s.start for s in box])
+            layer.selected_label = int(label_id)
+            self.status.value = f"label {label_id}: centre {tuple(round(c) for c in center)}"
+
+    def next_spot(self, *_: Any) -> None:
+        """Visit the next most uncertain block (ranking computed once per affinity layer)."""
+        with reporting("Next place to check"):
+            affs_layer = self.affinities.value
+            affs = require_affinities(affs_layer)
+            key = (id(affs_layer), affs.shape)
+            if key != self._spots_key:
+                if self.busy:
+                    show_info("Still ranking uncertain regions…")
+                    return
+                self.status.value = "ranking uncertain regions…"
+
+                def rank(progress=None, cancel=None):
+                    return pr.uncertainty_ranking(affs, top=200)
+
+                def done(spots):
+                    self._spots, self._spot_index, self._spots_key = spots, -1, key
+                    self.next_spot()
+
+                self.run(rank, "Rank uncertain regions", on_result=done, show_progress=False)
+                return
+            if not self._spots:
+                show_info("No uncertain regions found")
+                return
+            self._spot_index = (self._spot_index + 1) % len(self._spots)
+            spot = self._spots[self._spot_index]
+            extent = [s.stop - s.start for s in spot.region]
+            if self.labels.value is not None:
+                self._go_to(self.labels.value, spot.center, extent)
+            else:
+                channel = self.viewer.dims.point[0] if self.viewer.dims.ndim == 4 else 0
+                self._go_to(affs_layer, (channel, *spot.center), [1, *extent])
+            self.status.value = (
+                f"place {self._spot_index + 1} of {len(self._spots)}: "
+                f"uncertainty {spot.score:.2f} at z,y,x {tuple(int(c) for c in spot.center)}"
+            )

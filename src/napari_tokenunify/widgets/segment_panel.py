@@ -1,0 +1,97 @@
+"""Segment section: affinities → neuron labels; the threshold slider re-agglomerates from the kept
+fragments and merge history (the engine's ``Agglomerator``), so moving it is fast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import FloatSlider, Label, PushButton, SpinBox
+
+from .base import Panel, is_affinity_layer, layer_combo
+from .checks import layer_array, require_affinities
+from .notify import reporting, show_info
+from .state import edit_log_for
+
+LABELS_NAME = "segmentation"
+
+
+class SegmentPanel(Panel):
+    title = "Segment"
+
+    def __init__(self, viewer, session, events) -> None:
+        super().__init__(viewer, session, events)
+        self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer)
+        self.threshold = FloatSlider(label="threshold", min=0.05, max=0.95, step=0.01, value=0.5)
+        self.min_size = SpinBox(label="minimum size", min=0, max=10**9, value=0)
+        self.segment_btn = PushButton(text="Segment")
+        self.status = Label(value="")
+        self.form.extend([self.affinities, self.threshold, self.min_size, self.segment_btn, self.status])
+        self.segment_btn.changed.connect(self.segment)
+        self.threshold.changed.connect(self._threshold_moved)
+        self._pending: float | None = None
+        self.labels_layer: Any = None
+
+    def _key(self, layer: Any) -> str:
+        return f"{layer.name}:{id(layer)}"
+
+    def segment(self, *_: Any):
+        """Build fragments + merge history (once per affinity layer), then label at the threshold."""
+        with reporting("Segment"):
+            layer = self.affinities.value
+            affs = require_affinities(layer)
+            key = self._key(layer)
+            threshold, min_size = float(self.threshold.value), int(self.min_size.value)
+            agg = self.session.agglomerators.get(key)
+
+            def work(progress=None, cancel=None):
+                from napari_tokenunify.engine.agglomerate import Agglomerator
+                from napari_tokenunify.engine.cleanup import remove_small
+
+                a = agg
+                if a is None:
+                    a = Agglomerator(np.asarray(affs))
+                labels = a.segment(threshold)
+                if min_size > 0:
+                    labels = remove_small(labels, min_size)
+                return a, labels, threshold
+
+            self.status.value = "segmenting…" if agg is not None else "building fragments…"
+            return self.run(work, "Segment", on_result=lambda r: self._show(layer, key, *r))
+        return None
+
+    def _threshold_moved(self, value: float) -> None:
+        layer = self.affinities.value
+        if layer is None or self._key(layer) not in self.session.agglomerators:
+            return  # nothing segmented yet: the slider only sets the value for Segment
+        if self.busy:
+            self._pending = float(value)  # re-run with the latest value when the current one ends
+            return
+        self.segment()
+
+    def _show(self, affs_layer: Any, key: str, agg: Any, labels: np.ndarray, threshold: float) -> None:
+        self.session.agglomerators[key] = agg
+        target = self.labels_layer
+        if target is not None and target in self.viewer.layers and len(edit_log_for(self.session, target)):
+            show_info(
+                f"'{target.name}' has proofreading edits; the new threshold goes to a new layer"
+            )
+            target = None
+        if target is None or target not in self.viewer.layers:
+            name = LABELS_NAME if LABELS_NAME not in self.viewer.layers else f"{LABELS_NAME} t={threshold:.2f}"
+            target = self.viewer.add_labels(
+                labels, name=name, scale=affs_layer.scale[-3:], translate=affs_layer.translate[-3:]
+            )
+        else:
+            target.data = labels
+        target.metadata["tokenunify"] = {"kind": "labels", "threshold": threshold}
+        self.labels_layer = target
+        n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+        self.status.value = f"{n} segments at threshold {threshold:.2f}"
+        if self._pending is not None and abs(self._pending - threshold) > 1e-9:
+            self._pending = None
+            self.segment()
+        self._pending = None
+
+    def labels_data(self) -> np.ndarray | None:
+        return None if self.labels_layer is None else layer_array(self.labels_layer)
