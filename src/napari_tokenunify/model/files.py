@@ -1,0 +1,203 @@
+"""Building, saving and loading networks (our format: ``model.safetensors`` + ``card.json``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..devices import resolve_device
+from .card import ModelCard
+from .checkpoint import ModelFileError, infer_config, load_state_strict, preset_for, read_pth
+from .network import EMMamba
+from .presets import ModelConfig, get_preset
+
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "card.json"
+PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+
+def build_model(preset: str = "tiny", out_channels: int = 3, **overrides: Any) -> EMMamba:
+    """A freshly initialised EMMamba of the named preset (see ``PRESETS``) with ``out_channels``
+    outputs; ``overrides`` change other ``ModelConfig`` fields (e.g. ``depths=(1, 1, 1, 1)``)."""
+    config = get_preset(preset).with_overrides(out_channels=out_channels, **overrides)
+    return _from_config(config, preset.lower(), None)
+
+
+def _from_config(config: ModelConfig, preset: str | None, card: ModelCard | None) -> EMMamba:
+    model = EMMamba(config, preset=preset)
+    if card is None:
+        card = ModelCard(
+            preset=preset or "custom",
+            in_channels=config.in_channels,
+            out_channels=config.out_channels,
+            patch_size=list(config.patch_size),
+            offsets=_default_offsets(config.out_channels),
+        )
+    card.config = config.to_dict()
+    model.card = card
+    return model
+
+
+def _default_offsets(n: int) -> list[list[int]]:
+    from ..affinities import NEAREST_OFFSETS
+
+    return [list(o) for o in NEAREST_OFFSETS] if n == 3 else []
+
+
+def save_model(model: EMMamba, directory: str | Path, card: ModelCard | None = None) -> Path:
+    """Write ``directory/model.safetensors`` and ``directory/card.json``; returns the folder.
+
+    Files are written under temporary names and renamed, so a crash never leaves half a model.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    card = card or getattr(model, "card", None) or ModelCard(preset=getattr(model, "preset", None) or "custom")
+    config = getattr(model, "config", None)
+    if config is not None:
+        card.config = config.to_dict()
+        card.in_channels = config.in_channels
+        card.out_channels = config.out_channels
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": "napari-tokenunify", "preset": str(card.preset)}
+    _atomic(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=meta))
+    _atomic(directory / CARD_NAME, lambda p: Path(p).write_text(card.to_json() + "\n", encoding="utf-8"))
+    model.card = card
+    return directory
+
+
+def _atomic(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_model(
+    source: str | Path,
+    device: str | torch.device = "auto",
+    preset: str | None = None,
+) -> EMMamba:
+    """Load a network in eval mode, with ``model.card``.
+
+    ``source``: a model folder (``model.safetensors`` + ``card.json``), a ``.safetensors`` file
+    with ``card.json`` (or ``<name>.json``) beside it, a TokenUnify ``.pth`` checkpoint, or the
+    name of a bundled model (``"default"``). ``preset`` only applies to ``.pth`` files: it
+    checks the checkpoint against that preset instead of inferring the architecture.
+    """
+    path = _resolve_source(source)
+    if path.is_dir():
+        model = _load_safetensors(path / WEIGHTS_NAME, path / CARD_NAME)
+    elif path.suffix == ".safetensors":
+        card_path = path.with_name(CARD_NAME)
+        if not card_path.is_file():
+            card_path = path.with_suffix(".json")
+        model = _load_safetensors(path, card_path)
+    elif path.suffix in PTH_SUFFIXES:
+        model = load_pth(path, preset=preset)
+    else:
+        raise ModelFileError(
+            f"{path} is not a model: give a model folder, a .safetensors file or a TokenUnify "
+            f".pth checkpoint ({', '.join(PTH_SUFFIXES)})"
+        )
+    return model.to(resolve_device(device)).eval()
+
+
+def _resolve_source(source: str | Path) -> Path:
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    text = str(source)
+    if os.sep not in text and "/" not in text and not path.suffix:
+        from .bundled import bundled_path
+
+        return bundled_path(text)
+    raise FileNotFoundError(f"model {source} not found: no such file or folder")
+
+
+def _load_safetensors(weights: Path, card_path: Path) -> EMMamba:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found (a model folder holds {WEIGHTS_NAME} and {CARD_NAME})")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{weights} is not a readable safetensors file ({err}); it may be corrupt") from err
+    card = None
+    if card_path.is_file():
+        try:
+            card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+        except (ValueError, TypeError) as err:
+            raise ModelFileError(f"{card_path} is not a valid model card: {err}") from err
+    config = _config_for(state, card)
+    model = _from_config(config, card.preset if card else preset_for(config), card)
+    load_state_strict(model, state, str(weights))
+    return model
+
+
+def _config_for(state: dict[str, torch.Tensor], card: ModelCard | None) -> ModelConfig:
+    if card is not None and card.config:
+        try:
+            return ModelConfig(**{k: v for k, v in card.config.items() if k in ModelConfig.__dataclass_fields__})
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"the model card's config is invalid: {err}") from err
+    return infer_config(state)
+
+
+def load_pth(path: str | Path, preset: str | None = None) -> EMMamba:
+    """A TokenUnify ``.pth`` checkpoint as an EMMamba (CPU, eval), with a card describing it."""
+    state, meta = read_pth(path)
+    inferred = infer_config(state)
+    if preset is not None:
+        config = get_preset(preset).with_overrides(
+            out_channels=inferred.out_channels, in_channels=inferred.in_channels
+        )
+        name = preset.lower()
+    else:
+        config = inferred
+        name = preset_for(inferred) or "custom"
+    training: dict[str, Any] = {"source": str(Path(path).name), "origin": "TokenUnify checkpoint"}
+    if "epoch" in meta:
+        training["epoch"] = _plain(meta["epoch"])
+    args = meta.get("args")
+    if args is not None:
+        training["args"] = _plain(vars(args) if hasattr(args, "__dict__") else args)
+    card = ModelCard(
+        preset=name,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        offsets=_default_offsets(config.out_channels),
+        patch_size=list(config.patch_size),
+        normalization={"low": 0.0, "high": 255.0},
+        training=training,
+    )
+    model = _from_config(config, name, card)
+    load_state_strict(model, state, str(path))
+    return model.eval()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of checkpoint metadata (tensors and odd objects become strings)."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, dict):
+            return {str(k): _plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [_plain(v) for v in value]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return value.item()
+        return str(value)

@@ -1,0 +1,100 @@
+"""EMMamba network: presets, forward contract, shapes, parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_tokenunify.model import PRESETS, EMMamba, build_model
+
+
+def _n_params_meta(preset: str) -> int:
+    with torch.device("meta"):
+        model = build_model(preset)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_base_has_28_3m_parameters():
+    assert abs(_n_params_meta("base") - 28.3e6) <= 0.1e6
+
+
+@pytest.mark.parametrize(
+    "preset,target,tol",
+    [("100m", 100e6, 0.15), ("200m", 200e6, 0.15), ("500m", 500e6, 0.15), ("1b", 1e9, 0.15)],
+)
+def test_scale_presets_have_their_size(preset, target, tol):
+    n = _n_params_meta(preset)
+    assert abs(n - target) / target < tol, n
+
+
+def test_tiny_is_small():
+    n = _n_params_meta("tiny")
+    assert n < 5e6  # < 20 MB of float32 on disk
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_forward_shape_range_and_finite(preset):
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    x = torch.rand(1, 1, 16, 32, 48)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (1, 3, 16, 32, 48)
+    assert torch.isfinite(y).all()
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+@pytest.mark.parametrize("preset", ["100m", "200m", "500m", "1b"])
+def test_scale_presets_build_and_trace_shapes(preset):
+    # meta tensors: runs every layer's shape logic without allocating memory
+    with torch.device("meta"):
+        model = build_model(preset, out_channels=2)
+        y = model(torch.empty(1, 1, 16, 32, 32))
+    assert tuple(y.shape) == (1, 2, 16, 32, 32)
+
+
+def test_out_channels_configurable():
+    model = build_model("tiny", out_channels=12).eval()
+    with torch.no_grad():
+        y = model(torch.rand(2, 1, 16, 16, 32))
+    assert y.shape == (2, 12, 16, 16, 32)
+    assert model.card.out_channels == 12
+
+
+def test_valid_shape_and_divisor():
+    assert EMMamba.input_divisor == 16
+    model = build_model("tiny")
+    assert model.valid_shape((1, 17, 160)) == (16, 32, 160)
+    assert model.valid_shape((32, 33, 64)) == (32, 48, 64)
+    assert model.valid_shape((5, 16, 16)) == (16, 16, 32)  # deepest stage needs > 1 voxel
+
+
+def test_bad_input_is_refused_with_advice():
+    model = build_model("tiny")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        model(torch.rand(1, 1, 16, 30, 32))
+    with pytest.raises(ValueError, match="too small"):
+        model(torch.rand(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError, match="expected input"):
+        model(torch.rand(1, 2, 16, 32, 32))
+
+
+def test_unknown_preset_and_option():
+    with pytest.raises(ValueError, match="unknown model preset"):
+        build_model("huge")
+    with pytest.raises(ValueError, match="unknown model option"):
+        build_model("tiny", widths=3)
+
+
+def test_backward_gives_finite_grads_everywhere():
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    y = model(torch.rand(1, 1, 16, 32, 32))
+    y.mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_presets_listed():
+    assert set(PRESETS) >= {"tiny", "base", "100m", "200m", "500m", "1b"}
