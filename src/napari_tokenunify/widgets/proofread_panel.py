@@ -74,7 +74,7 @@ class ProofreadPanel(Panel):
         self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer)
         self.image = layer_combo(viewer, "Image", "image", is_volume_layer)
         self.ids = LineEdit(label="label ids", tooltip="ids to merge, e.g. '4, 9' (Alt+click adds)")
-        self.add_selected = PushButton(text="+ selected label")
+        self.add_selected_btn = PushButton(text="+ selected label")
         self.merge_btn = PushButton(text="Merge ids")
         self.split_btn = PushButton(text="Split by seed points")
         self.delete_btn = PushButton(text="Delete selected label")
@@ -89,7 +89,7 @@ class ProofreadPanel(Panel):
                 self.affinities,
                 self.image,
                 self.ids,
-                self.add_selected,
+                self.add_selected_btn,
                 self.merge_btn,
                 self.split_btn,
                 self.delete_btn,
@@ -100,7 +100,7 @@ class ProofreadPanel(Panel):
                 self.status,
             ]
         )
-        self.add_selected.changed.connect(self._add_selected)
+        self.add_selected_btn.changed.connect(self.add_selected)
         self.merge_btn.changed.connect(self.merge)
         self.split_btn.changed.connect(self.split)
         self.delete_btn.changed.connect(self.delete)
@@ -151,7 +151,7 @@ class ProofreadPanel(Panel):
             ids.append(label_id)
         self.ids.value = ", ".join(str(i) for i in ids)
 
-    def _add_selected(self, *_: Any) -> None:
+    def add_selected(self, *_: Any) -> None:
         with reporting("Add selected label"):
             layer, _ = self._labels()
             self.add_id(int(layer.selected_label))

@@ -1,0 +1,133 @@
+"""Proofread section driven through a real napari viewer: edits, undo, navigation, errors."""
+# ruff: noqa: F811  (pytest fixtures imported from widget_support)
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_tokenunify.affinities import labels_to_affinities
+from napari_tokenunify.widgets.proofread_panel import SEEDS_LAYER, parse_ids
+from widget_support import docked, notes, pick, wait_job  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.gui
+
+
+def _blocks() -> np.ndarray:
+    lab = np.zeros((6, 24, 32), dtype=np.uint32)
+    lab[:, 2:22, 2:14] = 1
+    lab[:, 2:11, 16:30] = 2
+    lab[:, 13:22, 16:30] = 3
+    return lab
+
+
+@pytest.fixture
+def proof(docked):
+    viewer, widget = docked
+    layer = viewer.add_labels(_blocks(), name="seg")
+    panel = widget.panel("Proofread")
+    pick(panel.labels, layer)
+    return viewer, widget, panel, layer
+
+
+def test_merge_is_one_undo_step_and_is_tracked(proof):
+    viewer, widget, panel, layer = proof
+    before = np.array(layer.data)
+    panel.ids.value = "2, 3"
+    panel.merge()
+    assert set(np.unique(layer.data)) == {0, 1, 2}
+    assert (layer.data[before == 3] == 2).all()
+    log = widget.session.edit_logs[id(layer)]
+    assert len(log) == 1 and log.bounding_box()[2] == slice(16, 30)
+    assert widget.autosaver.pending == 1
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+    layer.redo()
+    assert not (layer.data == 3).any()
+
+
+def test_split_with_seed_points_then_delete_and_new_id(proof, notes):
+    viewer, widget, panel, layer = proof
+    truth = _blocks()
+    merged = np.where(truth > 1, 2, truth).astype(np.uint32)
+    layer.data = merged
+    affs, _ = labels_to_affinities(truth)
+    aff_layer = viewer.add_image(affs, name="affs")
+    pick(panel.labels, layer)
+    pick(panel.affinities, aff_layer)
+    panel.split()  # no seeds yet: creates the points layer and explains
+    assert SEEDS_LAYER in viewer.layers and notes.has("two or more points")
+    viewer.layers[SEEDS_LAYER].data = np.array([[3, 5, 20], [3, 18, 20]], dtype=float)
+    panel.split()
+    new = np.array(layer.data)
+    assert set(np.unique(new[truth == 2])) == {2}
+    assert set(np.unique(new[truth == 3])) == {3}  # a fresh id (max + 1)
+    assert len(viewer.layers[SEEDS_LAYER].data) == 0
+
+    layer.selected_label = 3
+    panel.new_id()
+    assert not (layer.data == 3).any() and (layer.data[truth == 3] == 4).all()
+    assert layer.selected_label == 4
+    panel.delete()
+    assert not (layer.data == 4).any()
+    for _ in range(3):
+        layer.undo()
+    np.testing.assert_array_equal(layer.data, merged)
+
+
+def test_alt_click_and_selected_fill_the_merge_list(proof):
+    viewer, widget, panel, layer = proof
+    layer.selected_label = 3
+    panel.add_selected()
+    panel.add_id(1)
+    panel.add_id(3)
+    assert parse_ids(panel.ids.value) == [3, 1]
+
+
+def test_jump_to_label_moves_the_view(proof):
+    viewer, widget, panel, layer = proof
+    lab = np.array(layer.data)
+    lab[4:6, 15:20, 20:25] = 9
+    layer.data = lab
+    panel.jump_to(9)
+    assert layer.selected_label == 9
+    assert viewer.dims.point[0] == pytest.approx(4.5, abs=0.5)
+    assert viewer.camera.center[-2:] == pytest.approx((17.0, 22.0))
+
+
+def test_next_place_to_check_visits_uncertain_blocks(proof, qtbot):
+    viewer, widget, panel, layer = proof
+    affs = np.full((3, 16, 64, 64), 0.97, dtype=np.float32)
+    affs[:, 8:16, 32:64, 0:32] = 0.5
+    aff_layer = viewer.add_image(affs, name="affs")
+    pick(panel.affinities, aff_layer)
+    pick(panel.labels, None)
+    panel.next_spot()
+    qtbot.waitUntil(lambda: bool(panel._spots), timeout=20000)
+    qtbot.waitUntil(lambda: "place 1 of" in panel.status.value, timeout=20000)
+    assert viewer.dims.point[1] == pytest.approx(11.5, abs=0.5)
+    assert viewer.camera.center[-2:] == pytest.approx((47.5, 15.5))
+    panel.next_spot()
+    assert "place 2 of" in panel.status.value
+
+
+def test_bad_requests_become_notifications(docked, notes):
+    viewer, widget = docked
+    panel = widget.panel("Proofread")
+    panel.merge()  # no labels layer
+    assert notes.has("Merge failed", "no labels layer")
+    layer = viewer.add_labels(_blocks(), name="seg")
+    pick(panel.labels, layer)
+    panel.ids.value = "2"
+    panel.merge()
+    assert notes.has("at least two")
+    panel.ids.value = "2, x"
+    panel.merge()
+    assert notes.has("whole numbers")
+    layer.selected_label = 0
+    panel.delete()
+    assert notes.has("select a label first")
+    panel.jump_to(77)
+    assert notes.has("does not occur")
+    panel.next_spot()
+    assert notes.has("no affinity layer")
