@@ -38,7 +38,7 @@ LOCAL_BITS = 32
 
 
 def _clip(box, shape):
-    return tuple((max(a, 0), min(b, s)) for (a, b), s in zip(box, shape))
+    return tuple((max(a, 0), min(b, s)) for (a, b), s in zip(box, shape, strict=False))
 
 
 def _slices(box):
@@ -56,7 +56,7 @@ def block_fragments(block: Block, *, affinities, fragments_out, number: int,
     tile = _clip(block.tile, shape)
     affs = _read_affs(affinities, tile)
     frag = fragments_from_affinities(affs, anisotropic=anisotropic, voxel_size=voxel_size)
-    inner = tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(block.core, tile))
+    inner = tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(block.core, tile, strict=False))
     from skimage.segmentation import relabel_sequential
 
     core, _, _ = relabel_sequential(frag[inner])
@@ -86,16 +86,16 @@ def block_links(block: Block, *, affinities, fragments, threshold: float, scorin
     from .agglomerate import components_lut
 
     lut = components_lut(len(ids), pairs)
-    inner = tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(block.core, tile))
+    inner = tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(block.core, tile, strict=False))
     in_core = np.zeros(len(ids), dtype=bool)
     in_core[np.unique(local[inner]).astype(np.int64)] = True
     nodes = np.arange(1, len(ids))
     seg = lut[nodes]
     # each local segment with a fragment in this block: link all its fragments to one of those
     owner = {}
-    for node, s in zip(nodes[in_core[nodes]], seg[in_core[nodes]]):
+    for node, s in zip(nodes[in_core[nodes]], seg[in_core[nodes]], strict=False):
         owner.setdefault(int(s), int(node))
-    links = [(ids[node], ids[owner[int(s)]]) for node, s in zip(nodes, seg)
+    links = [(ids[node], ids[owner[int(s)]]) for node, s in zip(nodes, seg, strict=False)
              if int(s) in owner and owner[int(s)] != node]
     return np.array(links, dtype=np.uint64).reshape(-1, 2)
 
@@ -160,9 +160,9 @@ def segment_blockwise(
     shape = tuple(int(s) for s in affinities.shape[1:])
     if isinstance(context, int):
         context = (context,) * 3
-    block_shape = tuple(min(int(b), s) for b, s in zip(block_shape, shape))
+    block_shape = tuple(min(int(b), s) for b, s in zip(block_shape, shape, strict=False))
     context = tuple(int(c) for c in context)
-    grid = TileGrid(shape, tuple(b + 2 * c for b, c in zip(block_shape, context)), context)
+    grid = TileGrid(shape, tuple(b + 2 * c for b, c in zip(block_shape, context, strict=False)), context)
     blocks = grid.blocks()
     if anisotropic is None:
         anisotropic = bool(voxel_size is not None and voxel_size[0] >= 2 * max(voxel_size[1:]))
@@ -191,7 +191,7 @@ def segment_blockwise(
         labels_target = store
         del zarr
 
-    numbered = list(zip(blocks, range(len(blocks))))
+    numbered = list(zip(blocks, range(len(blocks)), strict=False))
     counts = run_tasks(
         _fragments_task, numbered, client=client, progress=progress, cancel=cancel,
         message="fragments", affinities=affinities, fragments_out=fragments,
@@ -211,7 +211,7 @@ def segment_blockwise(
         labels = group.create_array("labels", shape=shape, chunks=block_shape, dtype=dtype,
                                     fill_value=0, overwrite=True)
     run_tasks(
-        block_relabel, list(zip(blocks, luts)), client=client, progress=progress, cancel=cancel,
+        block_relabel, list(zip(blocks, luts, strict=False)), client=client, progress=progress, cancel=cancel,
         message="relabelling", fragments=fragments, labels_out=labels, dtype=dtype,
     )
     if labels_target is not None:

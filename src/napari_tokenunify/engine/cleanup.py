@@ -67,7 +67,7 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     mapping: dict[int, int] = {}
     if len(a):
         starts = np.r_[0, np.nonzero(np.diff(a))[0] + 1]
-        for s, e in zip(starts, np.r_[starts[1:], len(a)]):
+        for s, e in zip(starts, np.r_[starts[1:], len(a)], strict=False):
             ida = int(a[s])
             if ida == 0 or ida in border or e - s != 1 or int(b[s]) == 0:
                 continue
@@ -81,13 +81,13 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     if min_size <= 1:
         return labels
     ids, sizes = np.unique(labels, return_counts=True)
-    small = {int(i) for i, s in zip(ids, sizes) if i != 0 and s < min_size}
+    small = {int(i) for i, s in zip(ids, sizes, strict=False) if i != 0 and s < min_size}
     if not small:
         return labels
     a, b, counts = contacts(labels)
     mapping: dict[int, int] = {}
     best: dict[int, tuple[int, int]] = {}
-    for x, y, c in zip(a.tolist(), b.tolist(), counts.tolist()):
+    for x, y, c in zip(a.tolist(), b.tolist(), counts.tolist(), strict=False):
         if x in small and y != 0 and (x not in best or c > best[x][1]):
             best[x] = (y, c)
     for x in small:

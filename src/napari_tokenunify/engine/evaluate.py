@@ -17,9 +17,9 @@ import numpy as np
 def _blocks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
     from itertools import product
 
-    ranges = [range(0, s, c) for s, c in zip(shape, chunks)]
+    ranges = [range(0, s, c) for s, c in zip(shape, chunks, strict=False)]
     for starts in product(*ranges):
-        yield tuple(slice(a, min(a + c, s)) for a, c, s in zip(starts, chunks, shape))
+        yield tuple(slice(a, min(a + c, s)) for a, c, s in zip(starts, chunks, shape, strict=False))
 
 
 def _read(array, sl) -> np.ndarray:

@@ -60,7 +60,7 @@ def _card_norm(normalization: Any) -> dict:
 def intensity_range(image, normalization: Any = None) -> IntensityRange:
     """Decide the intensity range of ``image`` from the card's ``normalization`` (see module)."""
     dtype = np.dtype(image.dtype)
-    if dtype == bool:
+    if dtype == np.dtype(bool):
         return IntensityRange(0.0, 1.0)
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise ValueError(f"image data type {dtype} is not a number type; give an integer or float volume")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..devices import configure_cpu_threads, resolve_device
 from ..progress import CancelToken, ProgressCallback, ProgressReporter, check_cancel
 from .normalize import IntensityRange, check_finite, intensity_range
 from .store import BlockStore
-from .tiling import Block, Box, TileGrid, check_box, order_blocks, read_padded
+from .tiling import Block, Box, TileGrid, boxes_intersect, check_box, order_blocks, read_padded
 
 DEFAULT_PATCH = (32, 128, 128)
 OUT_DTYPES = ("float32", "float16", "uint8")
@@ -45,7 +46,7 @@ def valid_shape(model, shape: Sequence[int]) -> tuple[int, int, int]:
         return tuple(int(s) for s in fn(tuple(int(s) for s in shape)))
     div = getattr(model, "input_divisor", 1) or 1
     divs = (div,) * 3 if isinstance(div, int) else tuple(div)
-    return tuple(-(-int(s) // d) * d for s, d in zip(shape, divs))
+    return tuple(-(-int(s) // d) * d for s, d in zip(shape, divs, strict=False))
 
 
 def default_halo(tile_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -71,8 +72,8 @@ def plan_tiles(
     elif isinstance(halo, int):
         halo = (halo,) * 3
     halo = tuple(int(h) for h in halo)
-    tile = valid_shape(model, [min(t, s + 2 * h) for t, s, h in zip(tile_shape, shape, halo)])
-    tile = tuple(max(t, 2 * h + 1) for t, h in zip(tile, halo))
+    tile = valid_shape(model, [min(t, s + 2 * h) for t, s, h in zip(tile_shape, shape, halo, strict=False)])
+    tile = tuple(max(t, 2 * h + 1) for t, h in zip(tile, halo, strict=False))
     tile = valid_shape(model, tile)
     return tile, halo
 
@@ -202,7 +203,7 @@ class BlockRunner:
             tiles.append(self.norm.apply(raw))
         preds = self.predictor.predict(np.stack(tiles))
         results = []
-        for b, p in zip(blocks, preds):
+        for b, p in zip(blocks, preds, strict=False):
             core = p[(slice(None),) + b.core_in_tile()]
             core = _zero_outside(np.array(core), b, self.offsets, self.volume_box)
             results.append(_to_out_dtype(core, self.out_dtype))
@@ -240,6 +241,78 @@ def prediction_settings(model, shape, tile, halo, crop, dtype, norm) -> dict[str
     }
 
 
+@dataclass
+class PredictionPlan:
+    """Everything decided before the first tile: grid, blocks still to do, output target."""
+
+    grid: TileGrid
+    blocks: list[Block]
+    todo: list[Block]
+    norm: IntensityRange
+    offsets: tuple[tuple[int, int, int], ...]
+    dtype: str
+    volume_box: Box
+    target: Any
+    store: BlockStore | None
+
+    def write(self, block: Block, result: np.ndarray) -> None:
+        origin = self.grid.origin
+        rel = tuple(slice(a - o, z - o) for (a, z), o in zip(block.core, origin, strict=False))
+        self.target[(slice(None),) + rel] = result
+        if self.store is not None:
+            self.store.mark_done(block.index)
+
+    def finish(self):
+        if self.store is not None:
+            if len(self.store.done_indices()) == len(self.grid):
+                self.store.finish()
+            return self.store.array
+        return self.target
+
+
+def plan_prediction(
+    image, model, *, out=None, tile_shape=None, halo=None, dtype="float16", roi=None,
+    roi_only=False, crop=None, voxel_size=None, overwrite=False,
+) -> PredictionPlan:
+    """Check the inputs, lay out the tiles and open (or resume) the output."""
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"dtype must be one of {OUT_DTYPES}, got {dtype!r}")
+    shape = tuple(int(s) for s in image.shape)
+    crop = check_box(crop, shape) if crop is not None else tuple((0, s) for s in shape)
+    region = tuple(b - a for a, b in crop)
+    if roi is not None:
+        roi = check_box(roi, shape)
+    check_voxel_size(model, voxel_size)
+    offsets = model_offsets(model)
+    tile, halo = plan_tiles(model, region, tile_shape, halo)
+    grid = TileGrid(region, tile, halo, origin=tuple(a for a, _ in crop))
+    norm = intensity_range(image, getattr(model_card(model), "normalization", None))
+    n_ch = len(offsets)
+    blocks = order_blocks(grid.blocks(), roi)
+    if roi is not None and roi_only:
+        blocks = [b for b in blocks if boxes_intersect(b.core, roi)]
+    store = None
+    if out is not None:
+        settings = prediction_settings(model, shape, tile, halo, crop, dtype, norm)
+        store = BlockStore.create(
+            out, ARRAY_NAME, shape=(n_ch,) + region, chunks=(n_ch,) + grid.core_shape,
+            dtype=dtype, grid_shape=grid.grid_shape, settings=settings, overwrite=overwrite,
+            attrs={"offsets": [list(o) for o in offsets], "kind": "affinities",
+                   "tokenunify": {"kind": "affinities"},
+                   "voxel_size": list(voxel_size) if voxel_size is not None else None,
+                   "scale": 1 / 255 if dtype == "uint8" else 1.0,
+                   "crop_origin": [a for a, _ in crop]},
+        )
+        done = store.done_indices()
+        target = store.array
+    else:
+        done = set()
+        target = np.zeros((n_ch,) + region, dtype=dtype)
+    todo = [b for b in blocks if b.index not in done]
+    return PredictionPlan(grid, blocks, todo, norm, offsets, dtype,
+                          tuple((0, s) for s in shape), target, store)
+
+
 def predict_affinities(
     image,
     model: torch.nn.Module,
@@ -269,70 +342,28 @@ def predict_affinities(
       rest is left for a later call. ``crop``: predict only this box (the output has its shape,
       the context around it is still read from the image).
     - a 2D image is predicted as a single section: the output is (C, 1, Y, X).
+    - ``cancel`` is checked before every batch of tiles (one tile on CPU by default).
     """
-    if dtype not in OUT_DTYPES:
-        raise ValueError(f"dtype must be one of {OUT_DTYPES}, got {dtype!r}")
     image = as_3d(image)
-    shape = tuple(int(s) for s in image.shape)
-    crop = check_box(crop, shape) if crop is not None else tuple((0, s) for s in shape)
-    region = tuple(b - a for a, b in crop)
-    if roi is not None:
-        roi = check_box(roi, shape)
-    check_voxel_size(model, voxel_size)
-    offsets = model_offsets(model)
-    tile, halo = plan_tiles(model, region, tile_shape, halo)
-    grid = TileGrid(region, tile, halo, origin=tuple(a for a, _ in crop))
-    card = model_card(model)
-    norm = intensity_range(image, getattr(card, "normalization", None))
+    plan = plan_prediction(
+        image, model, out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
+        roi_only=roi_only, crop=crop, voxel_size=voxel_size, overwrite=overwrite,
+    )
     if predictor is None:
         predictor = TilePredictor(model, device=device, batch_size=batch_size)
-    runner = BlockRunner(image, predictor, grid, norm, offsets, dtype, tuple((0, s) for s in shape))
-
-    n_ch = len(offsets)
-    blocks = order_blocks(grid.blocks(), roi)
-    if roi is not None and roi_only:
-        from .tiling import boxes_intersect
-
-        blocks = [b for b in blocks if boxes_intersect(b.core, roi)]
-
-    store = None
-    if out is not None:
-        settings = prediction_settings(model, shape, tile, halo, crop, dtype, norm)
-        store = BlockStore.create(
-            out, ARRAY_NAME, shape=(n_ch,) + region, chunks=(n_ch,) + grid.core_shape,
-            dtype=dtype, grid_shape=grid.grid_shape, settings=settings, overwrite=overwrite,
-            attrs={"offsets": [list(o) for o in offsets], "kind": "affinities",
-                   "voxel_size": list(voxel_size) if voxel_size is not None else None,
-                   "scale": 1 / 255 if dtype == "uint8" else 1.0, "crop_origin": [a for a, _ in crop]},
-        )
-        done = store.done_indices()
-        target = store.array
-    else:
-        done = set()
-        target = np.zeros((n_ch,) + region, dtype=dtype)
-    todo = [b for b in blocks if b.index not in done]
-    reporter = ProgressReporter(len(blocks), progress, "predicting affinities", "voxels/s")
-    skipped = len(blocks) - len(todo)
+    runner = BlockRunner(image, predictor, plan.grid, plan.norm, plan.offsets, plan.dtype,
+                         plan.volume_box)
+    reporter = ProgressReporter(len(plan.blocks), progress, "predicting affinities", "voxels/s")
+    skipped = len(plan.blocks) - len(plan.todo)
     if skipped:
         reporter.advance(skipped, 0.0, skipped=skipped)
-
-    origin = np.array(grid.origin)
-    step = predictor.batch_size
+    todo = plan.todo
     i = 0
     while i < len(todo):
         check_cancel(cancel)
-        batch = todo[i : i + step]
-        results = runner.run(batch)
-        for b, res in zip(batch, results):
-            rel = tuple(slice(a - o, z - o) for (a, z), o in zip(b.core, origin))
-            target[(slice(None),) + rel] = res
-            if store is not None:
-                store.mark_done(b.index)
+        batch = todo[i : i + predictor.batch_size]
+        for b, res in zip(batch, runner.run(batch), strict=False):
+            plan.write(b, res)
         i += len(batch)
-        step = predictor.batch_size  # smaller after an out-of-memory back-off
         reporter.advance(len(batch), float(sum(b.n_core_voxels for b in batch)))
-    if store is not None:
-        if len(store.done_indices()) == len(grid):
-            store.finish()
-        return store.array
-    return target
+    return plan.finish()

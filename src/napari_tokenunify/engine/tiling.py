@@ -43,7 +43,7 @@ class Block:
 
     def core_in_tile(self) -> tuple[slice, slice, slice]:
         """Where the core lies inside the predicted tile."""
-        return tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(self.core, self.tile))
+        return tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(self.core, self.tile, strict=False))
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class TileGrid:
             raise ValueError(f"the region to predict is empty: shape {self.shape}")
         if min(self.halo) < 0:
             raise ValueError(f"halo must be non-negative, got {self.halo}")
-        if any(t - 2 * h < 1 for t, h in zip(self.tile_shape, self.halo)):
+        if any(t - 2 * h < 1 for t, h in zip(self.tile_shape, self.halo, strict=False)):
             raise ValueError(
                 f"tile shape {self.tile_shape} leaves no core with a halo of {self.halo} on each "
                 "side; use a larger tile or a smaller halo"
@@ -73,11 +73,11 @@ class TileGrid:
 
     @property
     def core_shape(self) -> Shape3:
-        return tuple(t - 2 * h for t, h in zip(self.tile_shape, self.halo))
+        return tuple(t - 2 * h for t, h in zip(self.tile_shape, self.halo, strict=False))
 
     @property
     def grid_shape(self) -> Shape3:
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.core_shape))
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.core_shape, strict=False))
 
     def __len__(self) -> int:
         return int(np.prod(self.grid_shape))
@@ -85,7 +85,7 @@ class TileGrid:
     def block(self, index: Sequence[int]) -> Block:
         core, tile = [], []
         for i, o, s, c, h, t in zip(
-            index, self.origin, self.shape, self.core_shape, self.halo, self.tile_shape
+            index, self.origin, self.shape, self.core_shape, self.halo, self.tile_shape, strict=False
         ):
             a = o + i * c
             b = min(a + c, o + s)
@@ -98,7 +98,7 @@ class TileGrid:
 
 
 def boxes_intersect(a: Box, b: Box) -> bool:
-    return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b))
+    return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b, strict=False))
 
 
 def order_blocks(blocks: Sequence[Block], first: Box | None = None) -> list[Block]:
@@ -160,10 +160,10 @@ def read_padded(image, box: Box) -> np.ndarray:
     """Read ``box`` from a (z, y, x) array (numpy, dask or zarr); parts outside are mirrored
     (reflect; edge when the volume is too thin to reflect), so every tile has the same shape."""
     shape = image.shape
-    inner = tuple((max(a, 0), min(b, s)) for (a, b), s in zip(box, shape))
+    inner = tuple((max(a, 0), min(b, s)) for (a, b), s in zip(box, shape, strict=False))
     data = image[tuple(slice(a, b) for a, b in inner)]
     data = np.asarray(data.compute() if hasattr(data, "compute") else data)
-    pad = [(ia - a, b - ib) for (a, b), (ia, ib) in zip(box, inner)]
+    pad = [(ia - a, b - ib) for (a, b), (ia, ib) in zip(box, inner, strict=False)]
     if not any(p for pair in pad for p in pair):
         return data
     # reflect (numpy repeats it when the pad is wider than the data); edge on 1-voxel axes
