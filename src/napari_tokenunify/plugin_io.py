@@ -1,0 +1,218 @@
+"""npe2 reader, writer and sample-data contributions (thin wrappers over ``napari_tokenunify.io``).
+
+Readers return lazy (dask) layers with ``scale`` = voxel size and return ``None`` for paths they
+cannot read, so napari can try other readers. Nothing here imports Qt; napari itself is not
+needed either (layer data tuples are plain tuples).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import Volume, VolumeError, open_volume, write_volume
+from .io.formats import detect_format
+from .io.read_hdf5 import list_hdf5_datasets
+from .io.read_n5 import list_n5_datasets
+
+LayerData = tuple[Any, dict, str]
+MAX_LAYERS = 16
+LABEL_HINTS = ("label", "seg", "gt", "groundtruth", "ground_truth", "ids", "neuron")
+
+
+def guess_layer_type(volume: Volume) -> str:
+    """``labels`` or ``image``: the file's own ``kind`` if it says, else dtype and name hints."""
+    kind = volume.metadata.get("kind")
+    if kind in ("labels", "image"):
+        return kind
+    if kind == "affinities":
+        return "image"
+    dtype = np.dtype(volume.dtype)
+    if dtype.kind not in "iu":
+        return "image"
+    name = f"{volume.dataset or ''} {volume.path.name}".lower()
+    if dtype.itemsize >= 4 or any(h in name for h in LABEL_HINTS):
+        return "labels"
+    return "image"
+
+
+def _layer(volume: Volume, data: Any = None, *, multiscale: bool = False) -> LayerData:
+    layer_type = guess_layer_type(volume)
+    name = volume.path.name.split(".")[0] or volume.path.name
+    if volume.dataset:
+        name = f"{name}/{volume.dataset}"
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "metadata": {
+            "path": str(volume.path),
+            "dataset": volume.dataset,
+            "voxel_size": volume.voxel_size,
+            "format": volume.metadata.get("format"),
+        },
+    }
+    if volume.voxel_size is not None:
+        kwargs["scale"] = tuple(float(v) for v in volume.voxel_size)
+    if multiscale:
+        kwargs["multiscale"] = True
+    if layer_type == "image":
+        if volume.dtype == np.uint8:
+            kwargs["contrast_limits"] = (0, 255)  # napari need not scan the data for a range
+        kwargs["colormap"] = "gray"
+    return (volume.data if data is None else data, kwargs, layer_type)
+
+
+def _ome_layers(path: Path, dataset: str | None) -> list[LayerData]:
+    from .io.read_zarr import zarr_level_arrays
+
+    volume = open_volume(path, dataset=dataset)
+    meta = volume.metadata
+    levels = meta.get("level_paths") or ["0"]
+    if len(levels) > 1:
+        arrays = zarr_level_arrays(path, dataset, levels)
+        if all(a.ndim == 3 for a in arrays):
+            layers = [_layer(volume, arrays, multiscale=True)]
+        else:
+            layers = [_layer(volume)]
+    else:
+        layers = [_layer(volume)]
+    for label in meta.get("labels") or []:
+        sub = f"{dataset.strip('/') + '/' if dataset else ''}labels/{label}"
+        layers.extend(_ome_layers(path, sub))
+    return layers
+
+
+def volume_layers(path: str | Path) -> list[LayerData]:
+    """Every layer a path can give (several for containers with several 3D datasets)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "image":
+        raise VolumeError(f"{path}: a single 2D image; napari's own readers open it.")
+    names: list[str] = []
+    if fmt == "hdf5":
+        names = [n for n, s in list_hdf5_datasets(path).items() if len(s) >= 3]
+    elif fmt == "n5":
+        names = [n for n, s in list_n5_datasets(path).items() if len(s) >= 3 and n]
+    elif fmt == "zarr":
+        try:
+            first = open_volume(path)
+        except VolumeError as err:
+            if "several 3D datasets" not in str(err):
+                raise
+            import zarr
+
+            group = zarr.open_group(str(path), mode="r")
+            names = [
+                k
+                for k, v in group.members(max_depth=None)
+                if isinstance(v, zarr.Array) and v.ndim == 3
+            ]
+        else:
+            if first.metadata.get("format") == "ome-zarr":
+                return _ome_layers(path, None)
+            return [_layer(first)]
+    if len(names) <= 1:
+        return [_layer(open_volume(path))]
+    layers, errors = [], []
+    for name in names[:MAX_LAYERS]:
+        try:
+            layers.append(_layer(open_volume(path, dataset=name)))
+        except VolumeError as err:  # e.g. a 4D dataset beside the 3D ones: skip it
+            errors.append(err)
+    if not layers:
+        raise errors[0]
+    # images first, so labels are drawn on top
+    return sorted(layers, key=lambda layer: layer[2] == "labels")
+
+
+def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader: a function for paths this plugin can read, else ``None``."""
+    if isinstance(path, list | tuple):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        layers = volume_layers(path)  # lazy: opens metadata only
+    except (VolumeError, OSError) as err:
+        if Path(path).suffix.lower() in (".h5", ".hdf5", ".n5"):
+            warnings.warn(f"napari-tokenunify cannot read {path}: {err}", stacklevel=2)
+        return None
+
+    def reader(_path: Any) -> list[LayerData]:
+        return layers
+
+    return reader
+
+
+# --- writers (Labels layers) -------------------------------------------------------------
+
+
+def _write_labels(path: str, data: Any, meta: dict) -> list[str]:
+    if isinstance(data, list | tuple):  # multiscale: write the full-resolution level
+        data = data[0]
+    if getattr(data, "ndim", 3) == 2:
+        data = data[None]
+    scale = meta.get("scale")
+    voxel = None
+    if scale is not None and len(scale) >= 3:
+        voxel = tuple(float(s) for s in scale[-3:])
+        if voxel == (1.0, 1.0, 1.0):
+            voxel = None
+    out = write_volume(path, data, kind="labels", voxel_size=voxel)
+    return [str(out)]
+
+
+def write_labels_zarr(path: str, data: Any, meta: dict) -> list[str]:
+    """Labels layer -> Zarr (v2, chunked, zstd)."""
+    return _write_labels(path, data, meta)
+
+
+def write_labels_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
+    """Labels layer -> OME-Zarr with a nearest-neighbour pyramid and ``image-label`` metadata."""
+    return _write_labels(path, data, meta)
+
+
+def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
+    """Labels layer -> multi-page TIFF (BigTIFF when large)."""
+    return _write_labels(path, data, meta)
+
+
+def write_labels_hdf5(path: str, data: Any, meta: dict) -> list[str]:
+    """Labels layer -> HDF5 dataset ``labels`` (chunked, gzip)."""
+    return _write_labels(path, data, meta)
+
+
+# --- sample data ---------------------------------------------------------------------------
+
+
+def _sample(shape: tuple[int, int, int], anisotropy: float, tag: str) -> list[LayerData]:
+    from .synthetic import make_synthetic_volume
+
+    vol = make_synthetic_volume(shape, anisotropy=anisotropy, seed=0)
+    scale = tuple(float(v) for v in vol.voxel_size)
+    return [
+        (
+            vol.image,
+            {
+                "name": f"synthetic EM{tag}",
+                "scale": scale,
+                "contrast_limits": (0, 255),
+                "colormap": "gray",
+            },
+            "image",
+        ),
+        (vol.labels, {"name": f"synthetic labels{tag}", "scale": scale}, "labels"),
+    ]
+
+
+def make_sample_data() -> list[LayerData]:
+    """Synthetic isotropic (10 nm) FIB-SEM-like volume (64×128×128) with neuron labels."""
+    return _sample((64, 128, 128), 1.0, "")
+
+
+def make_anisotropic_sample_data() -> list[LayerData]:
+    """Synthetic anisotropic (40×10×10 nm) ssTEM-like volume (24×128×128) with labels."""
+    return _sample((24, 128, 128), 4.0, " (anisotropic)")
