@@ -74,7 +74,8 @@ class Job(QObject):
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._poll)
-        self.worker = create_worker(self._run, _start_thread=False)
+        # errors are shown as notifications by _errored, not re-raised into the event loop
+        self.worker = create_worker(self._run, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._returned)
         self.worker.errored.connect(self._errored)
         self.worker.finished.connect(self._finished)
@@ -122,14 +123,15 @@ class Job(QObject):
         if p is None or p is self._shown:
             return
         self._shown = p
-        if self._pbar is not None:
-            if self._pbar.total != p.total:
-                self._pbar.total = p.total
-            delta = p.done - self._pbar.n
+        pbar = self._pbar  # the bar's own events may let _finished run and clear self._pbar
+        if pbar is not None:
+            if pbar.total != p.total:
+                pbar.total = p.total
+            delta = p.done - pbar.n
             if delta:
-                self._pbar.update(delta)
+                pbar.update(delta)
             msg = p.message or self.name
-            self._pbar.set_description(f"{msg}{_format_rate(p)}")
+            pbar.set_description(f"{msg}{_format_rate(p)}")
         if self._on_progress is not None:
             try:
                 self._on_progress(p)

@@ -1,0 +1,147 @@
+"""Predict section in a real viewer: tiny model, cancel mid-way and resume, close while running."""
+# ruff: noqa: F811  (pytest fixtures imported from widget_support)
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_tokenunify.progress import Cancelled
+from napari_tokenunify.widgets.model_panel import SOURCES
+from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
+
+pytestmark = pytest.mark.gui
+
+
+class SlowCounter:
+    """Wraps a model's forward: counts tiles and sleeps a little, so a cancel lands mid-run."""
+
+    def __init__(self, model, delay_s: float = 0.15) -> None:
+        self.tiles = 0
+        self.delay_s = delay_s
+        self._forward = model.forward
+        model.forward = self
+
+    def __call__(self, x):
+        self.tiles += int(x.shape[0])
+        time.sleep(self.delay_s)
+        return self._forward(x)
+
+
+def _tiny_model(widget, qtbot):
+    panel = widget.panel("Model")
+    panel.source.value = SOURCES[1]
+    wait_job(qtbot, panel.load())
+    assert widget.session.model is not None
+    assert "parameters" in panel.card.value
+    return widget.session.model
+
+
+def _done(store) -> tuple[int, int]:
+    import zarr
+
+    done = zarr.open_group(str(store), mode="r")["done"][...]
+    return int(done.sum()), int(done.size)
+
+
+def test_predict_cancel_resume(docked, small_volume, qtbot, notes, tmp_path):
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    model = _tiny_model(widget, qtbot)
+    counter = SlowCounter(model)
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "whole volume"
+    panel.tile_shape = (16, 32, 32)
+    store = tmp_path / "em-affinities.zarr"
+    panel.store.value = store
+
+    job = panel.predict()
+    qtbot.waitUntil(lambda: job._latest is not None, timeout=60000)
+    assert panel.cancel()
+    assert not panel.cancel()  # cancelling twice: a message, not a second cancel
+    assert notes.has("already stopping")
+    wait_job(qtbot, job)
+    assert isinstance(job.error, Cancelled)
+    assert notes.has("cancelled")
+    first_tiles = counter.tiles
+    n_done, n_blocks = _done(store)
+    assert 0 < n_done < n_blocks
+
+    job = wait_job(qtbot, panel.predict())
+    assert job.error is None
+    assert _done(store) == (n_blocks, n_blocks)
+    assert counter.tiles - first_tiles == n_blocks - n_done  # resumed: finished tiles skipped
+    layer = viewer.layers["em affinities"]
+    data = np.asarray(layer.data)
+    assert data.shape == (3, *small_volume.image.shape)
+    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+    assert data.std() > 0
+    assert layer.metadata["tokenunify"]["store"] == str(store)
+
+
+def test_current_view_only_predicts_the_visible_part(docked, small_volume, qtbot, tmp_path):
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    _tiny_model(widget, qtbot)
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "region only"
+    panel.region.value = "0:8, 0:24, 0:24"
+    panel.tile_shape = (16, 32, 32)
+    panel.store.value = tmp_path / "roi.zarr"
+    wait_job(qtbot, panel.predict())
+    n_done, n_blocks = _done(tmp_path / "roi.zarr")
+    assert 0 < n_done < n_blocks
+    data = np.asarray(viewer.layers["em affinities"].data)
+    assert data[:, :8, :24, :24].std() > 0 and not data[:, :, 40:, 40:].any()
+
+
+def test_bad_image_layers_are_refused_with_a_message(docked, notes):
+    viewer, widget = docked
+    panel = widget.panel("Predict")
+    assert panel.predict() is None
+    assert notes.has("Predict failed", "no image layer")
+    flat = viewer.add_image(np.zeros((32, 32), np.uint8), name="flat")
+    pick(panel.image, flat)
+    assert panel.predict() is None
+    assert notes.has("2D")
+    rgb = viewer.add_image(np.zeros((8, 32, 32, 3), np.uint8), name="rgb", rgb=True)
+    pick(panel.image, rgb)
+    assert panel.predict() is None
+    assert notes.has("RGB")
+    panel.cancel()
+    assert notes.has("No prediction to cancel")
+
+
+def test_closing_the_viewer_stops_the_worker(make_napari_viewer, small_volume, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENUNIFY_AUTOSAVE_DIR", str(tmp_path / "autosave"))
+    from napari_tokenunify.engine.store import BlockStore
+    from napari_tokenunify.widgets.main_widget import TokenUnifyWidget
+
+    viewer = make_napari_viewer()
+    widget = TokenUnifyWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image = viewer.add_image(small_volume.image, name="em")
+    seg = viewer.add_labels(np.array(small_volume.labels), name="seg")
+    _tiny_model(widget, qtbot)
+    SlowCounter(widget.session.model, delay_s=0.3)
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "whole volume"
+    panel.tile_shape = (16, 32, 32)
+    store = tmp_path / "close.zarr"
+    panel.store.value = store
+    job = panel.predict()
+    qtbot.waitUntil(lambda: job._latest is not None, timeout=60000)
+    seg.data_setitem((np.array([1]), np.array([2]), np.array([3])), 77)  # an unsaved edit
+    viewer.close()
+    assert job.finished and isinstance(job.error, Cancelled)
+    assert not BlockStore.open(store, "affinities", mode="r").complete  # not marked complete
+    saved = tmp_path / "autosave" / "seg.zarr"
+    assert saved.exists()  # the edit was autosaved on close
+    from napari_tokenunify.io import open_volume
+
+    assert int(np.asarray(open_volume(saved).data)[1, 2, 3]) == 77
