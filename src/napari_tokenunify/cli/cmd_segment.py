@@ -1,0 +1,125 @@
+"""``tokenunify segment IN OUT``: affinities → neuron labels (waterz or mutex watershed)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .engine_common import (
+    TqdmProgress,
+    add_cluster_options,
+    add_input_options,
+    add_segment_options,
+    cancel_on_ctrl_c,
+    check_output,
+    is_affinity_store,
+    open_affinities,
+    open_image,
+    write_output,
+)
+
+
+def _affinities_for(args: argparse.Namespace):
+    """(affinities, voxel size) from --affinities A (checked against IN) or from IN itself."""
+    if args.affinities:
+        affs, voxel = open_affinities(args.affinities)
+        if args.input:
+            image = open_image(args.input, args.dataset, args.voxel_size)
+            if tuple(image.shape) != tuple(affs.shape[1:]):
+                raise ValueError(
+                    f"the affinities {args.affinities} cover {tuple(affs.shape[1:])} but the image "
+                    f"{args.input} is {tuple(image.shape)}; give the affinities predicted for it"
+                )
+            voxel = image.voxel_size or voxel
+        return affs, args.voxel_size or voxel
+    if is_affinity_store(args.input):
+        affs, voxel = open_affinities(args.input)
+        return affs, args.voxel_size or voxel
+    try:
+        affs, voxel = open_affinities(args.input, args.dataset)
+    except ValueError as err:
+        raise ValueError(
+            f"{err}; give the image's affinities with --affinities A, or predict and segment in "
+            "one go with `tokenunify run IN OUT`"
+        ) from None
+    return affs, args.voxel_size or voxel
+
+
+def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cancel):
+    """Segment ``affs`` into ``out`` (any I/O format); returns the labels array."""
+    from ..engine.distributed import close_client, get_client
+    from ..engine.pipeline import segment
+
+    blockwise = bool(args.blockwise)
+    client = get_client(getattr(args, "scheduler", None), getattr(args, "workers", None))
+    if client is not None:
+        blockwise = True
+        import zarr
+
+        if not isinstance(affs, zarr.Array):
+            close_client(client)
+            raise ValueError("segmenting on a dask cluster needs the affinities in a Zarr store "
+                             "(e.g. from `tokenunify predict IN affs.zarr`)")
+    name = out.name.lower()
+    direct = name.endswith(".zarr") and not name.endswith(".ome.zarr")
+    target = out if direct else out.with_name(out.name + ".partial.zarr")
+    try:
+        result = segment(
+            affs, threshold=args.threshold, method=args.method, blockwise=blockwise,
+            block_shape=args.block, context=args.context, anisotropic=args.anisotropic,
+            voxel_size=voxel, min_size=args.min_size, fill_holes=args.fill_holes,
+            out=target if blockwise else None, overwrite=True, client=client,
+            progress=progress, cancel=cancel,
+        )
+    finally:
+        close_client(client)
+    labels = result.labels
+    if not (blockwise and direct):
+        write_output(out, labels, kind="labels", voxel_size=voxel, overwrite=args.overwrite,
+                     cancel=cancel)
+        if blockwise:
+            labels = _reopen(out, labels)
+            shutil.rmtree(target, ignore_errors=True)
+    return labels, result.timings
+
+
+def _reopen(out: Path, labels):
+    from ..io import open_volume
+
+    return open_volume(out).data if labels is not None else labels
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..progress import Cancelled
+
+    out = check_output(args.output, args.overwrite)
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    affs, voxel = _affinities_for(args)
+    bar = TqdmProgress(not args.quiet)
+    with cancel_on_ctrl_c() as token:
+        try:
+            labels, timings = segment_to(args, affs, voxel, out, bar, token)
+        except Cancelled:
+            bar.close()
+            print("cancelled; nothing was written", file=sys.stderr)
+            return 130
+    bar.close()
+    times = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+    print(f"labels {tuple(labels.shape)} ({labels.dtype}) written to {out} ({times})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("segment", help="turn affinities into neuron labels")
+    p.add_argument("input", help="affinities (from `tokenunify predict`), or the image with --affinities")
+    p.add_argument("output", help="labels output (.zarr, .ome.zarr, .tif, .h5, .n5)")
+    p.add_argument("--affinities", metavar="A", help="affinities of the image IN")
+    add_input_options(p)
+    add_segment_options(p)
+    add_cluster_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

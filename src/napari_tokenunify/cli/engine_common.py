@@ -1,0 +1,212 @@
+"""Shared pieces of the engine sub-commands (predict, segment, evaluate, run, demo): options,
+tqdm progress bars, Ctrl-C → cancel token, model/volume/affinity loading, output writing."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..progress import CancelToken, Progress
+
+
+class TqdmProgress:
+    """A progress callback drawing one tqdm bar per stage (a new bar when the message changes)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.message = None
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None or p.message != self.message or p.total != self.bar.total:
+            self.close()
+            self.message = p.message
+            self.bar = tqdm(total=p.total, desc=p.message or "working", unit="block",
+                            file=sys.stderr, dynamic_ncols=True)
+        self.bar.n = p.done
+        if p.rate:
+            self.bar.set_postfix_str(f"{p.rate / 1e6:.2f} M{p.rate_unit}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def cancel_on_ctrl_c() -> Iterator[CancelToken]:
+    """The first Ctrl-C sets the token (the work stops after the current tile, completed blocks
+    are kept); a second one interrupts at once."""
+    token = CancelToken()
+    if threading.current_thread() is not threading.main_thread():
+        yield token
+        return
+
+    def handler(signum, frame):
+        if token.cancelled:
+            raise KeyboardInterrupt
+        print("\nstopping after the current block (Ctrl-C again to abort now)...", file=sys.stderr)
+        token.cancel()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield token
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="dataset/array name inside an HDF5/Zarr/N5 input")
+    p.add_argument("--voxel-size", type=_floats, metavar="Z,Y,X",
+                   help="voxel size in nm (overrides the file's)")
+
+
+def add_predict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="model folder, .safetensors, TokenUnify .pth, or a bundled name "
+                        "(default: the bundled 'default' model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--tile", type=_ints, metavar="Z,Y,X", help="tile shape (default: the model card's)")
+    p.add_argument("--halo", type=_ints, metavar="Z,Y,X", help="context kept around each tile core")
+    p.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
+                   help="affinity storage type")
+
+
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask.distributed scheduler address (tcp://host:8786) or scheduler file")
+    p.add_argument("--workers", type=int, metavar="N", help="start a local dask cluster of N processes")
+
+
+def add_segment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float, default=0.5, help="waterz merge threshold (0.5)")
+    p.add_argument("--method", default="waterz", choices=["waterz", "mutex"])
+    p.add_argument("--blockwise", action="store_true", help="segment block by block (large volumes)")
+    p.add_argument("--block", type=_ints, default=(64, 256, 256), metavar="Z,Y,X")
+    p.add_argument("--context", type=_ints, default=(8, 32, 32), metavar="Z,Y,X")
+    p.add_argument("--min-size", type=int, default=0, help="merge segments below this size")
+    p.add_argument("--fill-holes", action="store_true", help="fill segments enclosed by one other")
+    p.add_argument("--anisotropic", action="store_true", default=None,
+                   help="2D fragments per section (default: when z voxels are ≥2× thicker)")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not Z,Y,X integers (e.g. 16,160,160)") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be three non-negative integers Z,Y,X")
+    return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not Z,Y,X numbers (e.g. 40,4,4)") from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be three positive numbers Z,Y,X")
+    return values
+
+
+def check_output(path: str, overwrite: bool, resumable: bool = False) -> Path:
+    """Refuse an empty output path, and an existing one unless --overwrite (or resumable)."""
+    if not path or not str(path).strip():
+        raise ValueError("the output path is empty; give a file name such as out.zarr")
+    out = Path(path).expanduser()
+    if out.exists() and not overwrite and not resumable:
+        raise FileExistsError(f"{out} already exists; use --overwrite to replace it")
+    return out
+
+
+def load_model_or_default(source: str | None, device: str = "cpu"):
+    """The model from ``source``; without one the bundled default, and when that is not
+    installed a freshly built ``tiny`` model (random weights) with a clear warning."""
+    from ..model import build_model, load_model
+
+    if source:
+        return load_model(source, device=device), source
+    try:
+        return load_model("default", device=device), "default"
+    except FileNotFoundError as err:
+        print(f"warning: {err}\nwarning: falling back to a freshly built 'tiny' model with random "
+              "weights: the pipeline runs end to end but the segmentation is not meaningful.",
+              file=sys.stderr)
+        model = build_model("tiny").eval()
+        return model, None
+
+
+def open_image(path: str, dataset: str | None = None, voxel_size=None):
+    """Open a volume lazily; in a labels store written by ``segment --blockwise`` (which also
+    keeps its fragments) the ``labels`` array is the default."""
+    from ..engine.store import is_store
+    from ..io import open_volume
+
+    if dataset is None and is_store(path, "labels"):
+        dataset = "labels"
+    return open_volume(path, dataset=dataset, voxel_size=voxel_size, allow_2d=True)
+
+
+def is_affinity_store(path: str | Path) -> bool:
+    from ..engine.predict import ARRAY_NAME
+    from ..engine.store import is_store
+
+    return is_store(path, ARRAY_NAME)
+
+
+def open_affinities(path: str, dataset: str | None = None):
+    """Affinities (C, Z, Y, X) as a lazy array: a store written by ``predict`` (zarr group), or
+    any 4D array the I/O layer reads (channels first)."""
+    import dask.array as da
+
+    from ..engine.predict import ARRAY_NAME
+    from ..io import open_volume
+
+    if dataset is None and is_affinity_store(path):
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        if not group.attrs.get("complete", False):
+            raise ValueError(f"{path} is an unfinished prediction; run `tokenunify predict` "
+                             "again with the same arguments to finish it")
+        return group[ARRAY_NAME], group.attrs.get("voxel_size")
+    try:
+        first = open_volume(path, dataset=dataset, channel=0)
+    except ValueError as err:
+        raise ValueError(f"{path} is not an affinity volume ({err})") from None
+    n = first.metadata.get("stored_shape", (None,))[0]
+    if not isinstance(n, int) or len(first.metadata.get("stored_shape", ())) != 4:
+        raise ValueError(f"stored shape {first.metadata.get('stored_shape')}, not 4D channels-first")
+    chans = [first.data] + [open_volume(path, dataset=dataset, channel=c).data for c in range(1, n)]
+    return da.stack(chans), first.voxel_size
+
+
+def write_output(path: Path, array: Any, *, kind: str, voxel_size=None, overwrite: bool = False,
+                 progress=None, cancel=None) -> Path:
+    from ..io import write_volume
+
+    return write_volume(path, array, kind=kind, voxel_size=voxel_size, overwrite=overwrite,
+                        progress=progress, cancel=cancel)
+
+
+def print_metrics(metrics: dict[str, float]) -> None:
+    print(f"VOI split {metrics['voi_split']:.4f}  merge {metrics['voi_merge']:.4f}  "
+          f"total {metrics['voi']:.4f}  ARAND {metrics['arand']:.4f}  "
+          f"({metrics['n_voxels']} voxels)")
