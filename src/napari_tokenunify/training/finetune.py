@@ -26,11 +26,19 @@ from ..affinities import NEAREST_OFFSETS
 from ..devices import resolve_device
 from ..progress import CancelToken, ProgressCallback, ProgressReporter, check_cancel
 from .augment import EMAugment
-from .checkpoints import LAST, export_model, find_resume, guard_output, load_checkpoint, save_checkpoint
+from .checkpoints import (
+    LAST,
+    export_model,
+    find_resume,
+    guard_output,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .logs import LossLog, plot_losses
 from .runtime import Budget, hardware, lr_at, restore_rng, rng_state, seed_everything, set_lr
 from .sampling import PatchSampler, to_unit
 from .targets import TrainingDataError, affinity_targets, balance_weights, check_training_pair
+from .unet import ResidualUNet3D, save_unet
 
 DEFAULT_PATCH = (32, 64, 64)
 
@@ -99,7 +107,7 @@ def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
     if len(box) != 3:
         raise ValueError(f"box must be three slices or (start, stop) pairs (z, y, x), got {box}")
     lo, hi, inner = [], [], []
-    for b, size, p in zip(box, shape, patch_shape):
+    for b, size, p in zip(box, shape, patch_shape, strict=False):
         start, stop = (b.start, b.stop) if isinstance(b, slice) else b
         start, stop = max(0, int(start or 0)), min(size, int(size if stop is None else stop))
         if stop <= start:
@@ -108,9 +116,9 @@ def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
         lo.append(a)
         hi.append(z)
         inner.append(slice(start - a, stop - a))
-    sl = tuple(slice(a, z) for a, z in zip(lo, hi))
+    sl = tuple(slice(a, z) for a, z in zip(lo, hi, strict=False))
     cropped = [None if a is None else np.asarray(a[sl]) for a in arrays]
-    box_mask = np.zeros(tuple(z - a for a, z in zip(lo, hi)), dtype=np.float32)
+    box_mask = np.zeros(tuple(z - a for a, z in zip(lo, hi, strict=False)), dtype=np.float32)
     box_mask[tuple(inner)] = 1.0
     return cropped, box_mask
 
@@ -132,7 +140,9 @@ def _batch(sampler, augment, offsets, rng, batch_size):
 
 def validate(model, raw, labels, *, mask=None, device="cpu", threshold=0.5) -> dict[str, float]:
     """Predict, segment and score one validation volume with the engine (VOI/ARAND)."""
-    from ..engine import evaluate, predict_affinities, segment_affinities
+    from ..engine.agglomerate import segment_affinities
+    from ..engine.evaluate import evaluate
+    from ..engine.predict import predict_affinities
 
     was_training = model.training
     model.eval()
@@ -179,8 +189,8 @@ def finetune(
     ``mask`` (1 = train here) and ``box`` (three slices) restrict where the loss counts.
     ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``: scored every ``val_every``
     steps and at the end; the model with the lowest VOI is returned (without it, the last one).
-    With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best), ``loss.csv``, ``loss.png``,
-    ``validation.csv``.
+    With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best; ``unet.pt`` for the U-Net
+    baseline), ``loss.csv``, ``loss.png``, ``validation.csv``.
     """
     check_training_pair(raw, labels, mask)
     offsets = [tuple(int(v) for v in o) for o in offsets]
@@ -198,7 +208,7 @@ def finetune(
     model = model.to(dev)
     div = getattr(model, "input_divisor", 1)
     div = div if isinstance(div, (tuple, list)) else (div,) * 3
-    if any(p % d for p, d in zip(patch_shape, div)):
+    if any(p % d for p, d in zip(patch_shape, div, strict=False)):
         raise ValueError(f"patch shape {patch_shape} must be a multiple of the model's input divisor {div}")
     augment = EMAugment() if augment is True else (augment or None)
     sampler = PatchSampler(
@@ -312,7 +322,11 @@ def finetune(
     if out is not None:
         plot_losses(out / "loss.csv", out / "loss.png")
         card = _card(model, preset, offsets, patch_shape, training, best.get("scores"))
-        export_model(model, out / "model", card)
+        if isinstance(model, ResidualUNet3D):  # the ablation baseline: not an EMmamba file
+            model.card = card
+            save_unet(model, out / "unet.pt")
+        else:
+            export_model(model, out / "model", card)
     return model
 
 

@@ -103,7 +103,7 @@ def pretrain(
     model = build_model(preset, out_channels=1, **(model_overrides or {})).to(dev)
     divisor = getattr(model, "input_divisor", 1)
     div = divisor if isinstance(divisor, (tuple, list)) else (divisor,) * 3
-    if any(p % d for p, d in zip(grid.patch_shape, div)):
+    if any(p % d for p, d in zip(grid.patch_shape, div, strict=False)):
         raise ValueError(
             f"patch shape {grid.patch_shape} must be a multiple of the model's input divisor {div}"
         )

@@ -27,7 +27,7 @@ def to_unit(raw) -> np.ndarray:
 
 
 def _read(array, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    sl = tuple(slice(s, s + n) for s, n in zip(start, shape))
+    sl = tuple(slice(s, s + n) for s, n in zip(start, shape, strict=False))
     block = array[sl]
     if hasattr(block, "compute"):
         block = block.compute()
@@ -35,13 +35,13 @@ def _read(array, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
 
 
 def _pad_to(block: np.ndarray, shape: Sequence[int], mode: str) -> np.ndarray:
-    pad = [(0, max(0, t - s)) for s, t in zip(block.shape, shape)]
+    pad = [(0, max(0, t - s)) for s, t in zip(block.shape, shape, strict=False)]
     if not any(p[1] for p in pad):
         return block
     if mode == "reflect" and all(s > 1 for s in block.shape):
         # np.pad's reflect cannot pad more than size - 1 at once, so mirror repeatedly.
-        while any(s < t for s, t in zip(block.shape, shape)):
-            step = [(0, min(max(0, t - s), s - 1)) for s, t in zip(block.shape, shape)]
+        while any(s < t for s, t in zip(block.shape, shape, strict=False)):
+            step = [(0, min(max(0, t - s), s - 1)) for s, t in zip(block.shape, shape, strict=False)]
             block = np.pad(block, step, mode="reflect")
         return block
     if mode == "reflect":
@@ -92,7 +92,7 @@ class PatchSampler:
             if items is not None:
                 if len(items) != len(self.volumes):
                     raise ValueError(f"give one {name} volume per raw volume")
-                for v, item in zip(self.volumes, items):
+                for v, item in zip(self.volumes, items, strict=False):
                     if item is not None and tuple(item.shape) != tuple(v.shape):
                         raise ValueError(f"{name} shape {tuple(item.shape)} differs from raw {tuple(v.shape)}")
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -102,12 +102,12 @@ class PatchSampler:
 
     def padded(self) -> bool:
         """Whether some volume is smaller than the patch (so patches get padded)."""
-        return any(s < p for v in self.volumes for s, p in zip(v.shape, self.patch_shape))
+        return any(s < p for v in self.volumes for s, p in zip(v.shape, self.patch_shape, strict=False))
 
     def _one(self, i: int) -> Patch:
         vol = self.volumes[i]
-        start = tuple(int(self.rng.integers(0, max(0, s - p) + 1)) for s, p in zip(vol.shape, self.patch_shape))
-        shape = tuple(min(s, p) for s, p in zip(vol.shape, self.patch_shape))
+        start = tuple(int(self.rng.integers(0, max(0, s - p) + 1)) for s, p in zip(vol.shape, self.patch_shape, strict=False))
+        shape = tuple(min(s, p) for s, p in zip(vol.shape, self.patch_shape, strict=False))
         raw = _pad_to(to_unit(_read(vol, start, shape)), self.patch_shape, "reflect")
         mask = np.ones(shape, dtype=np.float32)
         if self.masks is not None and self.masks[i] is not None:

@@ -26,7 +26,7 @@ class TokenGrid:
             raise ValueError(
                 f"patch and token shapes must be (z, y, x), got {self.patch_shape} and {self.token_shape}"
             )
-        for p, t, axis in zip(self.patch_shape, self.token_shape, "zyx"):
+        for p, t, axis in zip(self.patch_shape, self.token_shape, "zyx", strict=False):
             if t < 1 or p < t or p % t:
                 raise ValueError(
                     f"patch size {p} along {axis} is not a multiple of the token size {t}; "
@@ -36,7 +36,7 @@ class TokenGrid:
     @property
     def grid_shape(self) -> tuple[int, int, int]:
         """Tokens per axis (nz, ny, nx)."""
-        return tuple(p // t for p, t in zip(self.patch_shape, self.token_shape))
+        return tuple(p // t for p, t in zip(self.patch_shape, self.token_shape, strict=False))
 
     @property
     def n_tokens(self) -> int:
@@ -71,7 +71,7 @@ class TokenGrid:
         b = token_mask.shape[0]
         nz, ny, nx = self.grid_shape
         m = token_mask.reshape(b, 1, nz, ny, nx)
-        for axis, rep in zip((2, 3, 4), self.token_shape):
+        for axis, rep in zip((2, 3, 4), self.token_shape, strict=False):
             m = m.repeat_interleave(rep, dim=axis)
         return m
 
@@ -81,4 +81,4 @@ class TokenGrid:
             raise IndexError(f"token {index} outside 0..{self.n_tokens - 1}")
         nz, ny, nx = self.grid_shape
         pos = (index // (ny * nx), (index // nx) % ny, index % nx)
-        return tuple(slice(p * t, (p + 1) * t) for p, t in zip(pos, self.token_shape))
+        return tuple(slice(p * t, (p + 1) * t) for p, t in zip(pos, self.token_shape, strict=False))

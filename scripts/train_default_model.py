@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""Reproduce the bundled default model and the ablation of docs/results.md, end to end.
+
+Stages (each resumable; outputs under --work, default /tmp/runs; nothing is written to the repo
+except by ``bundle``):
+
+  pretrain ARM   ARM = mix (random+next+next_all) | random (MAE-like); EMmamba tiny, on
+                 ../shared/data/medulla-unlabeled/raw.h5
+  finetune ARM   ARM = mix | random (from that pretraining) | scratch (EMmamba, no pretraining)
+                 | unet (residual 3D U-Net baseline); on medulla-labeled/train-*, x < 136 for
+                 training, x >= 136 held out for validation (keeps the best model)
+  evaluate       threshold chosen on the held-out train part, then VOI/ARAND on test-* for all arms
+                 -> WORK/results.json
+  bundle         copy the mix arm into src/napari_tokenunify/model/bundled/default (card filled in)
+  all            everything in order (one process)
+
+Example (what docs/results.md reports; two processes at a time on the 2-core machine):
+  python scripts/train_default_model.py pretrain mix & python scripts/train_default_model.py pretrain random
+  python scripts/train_default_model.py finetune mix & python scripts/train_default_model.py finetune random
+  python scripts/train_default_model.py finetune scratch & python scripts/train_default_model.py finetune unet
+  python scripts/train_default_model.py evaluate && python scripts/train_default_model.py bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TOKENUNIFY_SHARED_DATA", REPO.parent / "shared" / "data"))
+BUNDLE = REPO / "src" / "napari_tokenunify" / "model" / "bundled" / "default"
+
+PATCH = (16, 80, 80)
+TOKENS = (4, 16, 16)
+PRETRAIN_STEPS = 800
+FINETUNE_STEPS = 1000
+VAL_SPLIT_X = 136  # train on x < 136 of the train volume, validate on x >= 136
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIXTURES = {"mix": "random=1,next=1,next_all=1", "random": "random=1"}
+
+
+def read_h5(path: Path, dataset: str) -> np.ndarray:
+    import h5py
+
+    if not path.exists():
+        sys.exit(f"missing {path}: put the shared data at {DATA} or set TOKENUNIFY_SHARED_DATA")
+    with h5py.File(path, "r") as f:
+        return f[dataset][...]
+
+
+def labeled(split: str) -> tuple[np.ndarray, np.ndarray]:
+    raw = read_h5(DATA / "medulla-labeled" / f"{split}-image.h5", "stack")
+    gt = read_h5(DATA / "medulla-labeled" / f"{split}-gt.lzf.h5", "stack").astype(np.uint32)
+    return raw, gt
+
+
+def printer(every: int):
+    def report(p) -> None:
+        if p.done % every == 0 or p.done == p.total:
+            extra = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in p.extra.items())
+            print(f"[{time.strftime('%H:%M:%S')}] {p.message} {p.done}/{p.total} {extra}", flush=True)
+
+    return report
+
+
+def stage_pretrain(arm: str, work: Path, args) -> None:
+    from napari_tokenunify.training.pretrain import pretrain
+
+    raw = read_h5(DATA / "medulla-unlabeled" / "raw.h5", "raw")
+    pretrain(
+        [raw], preset="tiny", steps=args.pretrain_steps, out_dir=work / f"pretrain-{arm}",
+        weights=MIXTURES[arm], patch_shape=PATCH, token_shape=TOKENS, batch_size=1, lr=1e-3,
+        device=args.device, seed=args.seed, time_budget_s=args.time_cap, progress=printer(25),
+    )
+
+
+def build_init(arm: str, work: Path):
+    if arm in ("mix", "random"):
+        init = work / f"pretrain-{arm}" / "model"
+        if not (init / "card.json").exists():
+            sys.exit(f"run 'pretrain {arm}' first ({init} is missing)")
+        return init
+    if arm == "scratch":
+        return None
+    if arm == "unet":
+        from napari_tokenunify.model import ModelCard
+        from napari_tokenunify.training.unet import ResidualUNet3D
+
+        net = ResidualUNet3D(out_channels=3)
+        net.card = ModelCard(preset="unet", patch_size=list(PATCH), config=net.config, name="residual-unet")
+        return net
+    sys.exit(f"unknown arm {arm!r}")
+
+
+def stage_finetune(arm: str, work: Path, args) -> None:
+    from napari_tokenunify.training.finetune import finetune
+
+    raw, gt = labeled("train")
+    out = work / f"finetune-{arm}"
+    finetune(
+        raw[:, :, :VAL_SPLIT_X], gt[:, :, :VAL_SPLIT_X], init=build_init(arm, work), preset="tiny",
+        steps=args.finetune_steps, out_dir=out, patch_shape=PATCH,
+        validation=(raw[:, :, VAL_SPLIT_X:], gt[:, :, VAL_SPLIT_X:]), val_every=args.val_every,
+        batch_size=1, lr=1e-3, device=args.device, seed=args.seed, time_budget_s=args.time_cap,
+        progress=printer(25),
+    )
+
+
+def load_arm(arm: str, work: Path):
+    out = work / f"finetune-{arm}"
+    if arm == "unet":
+        from napari_tokenunify.model import ModelCard
+        from napari_tokenunify.training.unet import load_unet
+
+        net = load_unet(out / "unet.pt")
+        net.card = ModelCard(preset="unet", patch_size=list(PATCH), config=net.config)
+        return net
+    from napari_tokenunify.model import load_model
+
+    return load_model(out / "model", device="cpu")
+
+
+def stage_evaluate(work: Path, args) -> None:
+    from napari_tokenunify.engine.agglomerate import segment_affinities
+    from napari_tokenunify.engine.evaluate import evaluate
+    from napari_tokenunify.engine.predict import predict_affinities
+
+    train_raw, train_gt = labeled("train")
+    test_raw, test_gt = labeled("test")
+    val_raw, val_gt = train_raw[:, :, VAL_SPLIT_X:], train_gt[:, :, VAL_SPLIT_X:]
+    results = {}
+    for arm in args.arms:
+        if not (work / f"finetune-{arm}").exists():
+            print(f"skip {arm}: not finetuned")
+            continue
+        model = load_arm(arm, work)
+        t0 = time.perf_counter()
+        val_affs = predict_affinities(val_raw, model, device=args.device, dtype="float32")
+        sweep = {}
+        for th in THRESHOLDS:
+            s = evaluate(segment_affinities(val_affs, threshold=th), val_gt)
+            sweep[th] = s["voi_split"] + s["voi_merge"]
+        best_th = min(sweep, key=sweep.get)
+        affs = predict_affinities(test_raw, model, device=args.device, dtype="float32")
+        seg = segment_affinities(affs, threshold=best_th)
+        scores = {k: float(v) for k, v in evaluate(seg, test_gt).items()}
+        fixed = {k: float(v) for k, v in evaluate(segment_affinities(affs, threshold=0.5), test_gt).items()}
+        results[arm] = {
+            "threshold": best_th,
+            "val_voi_by_threshold": sweep,
+            "test": scores,
+            "test_at_0.5": fixed,
+            "n_segments": int(len(np.unique(seg)) - (0 in seg)),
+            "eval_seconds": round(time.perf_counter() - t0, 1),
+            "training": _training_info(work, arm),
+        }
+        print(arm, json.dumps(results[arm]["test"]), "threshold", best_th, flush=True)
+    path = work / "results.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(results)
+    path.write_text(json.dumps(old, indent=2))
+    print(f"wrote {path}")
+
+
+def _training_info(work: Path, arm: str) -> dict:
+    info = {}
+    card = work / f"finetune-{arm}" / "model" / "card.json"
+    if card.exists():
+        info["finetune"] = json.loads(card.read_text()).get("training", {})
+    elif (work / f"finetune-{arm}" / "validation.csv").exists():
+        rows = (work / f"finetune-{arm}" / "loss.csv").read_text().splitlines()
+        info["finetune"] = {"steps": len(rows) - 1, "seconds": float(rows[-1].split(",")[-1])}
+    pre = work / f"pretrain-{arm}" / "model" / "card.json"
+    if pre.exists():
+        info["pretrain"] = json.loads(pre.read_text()).get("training", {})
+    return info
+
+
+def stage_bundle(work: Path, args) -> None:
+    from napari_tokenunify.model import ModelCard
+
+    src = work / "finetune-mix" / "model"
+    results = json.loads((work / "results.json").read_text())["mix"]
+    card = ModelCard.from_json((src / "card.json").read_text())
+    card.name = "default"
+    card.description = (
+        "EMmamba tiny, TokenUnify mixture pretraining on medulla-unlabeled (FIB-SEM, 10 nm), "
+        "finetuned on medulla-labeled train; see docs/results.md"
+    )
+    card.voxel_size_nm = [10.0, 10.0, 10.0]
+    card.training = {
+        **card.training,
+        "pretrain": results["training"].get("pretrain", {}),
+        "pretrain_data": "medulla-unlabeled/raw.h5 (250^3, uint8)",
+        "finetune_data": f"medulla-labeled/train-image.h5 + train-gt.lzf.h5, x < {VAL_SPLIT_X}",
+        "validation_data": f"medulla-labeled/train, x >= {VAL_SPLIT_X}",
+        "script": "scripts/train_default_model.py",
+        "segmentation_threshold": results["threshold"],
+    }
+    card.metrics = {"medulla-labeled/test": results["test"], "threshold": results["threshold"]}
+    BUNDLE.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "model.safetensors", BUNDLE / "model.safetensors")
+    (BUNDLE / "card.json").write_text(card.to_json() + "\n")
+    size = (BUNDLE / "model.safetensors").stat().st_size / 1e6
+    print(f"bundled {BUNDLE} ({size:.1f} MB)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["pretrain", "finetune", "evaluate", "bundle", "all"])
+    p.add_argument("arm", nargs="?", default=None)
+    p.add_argument("--work", type=Path, default=Path("/tmp/runs"))
+    p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
+    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--time-cap", type=float, default=None, help="seconds per stage (safety stop)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", nargs="+", default=["scratch", "random", "mix", "unet"])
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.stage == "pretrain":
+        stage_pretrain(args.arm or "mix", args.work, args)
+    elif args.stage == "finetune":
+        stage_finetune(args.arm or "mix", args.work, args)
+    elif args.stage == "evaluate":
+        stage_evaluate(args.work, args)
+    elif args.stage == "bundle":
+        stage_bundle(args.work, args)
+    else:
+        for arm in ("mix", "random"):
+            stage_pretrain(arm, args.work, args)
+        for arm in args.arms:
+            stage_finetune(arm, args.work, args)
+        stage_evaluate(args.work, args)
+        stage_bundle(args.work, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
