@@ -141,7 +141,7 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
             warnings.warn(f"napari-tokenunify cannot read {path}: {err}", stacklevel=2)
         return None
 
-    def reader(_path: Any) -> list[LayerData]:
+    def reader(_path: Any, **_kwargs: Any) -> list[LayerData]:
         return layers
 
     return reader

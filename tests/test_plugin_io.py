@@ -1,0 +1,141 @@
+"""The npe2 manifest and the napari reader/writer/sample contributions, through a real viewer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+
+import napari_tokenunify
+from napari_tokenunify import plugin_io
+from napari_tokenunify.io import open_volume, write_volume
+
+MANIFEST = Path(napari_tokenunify.__file__).parent / "napari.yaml"
+PLUGIN = "napari-tokenunify"
+
+
+def test_manifest_validates_with_imports():
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_file(MANIFEST)
+    pm.validate_imports()  # every python_name resolves to a callable
+    by_name = PluginManifest._from_package_or_name(PLUGIN)  # the installed entry point
+    assert by_name.name == PLUGIN
+    patterns = pm.contributions.readers[0].filename_patterns
+    assert {"*.tif", "*.tiff", "*.zarr", "*.h5", "*.hdf5", "*.n5"} <= set(patterns)
+    assert pm.contributions.readers[0].accepts_directories
+    exts = {e for w in pm.contributions.writers for e in w.filename_extensions}
+    assert {".zarr", ".ome.zarr", ".tif", ".h5"} <= exts
+    assert all(w.layer_types == ["labels"] for w in pm.contributions.writers)
+    ids = [c.id for c in pm.contributions.commands]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.fixture
+def em(synthetic_small):
+    return synthetic_small
+
+
+@pytest.fixture
+def image_and_labels_h5(tmp_path, em):
+    path = tmp_path / "both.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=em.image, chunks=(16, 32, 32)).attrs["resolution"] = [10, 10, 10]
+        f.create_dataset("seg/labels", data=em.labels, chunks=(16, 32, 32))
+    return path
+
+
+def test_reader_gives_image_and_labels_layers_lazily(image_and_labels_h5, em):
+    reader = plugin_io.get_reader(str(image_and_labels_h5))
+    layers = reader(str(image_and_labels_h5))
+    assert [t for _, _, t in layers] == ["image", "labels"]
+    (img, img_kw, _), (lab, lab_kw, _) = layers
+    assert isinstance(img, da.Array) and isinstance(lab, da.Array)
+    assert img_kw["scale"] == (10.0, 10.0, 10.0) and img_kw["contrast_limits"] == (0, 255)
+    assert "scale" not in lab_kw  # that dataset says no voxel size
+    assert np.array_equal(lab[5].compute(), em.labels[5])
+
+
+def test_reader_returns_none_for_what_it_cannot_read(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    assert plugin_io.get_reader(str(tmp_path / "notes.txt")) is None
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "photo.tif", np.zeros((32, 32, 3), np.uint8))  # RGB 2D
+    assert plugin_io.get_reader(str(tmp_path / "photo.tif")) is None
+    assert plugin_io.get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+    (tmp_path / "bad.h5").write_bytes(b"nope" * 10)
+    with pytest.warns(UserWarning, match="cannot read"):
+        assert plugin_io.get_reader(str(tmp_path / "bad.h5")) is None
+
+
+def test_reader_ome_zarr_is_multiscale(tmp_path, em):
+    path = write_volume(tmp_path / "seg.ome.zarr", em.labels, voxel_size=em.voxel_size,
+                        chunks=(16, 32, 32), levels=2)
+    [(data, kwargs, layer_type)] = plugin_io.get_reader(str(path))(str(path))
+    assert layer_type == "labels" and kwargs["multiscale"] is True
+    assert [d.shape for d in data] == [(32, 64, 64), (16, 32, 32)]
+
+
+def test_napari_opens_each_format(make_napari_viewer, tmp_path, em):
+    viewer = make_napari_viewer()
+    paths = [
+        write_volume(tmp_path / "img.tif", em.image, kind="image", voxel_size=em.voxel_size),
+        write_volume(tmp_path / "img.zarr", em.image, kind="image", voxel_size=(20, 5, 5)),
+        write_volume(tmp_path / "lab.n5", em.labels, voxel_size=em.voxel_size),
+    ]
+    for p in paths:
+        viewer.open(str(p), plugin=PLUGIN)
+    assert [layer.name for layer in viewer.layers] == ["img", "img [1]", "lab/labels"]
+    assert type(viewer.layers[2]).__name__ == "Labels"
+    assert tuple(viewer.layers[1].scale) == (20.0, 5.0, 5.0)
+    assert isinstance(viewer.layers[0].data, da.Array)
+
+
+def test_napari_uses_reader_preference(make_napari_viewer, image_and_labels_h5):
+    from napari.settings import get_settings
+
+    viewer = make_napari_viewer()
+    # napari builtins (imageio) also claim *.h5; a user's reader preference picks this plugin.
+    get_settings().plugins.extension2reader = {"*.h5": PLUGIN}
+    viewer.open(str(image_and_labels_h5), plugin=None)  # None: as File > Open, use preferences
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
+
+
+def test_napari_slice_folder(make_napari_viewer, tmp_path, em):
+    import imageio.v3 as iio
+
+    folder = tmp_path / "sections"
+    folder.mkdir()
+    for i in range(5):
+        iio.imwrite(folder / f"sec{i}.png", em.image[i])
+    viewer = make_napari_viewer()
+    viewer.open(str(folder), plugin=PLUGIN)
+    assert viewer.layers[0].data.shape == (5, 64, 64)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".ome.zarr", ".tif", ".h5"])
+def test_napari_saves_labels_layer(make_napari_viewer, tmp_path, em, suffix):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(em.labels, scale=(40, 10, 10), name="seg")
+    out = tmp_path / f"seg{suffix}"
+    written = viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+    assert [Path(p).name for p in written] == [out.name]
+    v = open_volume(out)
+    assert v.voxel_size == (40.0, 10.0, 10.0)
+    assert np.array_equal(v.data.compute(), layer.data)
+    with pytest.raises(Exception, match="already exists"):  # never silently overwrites
+        viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+
+
+def test_napari_sample_data(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_em")
+    img, lab = viewer.layers
+    assert type(img).__name__ == "Image" and type(lab).__name__ == "Labels"
+    assert img.data.shape == lab.data.shape == (64, 128, 128)
+    assert tuple(img.scale) == (10.0, 10.0, 10.0)
+    assert lab.data.max() > 5 and (lab.data == 0).any()
