@@ -24,6 +24,30 @@ def block_grid(shape: Sequence[int], block: Sequence[int]) -> list[Block]:
     ]
 
 
+MAX_WRITE_BLOCK_BYTES = 256 * 2**20
+
+
+def write_grid(array: da.Array, storage_chunks: Sequence[int]) -> list[Block]:
+    """Blocks to compute and write: whole multiples of the storage chunks that cover the array's
+    own dask chunks, so every dask chunk is computed about once (a computed graph, e.g. a
+    prediction, is not recomputed for each small storage chunk) and every write covers whole
+    storage chunks (no read-modify-write). Capped at ~256 MiB per block."""
+    block = []
+    for axis, cs in enumerate(storage_chunks):
+        cd = max(array.chunks[axis]) if array.chunks[axis] else cs
+        block.append(min(array.shape[axis], cs * -(-cd // cs)))
+
+    def nbytes(b):
+        return int(np.prod(b)) * array.dtype.itemsize
+
+    while nbytes(block) > MAX_WRITE_BLOCK_BYTES:
+        axis = max(range(len(block)), key=lambda a: block[a] // storage_chunks[a])
+        if block[axis] <= storage_chunks[axis]:
+            break
+        block[axis] = storage_chunks[axis] * max(1, (block[axis] // storage_chunks[axis]) // 2)
+    return block_grid(array.shape, block)
+
+
 def _batches(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]

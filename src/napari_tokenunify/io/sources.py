@@ -61,14 +61,18 @@ class H5Source(LazySource):
         super().__init__(shape, dtype, chunks)
         self.path = str(path)
         self.name = name
+        st = Path(path).stat()
+        # A file replaced since (e.g. saved over with overwrite=True) gets a new handle.
+        self.stamp = (st.st_ino, st.st_mtime_ns)
 
     def _open(self):
         import h5py
 
+        key = f"{self.path}|{self.stamp}"
         with _H5_LOCK:
-            f = _H5_FILES.get(self.path)
+            f = _H5_FILES.get(key)
             if f is None or not f.id.valid:
-                f = _H5_FILES[self.path] = h5py.File(self.path, "r")
+                f = _H5_FILES[key] = h5py.File(self.path, "r")
         return f[self.name]
 
 

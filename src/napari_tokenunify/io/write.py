@@ -110,6 +110,8 @@ def write_volume(
     arr = _as_dask(array, kind, where)
     voxel = check_voxel_size(voxel_size, where)
     chunk_shape = _chunks(tuple(arr.shape), chunks, where)
+    if not isinstance(getattr(array, "data", array), da.Array):
+        arr = arr.rechunk(chunk_shape)  # in-memory input: stream it storage chunk by chunk
     name = dataset or DEFAULT_DATASET[kind]
 
     def reporter_factory(total: int) -> ProgressReporter:

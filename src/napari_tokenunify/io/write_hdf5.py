@@ -7,7 +7,7 @@ from pathlib import Path
 import dask.array as da
 
 from ..progress import CancelToken
-from .blocks import block_grid, write_blocks
+from .blocks import write_blocks, write_grid
 
 
 def write_hdf5(
@@ -23,7 +23,7 @@ def write_hdf5(
 ) -> None:
     import h5py
 
-    blocks = block_grid(array.shape, chunks)
+    blocks = write_grid(array, chunks)
     reporter = reporter_factory(len(blocks))
     with h5py.File(tmp, "w") as f:
         dset = f.create_dataset(

@@ -8,7 +8,7 @@ from pathlib import Path
 import dask.array as da
 
 from ..progress import CancelToken
-from .blocks import block_grid, write_blocks
+from .blocks import write_blocks, write_grid
 from .sources import open_n5_tensorstore
 
 
@@ -36,7 +36,7 @@ def write_n5(
             "compression": {"type": "gzip", "level": 4},
         },
     )
-    blocks = block_grid(array.shape, chunks)
+    blocks = write_grid(array, chunks)
 
     def store(block, value):
         view[block].write(value).result()

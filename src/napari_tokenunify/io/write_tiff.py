@@ -31,8 +31,14 @@ def write_tiff(
     shape = tuple(int(s) for s in array.shape)
     planes = int(np.prod(shape[:-2]))
     plane_bytes = shape[-1] * shape[-2] * array.dtype.itemsize
-    depth = max(1, min(chunks[-3], SLAB_BYTES // max(plane_bytes, 1)))
     flat = array.reshape((planes, shape[-2], shape[-1])) if array.ndim != 3 else array
+    # Slabs of whole planes, as deep as the input's dask chunks (each computed once) unless
+    # that is too much memory.
+    zchunk = max(flat.chunks[0])
+    if zchunk * plane_bytes <= 4 * SLAB_BYTES:
+        depth = zchunk
+    else:
+        depth = max(1, SLAB_BYTES // max(plane_bytes, 1))
     slabs = block_grid(flat.shape, (depth, shape[-2], shape[-1]))
     reporter = reporter_factory(len(slabs))
     if bigtiff is None:

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 
 from ..progress import CancelToken, ProgressReporter
-from .blocks import block_grid, write_blocks
+from .blocks import block_grid, write_blocks, write_grid
 from .pyramid import downsample, pyramid_factors
 
 
@@ -57,7 +57,7 @@ def write_zarr(
     cancel: CancelToken | None,
 ) -> None:
     z = create_zarr_array(str(tmp), array.shape, array.dtype, chunks, attributes)
-    blocks = block_grid(array.shape, chunks)
+    blocks = write_grid(array, chunks)
     write_blocks(
         array,
         _store_into(z),
@@ -90,7 +90,8 @@ def write_ome_zarr(
     for f in factors:
         lead = shapes[-1][:-3]
         shapes.append((*lead, *(-(-s // k) for s, k in zip(shapes[-1][-3:], f, strict=False))))
-    grids = [block_grid(s, chunks) for s in shapes]
+    # Level 0 follows the input's dask chunks; coarser levels are read back from storage.
+    grids = [write_grid(array, chunks)] + [block_grid(s, chunks) for s in shapes[1:]]
     reporter: ProgressReporter = reporter_factory(sum(len(g) for g in grids))
 
     root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
