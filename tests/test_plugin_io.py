@@ -139,3 +139,33 @@ def test_napari_sample_data(make_napari_viewer):
     assert img.data.shape == lab.data.shape == (64, 128, 128)
     assert tuple(img.scale) == (10.0, 10.0, 10.0)
     assert lab.data.max() > 5 and (lab.data == 0).any()
+
+
+def test_reader_ome_zarr_image_with_labels_group(tmp_path, em):
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image, write_labels
+
+    root = zarr.open_group(str(tmp_path / "em.ome.zarr"), mode="w", zarr_format=2)
+    write_image(em.image, root, axes="zyx", fmt=FormatV04(), scale_factors=[2],
+                scale={"z": 10.0, "y": 10.0, "x": 10.0},
+                axes_units={"z": "nanometer", "y": "nanometer", "x": "nanometer"})
+    write_labels(em.labels, root, name="cells", axes="zyx", fmt=FormatV04(), scale_factors=[2],
+                 scale={"z": 10.0, "y": 10.0, "x": 10.0},
+                 axes_units={"z": "nanometer", "y": "nanometer", "x": "nanometer"})
+    layers = plugin_io.get_reader(str(tmp_path / "em.ome.zarr"))(str(tmp_path / "em.ome.zarr"))
+    assert [t for _, _, t in layers] == ["image", "labels"]
+    assert layers[1][1]["name"].endswith("labels/cells") and layers[1][1]["multiscale"]
+    assert layers[0][1]["scale"] == (10.0, 10.0, 10.0)
+    assert np.array_equal(np.asarray(layers[1][0][0][3]), em.labels[3])
+
+
+def test_reader_zarr_group_with_two_arrays(tmp_path, em):
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "pair.zarr"), mode="w")
+    root.create_array("raw", data=em.image, chunks=(16, 32, 32))
+    root.create_array("neuron_ids", data=em.labels, chunks=(16, 32, 32))
+    layers = plugin_io.get_reader(str(tmp_path / "pair.zarr"))(str(tmp_path / "pair.zarr"))
+    assert sorted((kw["name"], t) for _, kw, t in layers) == [
+        ("pair/neuron_ids", "labels"), ("pair/raw", "image")]
