@@ -1,0 +1,76 @@
+"""VOI and adapted Rand error: against skimage, chunked = in-memory, masks, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.metrics import adapted_rand_error, variation_of_information
+
+from napari_tokenunify.engine.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def pair():
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 7, (12, 30, 30)).astype(np.uint32)
+    seg = (gt * 3 + (rng.random(gt.shape) < 0.1)).astype(np.uint64)  # splits, few merges
+    seg[:, :5] = 99  # and one merge
+    return seg, gt
+
+
+def test_matches_skimage_with_label_0_ignored(pair):
+    seg, gt = pair
+    m = evaluate(seg, gt)
+    keep = gt != 0
+    split, merge = variation_of_information(gt[keep], seg[keep])
+    err, prec, rec = adapted_rand_error(gt[keep], seg[keep])
+    assert m["voi_split"] == pytest.approx(split) and m["voi_merge"] == pytest.approx(merge)
+    assert m["arand"] == pytest.approx(err)
+    assert m["arand_precision"] == pytest.approx(prec) and m["arand_recall"] == pytest.approx(rec)
+    assert m["n_voxels"] == int(keep.sum())
+    assert m["voi_split"] > 0 and m["voi_merge"] > 0
+
+
+def test_chunked_equals_in_memory_and_reads_dask_and_zarr(pair, tmp_path):
+    import dask.array as da
+    import zarr
+
+    seg, gt = pair
+    whole = evaluate(seg, gt)
+    chunked = evaluate(seg, gt, chunk_voxels=1000)
+    z = zarr.open_array(str(tmp_path / "seg.zarr"), mode="w", shape=seg.shape, chunks=(4, 16, 16),
+                        dtype=seg.dtype)
+    z[...] = seg
+    lazy = evaluate(z, da.from_array(gt, chunks=(5, 10, 10)), chunk_voxels=2000)
+    for key in ("voi_split", "voi_merge", "arand"):
+        assert chunked[key] == pytest.approx(whole[key])
+        assert lazy[key] == pytest.approx(whole[key])
+
+
+def test_perfect_segmentation_scores_zero_up_to_relabelling(pair):
+    _, gt = pair
+    relabelled = (gt.astype(np.uint64) * 7 + 1000)
+    m = evaluate(relabelled, gt)
+    assert m["voi"] == pytest.approx(0, abs=1e-12) and m["arand"] == pytest.approx(0, abs=1e-12)
+
+
+def test_mask_and_no_ignore(pair):
+    seg, gt = pair
+    mask = np.zeros(gt.shape, bool)
+    mask[:, 10:] = True
+    masked = evaluate(seg, gt, mask=mask)
+    keep = mask & (gt != 0)
+    split, merge = variation_of_information(gt[keep], seg[keep])
+    assert masked["voi_split"] == pytest.approx(split) and masked["voi_merge"] == pytest.approx(merge)
+    everything = evaluate(seg, gt, ignore_label=None)
+    assert everything["n_voxels"] == gt.size
+
+
+def test_bad_input_is_refused(pair):
+    seg, gt = pair
+    with pytest.raises(ValueError, match="differs from ground-truth shape"):
+        evaluate(seg[:3], gt)
+    with pytest.raises(ValueError, match="no voxel to evaluate"):
+        evaluate(seg, np.zeros_like(gt))
+    with pytest.raises(ValueError, match="mask shape"):
+        evaluate(seg, gt, mask=np.ones((2, 2, 2), bool))
