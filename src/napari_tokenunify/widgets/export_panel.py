@@ -48,6 +48,8 @@ def check_target(path: Path, overwrite: bool) -> None:
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
+    if not parent.is_dir():
+        raise LayerError(f"cannot write to {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise LayerError(f"cannot write to {parent}: choose a folder you have write access to")
 

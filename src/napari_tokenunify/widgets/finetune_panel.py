@@ -115,7 +115,7 @@ class FinetunePanel(Panel):
             losses = self.losses
 
             def work(progress=None, cancel=None):
-                from napari_tokenunify.training import finetune
+                from napari_tokenunify.training.finetune import finetune
 
                 def report(p):
                     if "loss" in p.extra:
