@@ -233,3 +233,17 @@ def test_voxel_size_override_beats_file(tmp_path, vol):
         f.create_dataset("raw", data=vol).attrs["resolution"] = [8, 8, 8]
     assert open_volume(tmp_path / "v.h5").voxel_size == (8.0, 8.0, 8.0)
     assert open_volume(tmp_path / "v.h5", voxel_size=5).voxel_size == (5.0, 5.0, 5.0)
+
+
+def test_ome_zarr_05_on_zarr_v3(tmp_path, vol):
+    from ome_zarr.writer import write_image
+
+    root = zarr.open_group(str(tmp_path / "v5.ome.zarr"), mode="w", zarr_format=3)
+    nm = {"z": "nanometer", "y": "nanometer", "x": "nanometer"}
+    write_image(vol, root, axes="zyx", scale_factors=[2], scale={"z": 30.0, "y": 4.0, "x": 4.0},
+                axes_units=nm)
+    v = open_volume(tmp_path / "v5.ome.zarr", level=1)
+    assert v.metadata["zarr_format"] == 3 and v.metadata["format"] == "ome-zarr"
+    assert v.shape == (32, 24, 32) and v.voxel_size == (30.0, 8.0, 8.0)
+    inner = tmp_path / "v5.ome.zarr" / v.metadata["level_paths"][0]
+    assert open_volume(inner).shape == vol.shape  # a path inside the container works
