@@ -1,0 +1,142 @@
+"""The engine sub-commands: predict, segment, evaluate, run, demo — outputs, bad input, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from napari_tokenunify.cli import main
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from napari_tokenunify.io import write_volume
+    from napari_tokenunify.model import build_model, save_model
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    root = tmp_path_factory.mktemp("cli")
+    vol = make_synthetic_volume((16, 40, 48), seed=4)
+    write_volume(root / "image.tif", vol.image, kind="image", voxel_size=vol.voxel_size)
+    write_volume(root / "gt.h5", vol.labels, kind="labels")
+    torch.manual_seed(0)
+    save_model(build_model("tiny"), root / "model")
+    return root, vol
+
+
+def _predict(root, out, *extra):
+    return main(["predict", str(root / "image.tif"), str(out), "--model", str(root / "model"),
+                 "--tile", "16,32,32", "--device", "cpu", "--quiet", *extra])
+
+
+def test_predict_segment_evaluate(files, tmp_path, capsys):
+    from napari_tokenunify.io import open_volume
+
+    root, vol = files
+    assert _predict(root, tmp_path / "affs.zarr") == 0
+    assert "written to" in capsys.readouterr().out
+    assert main(["segment", str(tmp_path / "affs.zarr"), str(tmp_path / "seg.tif"), "--quiet"]) == 0
+    assert "fragments" in capsys.readouterr().out
+    seg = open_volume(tmp_path / "seg.tif").data.compute()
+    assert seg.shape == vol.image.shape and seg.max() >= 1
+    assert main(["evaluate", str(tmp_path / "seg.tif"), str(root / "gt.h5"), "--json"]) == 0
+    import json
+
+    metrics = json.loads(capsys.readouterr().out)
+    from napari_tokenunify.engine.evaluate import evaluate
+
+    assert metrics["voi_split"] == pytest.approx(evaluate(seg, vol.labels)["voi_split"])
+    # the image plus --affinities, blockwise, into zarr
+    assert main(["segment", str(root / "image.tif"), str(tmp_path / "seg.zarr"), "--affinities",
+                 str(tmp_path / "affs.zarr"), "--blockwise", "--block", "8,24,24", "--context",
+                 "2,6,6", "--quiet"]) == 0
+    assert main(["evaluate", str(tmp_path / "seg.zarr"), str(root / "gt.h5")]) == 0
+    assert "VOI split" in capsys.readouterr().out
+
+
+def test_predict_to_other_formats_and_roi(files, tmp_path):
+    from napari_tokenunify.io import open_volume
+
+    root, vol = files
+    assert _predict(root, tmp_path / "affs.h5", "--roi", "0:8,0:32,8:40", "--dtype", "uint8") == 0
+    sub = open_volume(tmp_path / "affs.h5", channel=1)
+    assert sub.shape == (8, 32, 32) and sub.dtype == np.uint8
+    assert not (tmp_path / "affs.h5.partial.zarr").exists()
+
+
+def test_run_and_demo(files, tmp_path, capsys):
+    root, vol = files
+    out = tmp_path / "labels.tif"
+    assert main(["run", str(root / "image.tif"), str(out), "--model", str(root / "model"),
+                 "--tile", "16,32,32", "--quiet", "--min-size", "5"]) == 0
+    text = capsys.readouterr().out
+    assert out.exists() and (tmp_path / "labels_affinities.zarr").exists() and "labels" in text
+    assert main(["demo", str(tmp_path / "demo"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "VOI split" in captured.out and str(tmp_path / "demo" / "labels.zarr") in captured.out
+    assert "random weights" in captured.err or "model: default" in captured.out
+    assert main(["demo", str(tmp_path / "demo"), "--quiet"]) == 1  # exists: refused
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_bad_inputs_get_clear_messages(files, tmp_path, capsys):
+    root, _ = files
+    (tmp_path / "taken.zarr").mkdir()
+    assert _predict(root, tmp_path / "taken.zarr") == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert _predict(root, "") == 1
+    assert "output path is empty" in capsys.readouterr().err
+    assert main(["segment", str(root / "image.tif"), str(tmp_path / "s.tif")]) == 1
+    assert "--affinities" in capsys.readouterr().err
+    assert _predict(root, tmp_path / "a.zarr", "--roi", "0:99,0:4,0:4") == 1
+    assert "outside the volume" in capsys.readouterr().err
+    # affinities of another shape than the image
+    import zarr
+
+    wrong = zarr.open_array(str(tmp_path / "wrong.zarr"), mode="w", shape=(3, 4, 4, 4), dtype="f4")
+    wrong[...] = 0.5
+    assert main(["segment", str(root / "image.tif"), str(tmp_path / "s.tif"), "--affinities",
+                 str(tmp_path / "wrong.zarr")]) == 1
+    assert "cover (4, 4, 4)" in capsys.readouterr().err
+    two = zarr.open_array(str(tmp_path / "two.zarr"), mode="w", shape=(2, 4, 4, 4), dtype="f4")
+    two[...] = 0.5
+    assert main(["segment", str(tmp_path / "two.zarr"), str(tmp_path / "s.tif")]) == 1
+    assert "channels" in capsys.readouterr().err
+    assert main(["evaluate", str(root / "image.tif"), str(tmp_path / "two.zarr")]) == 1
+
+
+def test_ctrl_c_cancels_cleanly_and_the_next_run_resumes(files, tmp_path, monkeypatch, capsys):
+    from napari_tokenunify.cli import engine_common
+
+    root, _ = files
+    assert _predict(root, tmp_path / "ref.zarr") == 0
+    calls = {"n": 0}
+    original = engine_common.TqdmProgress.__call__
+
+    def interrupt_after_two(self, p):
+        original(self, p)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this process
+
+    monkeypatch.setattr(engine_common.TqdmProgress, "__call__", interrupt_after_two)
+    assert _predict(root, tmp_path / "affs.zarr") == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    import zarr
+
+    done = np.asarray(zarr.open_group(str(tmp_path / "affs.zarr"), mode="r")["done"][...])
+    assert 0 < done.sum() < done.size
+    monkeypatch.setattr(engine_common.TqdmProgress, "__call__", original)
+    assert _predict(root, tmp_path / "affs.zarr") == 0
+    a = zarr.open_group(str(tmp_path / "affs.zarr"), mode="r")["affinities"][...]
+    b = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["affinities"][...]
+    assert np.array_equal(a, b)
