@@ -25,6 +25,7 @@ def block_grid(shape: Sequence[int], block: Sequence[int]) -> list[Block]:
 
 
 MAX_WRITE_BLOCK_BYTES = 256 * 2**20
+MAX_BATCH_BYTES = 512 * 2**20
 
 
 def write_grid(array: da.Array, storage_chunks: Sequence[int]) -> list[Block]:
@@ -67,7 +68,10 @@ def write_blocks(
     Only one batch of blocks is in memory at a time, so a volume larger than RAM streams
     through. ``skip_zero`` skips all-zero blocks (their fill value) for chunked formats.
     """
-    batch_size = max(1, min(8, os.cpu_count() or 1))
+    # A few blocks at once (dask reads/computes them in parallel), within ~512 MiB.
+    first = blocks[0] if blocks else ()
+    block_bytes = int(np.prod([b.stop - b.start for b in first])) * array.dtype.itemsize
+    batch_size = max(1, min(8, os.cpu_count() or 1, MAX_BATCH_BYTES // max(block_bytes, 1)))
     for batch in _batches(blocks, batch_size):
         check_cancel(cancel)
         if isinstance(array, da.Array):
