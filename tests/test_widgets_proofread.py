@@ -101,7 +101,6 @@ def test_next_place_to_check_visits_uncertain_blocks(proof, qtbot):
     affs[:, 8:16, 32:64, 0:32] = 0.5
     aff_layer = viewer.add_image(affs, name="affs")
     pick(panel.affinities, aff_layer)
-    pick(panel.labels, None)
     panel.next_spot()
     qtbot.waitUntil(lambda: bool(panel._spots), timeout=20000)
     qtbot.waitUntil(lambda: "place 1 of" in panel.status.value, timeout=20000)

@@ -64,7 +64,7 @@ class ExportPanel(Panel):
 
     def __init__(self, viewer, session, events) -> None:
         super().__init__(viewer, session, events)
-        self.labels = layer_combo(viewer, "Labels", "labels")
+        self.labels = layer_combo(viewer, "Labels", "labels", nullable=False)
         self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer)
         self.path = FileEdit(label="export to", mode="w", filter="*.zarr *.tif *.tiff *.h5")
         self.overwrite = CheckBox(label="overwrite", value=False)

@@ -46,8 +46,8 @@ class FinetunePanel(Panel):
 
     def __init__(self, viewer, session, events) -> None:
         super().__init__(viewer, session, events)
-        self.image = layer_combo(viewer, "Image", "image", is_volume_layer)
-        self.labels = layer_combo(viewer, "Labels", "labels")
+        self.image = layer_combo(viewer, "Image", "image", is_volume_layer, nullable=False)
+        self.labels = layer_combo(viewer, "Labels", "labels", nullable=False)
         self.region = ComboBox(label="train on", choices=list(REGIONS), value=REGIONS[0])
         self.box = LineEdit(label="box", tooltip="z0:z1, y0:y1, x0:x1 (when training on a box)")
         self.steps = SpinBox(label="steps", min=1, max=100000, value=200)

@@ -57,7 +57,8 @@ class TokenUnifyWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, autosave_interval_s: float = 60.0) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        # napari hands plugins a PublicOnlyProxy; the close hook needs the real viewer's window.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self.session = Session()
         self.events = SessionEvents()
         self.autosaver = Autosaver(autosave_interval_s, image_for=self._image_for)

@@ -105,7 +105,7 @@ class PredictPanel(Panel):
 
     def __init__(self, viewer, session, events) -> None:
         super().__init__(viewer, session, events)
-        self.image = layer_combo(viewer, "Image", "image", is_volume_layer)
+        self.image = layer_combo(viewer, "Image", "image", is_volume_layer, nullable=False)
         self.scope = ComboBox(label="scope", choices=list(SCOPES), value=SCOPES[0])
         self.region = LineEdit(label="region", tooltip="z0:z1, y0:y1, x0:x1 in voxels")
         self.store = FileEdit(label="store (.zarr)", mode="w", filter="*.zarr")

@@ -70,8 +70,8 @@ class ProofreadPanel(Panel):
 
     def __init__(self, viewer, session, events) -> None:
         super().__init__(viewer, session, events)
-        self.labels = layer_combo(viewer, "Labels", "labels")
-        self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer)
+        self.labels = layer_combo(viewer, "Labels", "labels", nullable=False)
+        self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer, nullable=False)
         self.image = layer_combo(viewer, "Image", "image", is_volume_layer)
         self.ids = LineEdit(label="label ids", tooltip="ids to merge, e.g. '4, 9' (Alt+click adds)")
         self.add_selected_btn = PushButton(text="+ selected label")
@@ -257,11 +257,10 @@ class ProofreadPanel(Panel):
             self._spot_index = (self._spot_index + 1) % len(self._spots)
             spot = self._spots[self._spot_index]
             extent = [s.stop - s.start for s in spot.region]
-            if self.labels.value is not None:
-                self._go_to(self.labels.value, spot.center, extent)
-            else:
-                channel = self.viewer.dims.point[0] if self.viewer.dims.ndim == 4 else 0
-                self._go_to(affs_layer, (channel, *spot.center), [1, *extent])
+            channel = 0.0
+            if self.viewer.dims.ndim >= 4:  # keep the affinity channel the user is looking at
+                channel = float(affs_layer.world_to_data(self.viewer.dims.point[-4:])[0])
+            self._go_to(affs_layer, (channel, *spot.center), [1, *extent])
             self.status.value = (
                 f"place {self._spot_index + 1} of {len(self._spots)}: "
                 f"uncertainty {spot.score:.2f} at z,y,x {tuple(int(c) for c in spot.center)}"

@@ -21,7 +21,7 @@ class SegmentPanel(Panel):
 
     def __init__(self, viewer, session, events) -> None:
         super().__init__(viewer, session, events)
-        self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer)
+        self.affinities = layer_combo(viewer, "Image", "affinities", is_affinity_layer, nullable=False)
         self.threshold = FloatSlider(label="threshold", min=0.05, max=0.95, step=0.01, value=0.5)
         self.min_size = SpinBox(label="minimum size", min=0, max=10**9, value=0)
         self.segment_btn = PushButton(text="Segment")
