@@ -52,10 +52,19 @@ print(json.dumps({
 """
 
 
+def vm_hwm_mib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def measure(path: Path, corner: tuple[int, int, int]) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), *map(str, corner)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -77,8 +86,12 @@ def make_zarr(path: Path, shape: tuple[int, int, int]) -> float:
         return ((zz + yy) % 251 + 1).astype(np.uint8) * np.ones(sh, np.uint8)
 
     chunks = (64, 512, 512)
-    arr = da.map_blocks(fill, chunks=da.core.normalize_chunks(chunks, shape), dtype=np.uint8,
-                        meta=np.empty((0, 0, 0), np.uint8))
+    arr = da.map_blocks(
+        fill,
+        chunks=da.core.normalize_chunks(chunks, shape),
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0), np.uint8),
+    )
     t0 = time.perf_counter()
     write_volume(path, arr, kind="image", chunks=(64, 256, 256), voxel_size=(8, 8, 8))
     return time.perf_counter() - t0
@@ -88,8 +101,13 @@ def make_tiff(path: Path, shape: tuple[int, int, int]) -> float:
     import tifffile
 
     t0 = time.perf_counter()
-    mm = tifffile.memmap(path, shape=shape, dtype=np.uint8, bigtiff=True,
-                         metadata={"axes": "ZYX", "voxel_size_nm": [8, 8, 8]})
+    mm = tifffile.memmap(
+        path,
+        shape=shape,
+        dtype=np.uint8,
+        bigtiff=True,
+        metadata={"axes": "ZYX", "voxel_size_nm": [8, 8, 8]},
+    )
     for z in range(0, 128):  # a band of planes with data; the rest stays sparse zeros
         mm[z] = ((np.arange(shape[1])[:, None] + z) % 251 + 1).astype(np.uint8)
     mm.flush()
@@ -110,16 +128,31 @@ def main() -> None:
         tmp = Path(tmp)
         results = {}
         t = make_zarr(tmp / "big.zarr", shape)
+        write_peak = vm_hwm_mib()  # this process so far: imports + streaming the 20 GB write
         on_disk = sum(f.stat().st_size for f in (tmp / "big.zarr").rglob("*") if f.is_file())
-        results["zarr"] = {"create_s": t, "on_disk_mb": on_disk / 1e6, **measure(tmp / "big.zarr", corner)}
+        results["zarr"] = {
+            "create_s": t,
+            "write_peak_rss_mib": write_peak,
+            "on_disk_mb": on_disk / 1e6,
+            **measure(tmp / "big.zarr", corner),
+        }
         t = make_tiff(tmp / "big.tif", shape)
-        results["tiff"] = {"create_s": t, "file_gb": (tmp / "big.tif").stat().st_size / 1e9,
-                           **measure(tmp / "big.tif", corner)}
+        results["tiff"] = {
+            "create_s": t,
+            "file_gb": (tmp / "big.tif").stat().st_size / 1e9,
+            **measure(tmp / "big.tif", corner),
+        }
     print(json.dumps({"shape": shape, "results": results}, indent=1))
+    print(
+        f"write_volume of the {results['zarr']['nbytes_gb']:.1f} GB zarr: "
+        f"{results['zarr']['create_s']:.1f} s, peak RSS {results['zarr']['write_peak_rss_mib']:.0f} MiB"
+    )
     for name, r in results.items():
-        print(f"{name:5s} {r['nbytes_gb']:.1f} GB: peak RSS after import {r['peak_after_import_mib']:.0f} MiB, "
-              f"after open {r['peak_after_open_mib']:.0f} MiB, after one 64^3 block "
-              f"{r['peak_after_block_mib']:.0f} MiB (open {r['open_s']:.2f} s, block {r['block_s']:.3f} s)")
+        print(
+            f"{name:5s} {r['nbytes_gb']:.1f} GB: peak RSS after import {r['peak_after_import_mib']:.0f} MiB, "
+            f"after open {r['peak_after_open_mib']:.0f} MiB, after one 64^3 block "
+            f"{r['peak_after_block_mib']:.0f} MiB (open {r['open_s']:.2f} s, block {r['block_s']:.3f} s)"
+        )
 
 
 if __name__ == "__main__":
