@@ -28,6 +28,7 @@ BACKENDS = ("auto", "torch", "ref", "cuda")
 
 # |sum of dt*A| inside one chunk is kept below this, so exp(+-half of it) stays in float32 range.
 _MAX_CHUNK_LOG_DECAY = 160.0
+_MAX_CHUNK_LOG_DECAY_GRAD = 60.0
 _DEFAULT_CHUNK = 64
 # elements of one (B, D, block, N) working tensor; bounds memory and keeps work cache-sized.
 _BLOCK_ELEMENTS = 1 << 21
@@ -150,8 +151,9 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return _finish(torch.stack(ys, dim=-1), u, D, z, dtype)
 
 
-def _pick_chunk(delta: torch.Tensor, amax: torch.Tensor, chunk: int) -> int:
-    """Largest power-of-two chunk (<= chunk) whose summed log decay stays in range."""
+def _pick_chunk(delta: torch.Tensor, amax: torch.Tensor, chunk: int, max_log: float) -> int:
+    """Largest power-of-two chunk (<= chunk) whose summed log decay stays below ``max_log``
+    (1 if even single steps exceed it; those are then clamped where the decay underflows)."""
     with torch.no_grad():
         rate = delta * amax[None, :, None]  # (batch, d, L) = max over n of |dt*A|
         T = chunk
@@ -159,42 +161,109 @@ def _pick_chunk(delta: torch.Tensor, amax: torch.Tensor, chunk: int) -> int:
             L = rate.shape[-1]
             pad = (-L) % T
             r = F.pad(rate, (0, pad)) if pad else rate
-            if float(r.view(*r.shape[:-1], -1, T).sum(-1).max()) <= _MAX_CHUNK_LOG_DECAY:
+            if float(r.view(*r.shape[:-1], -1, T).sum(-1).max()) <= max_log:
                 return T
             T //= 2
         return 1
 
 
-def _scan_block(u, delta, A, B, C, h0, T):
-    """One block: u, delta (b, d, L); A (d, n); B, C (b, g, n, L); h0 (b, d, n)."""
+def _cumsum_t(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Cumulative sum over axis 3 (the token-in-chunk axis).
+
+    torch.cumsum over a non-innermost axis is slow on CPU (scalar loop); in-place additions of
+    consecutive slices (no autograd) or a product with a lower-triangular matrix are several
+    times faster.
+    """
+    T = x.shape[3]
+    if T == 1:
+        return x
+    if inplace:
+        for t in range(1, T):
+            x[:, :, :, t].add_(x[:, :, :, t - 1])
+        return x
+    shape = x.shape
+    flat = x.reshape(*shape[:3], T, -1)
+    tri = torch.ones(T, T, dtype=x.dtype, device=x.device).tril_()
+    return torch.matmul(tri, flat).reshape(shape)
+
+
+def _carry(decay: torch.Tensor, local: torch.Tensor, h0: torch.Tensor):
+    """States entering each chunk, by a log-depth (Hillis-Steele) scan over the chunk axis.
+
+    ``decay``, ``local``: (b, g, c, e, n), chunk c maps its entering state h to
+    ``decay_c * h + local_c``; ``h0``: (b, g, e, n). Returns (entering states (b, g, c, e, n),
+    final state (b, g, e, n)). Only products of decays in [0, 1] appear: stable.
+    """
+    nc = decay.shape[2]
+    first = decay[:, :, :1] * h0.unsqueeze(2) + local[:, :, :1]
+    x = torch.cat([first, local[:, :, 1:]], dim=2) if nc > 1 else first
+    a = decay
+    k = 1
+    while k < nc:
+        x = torch.cat([x[:, :, :k], a[:, :, k:] * x[:, :, :-k] + x[:, :, k:]], dim=2)
+        a = torch.cat([a[:, :, :k], a[:, :, k:] * a[:, :, :-k]], dim=2)
+        k *= 2
+    entering = torch.cat([h0.unsqueeze(2), x[:, :, :-1]], dim=2)
+    return entering, x[:, :, -1]
+
+
+def _scan_block(
+    u, delta, A, B, C, h0, T: int, work: list[torch.Tensor] | None = None, max_log: float = 160.0
+):
+    """One block: u, delta (b, d, L); A (d, n); B, C (b, g, n, L); h0 (b, d, n).
+
+    Works in the layout (b, g, chunk, t, e, n) (d = g * e) so that B, C broadcast over e and
+    the per-token contraction with C is over the last axis. Returns (y (b, d, L), h_last).
+    """
     batch, d, L = u.shape
     g, n = B.shape[1], B.shape[2]
+    e = d // g
     pad = (-L) % T
     if pad:  # padded steps have dt=0 (decay 1) and input 0: they leave the state unchanged
         u, delta = F.pad(u, (0, pad)), F.pad(delta, (0, pad))
         B, C = F.pad(B, (0, pad)), F.pad(C, (0, pad))
     nc = (L + pad) // T
-    dl = delta.view(batch, g, d // g, nc, T)
-    # log decays: S[b, g, e, c, t, n] = A[d, n] * cumsum_t dt
-    S = dl.cumsum(-1).unsqueeze(-1) * A.view(1, g, d // g, 1, 1, n)
-    R = 0.5 * S[..., -1:, :]
-    Bv = B.view(batch, g, 1, n, nc, T).permute(0, 1, 2, 4, 5, 3)  # (b, g, 1, c, t, n)
-    Cv = C.view(batch, g, 1, n, nc, T).permute(0, 1, 2, 4, 5, 3)
-    x = (dl * u.view(batch, g, d // g, nc, T)).unsqueeze(-1) * Bv
-    cs = (torch.exp(R - S) * x).cumsum(-2)
-    E = torch.exp(S - R)
-    # chunk-end states without the incoming state, then the short recurrence across chunks
-    end_local = E[..., -1, :] * cs[..., -1, :]  # (b, g, e, c, n)
-    end_decay = torch.exp(S[..., -1, :])
-    h = h0.view(batch, g, d // g, n)
-    carried = []
-    for c in range(nc):
-        carried.append(h)
-        h = end_decay[..., c, :] * h + end_local[..., c, :]
-    Hin = torch.stack(carried, dim=3).unsqueeze(-2)  # (b, g, e, c, 1, n)
-    states = E * (cs + torch.exp(R) * Hin)
-    y = (states * Cv).sum(-1).reshape(batch, d, nc * T)[..., :L]
-    return y, h.reshape(batch, d, n)
+
+    def lay(x: torch.Tensor) -> torch.Tensor:  # (b, d, L) -> (b, g, c, t, e)
+        return x.reshape(batch, g, e, nc, T).permute(0, 1, 3, 4, 2).contiguous()
+
+    def lay_state(x: torch.Tensor) -> torch.Tensor:  # (b, g, n, L) -> (b, g, c, t, 1, n)
+        return x.reshape(batch, g, n, nc, T).permute(0, 1, 3, 4, 2).contiguous().unsqueeze(-2)
+
+    inplace = work is not None  # no autograd: reuse two preallocated buffers, in place
+    dl = lay(delta)
+    du = (dl * lay(u)).unsqueeze(-1)
+    cd = _cumsum_t(dl.clone() if inplace else dl, inplace)  # cumulative dt; log decay S = cd * A
+    half = 0.5 * cd[:, :, :, -1:]  # mid-point reference R = half * A
+    Av = A.reshape(1, g, 1, 1, e, n)
+    Bv = lay_state(B)
+    # T == 1 and a step decays by more than e^-max_log: clamp the exponents there. The states
+    # are unchanged in float32 (e^-max_log times the old state is below float32 resolution).
+    lim = 0.5 * max_log if T == 1 else None
+    if inplace:
+        shape = (batch, g, nc, T, e, n)
+        size = batch * d * n * nc * T
+        P = torch.mul((half - cd).unsqueeze(-1), Av, out=work[0][:size].view(shape))
+        P = (P.clamp_(max=lim) if lim else P).exp_()  # e^{R - S}
+        E = torch.reciprocal(P, out=work[1][:size].view(shape))  # e^{S - R}
+        W = P.mul_(du).mul_(Bv)
+    else:
+        arg = (half - cd).unsqueeze(-1) * Av
+        P = torch.exp(arg.clamp(max=lim) if lim else arg)
+        E = P.reciprocal()
+        W = P * du * Bv
+    cs = _cumsum_t(W, inplace)
+    # chunk c maps its entering state h to e^{S_end} h + E_end * cs_end
+    end_local = E[:, :, :, -1] * cs[:, :, :, -1]
+    end_arg = cd[:, :, :, -1].unsqueeze(-1) * Av[:, :, 0]
+    end_decay = torch.exp(end_arg.clamp(min=-2 * lim) if lim else end_arg)
+    entering, h_last = _carry(end_decay, end_local, h0.reshape(batch, g, e, n))
+    half_arg = half.unsqueeze(-1) * Av
+    inc = torch.exp(half_arg.clamp(min=-lim) if lim else half_arg) * entering.unsqueeze(3)
+    states = cs.add_(inc).mul_(E) if inplace else (cs + inc) * E
+    y = torch.matmul(states, lay_state(C).transpose(-1, -2)).squeeze(-1)  # (b, g, c, t, e)
+    y = y.permute(0, 1, 4, 2, 3).reshape(batch, d, nc * T)[..., :L]
+    return y, h_last.reshape(batch, d, n)
 
 
 def selective_scan_chunked(
@@ -218,18 +287,22 @@ def selective_scan_chunked(
     if block_tokens is None:
         block_tokens = max(chunk, (_BLOCK_ELEMENTS // max(1, batch * d * n)) // chunk * chunk)
     amax = A.detach().abs().amax(dim=1)
-    # keep a single step's log decay in range (only matters for dt*|A| > 160, where the
-    # decay is e^-160 for the fastest state anyway)
-    limit = (_MAX_CHUNK_LOG_DECAY / amax.clamp_min(1e-12))[None, :, None]
     symbolic = u.device.type == "meta"  # shape tracing: no data-dependent decisions
-    if not symbolic and bool((delta > limit).any()):
-        delta = torch.minimum(delta, limit)
     h = u.new_zeros(batch, d, n)
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (u, delta, A, B, C)
+    )
+    # backward multiplies factors of both signs of the exponent: keep them smaller there
+    max_log = _MAX_CHUNK_LOG_DECAY_GRAD if grad else _MAX_CHUNK_LOG_DECAY
+    work = None
+    if not grad and not symbolic:
+        size = batch * d * n * (min(L, block_tokens) + chunk)
+        work = [u.new_empty(size), u.new_empty(size)]
     ys = []
     for start in range(0, L, block_tokens):
         sl = slice(start, min(L, start + block_tokens))
-        T = chunk if symbolic else _pick_chunk(delta[..., sl], amax, chunk)
-        y, h = _scan_block(u[..., sl], delta[..., sl], A, B[..., sl], C[..., sl], h, T)
+        T = chunk if symbolic else _pick_chunk(delta[..., sl], amax, chunk, max_log)
+        y, h = _scan_block(u[..., sl], delta[..., sl], A, B[..., sl], C[..., sl], h, T, work, max_log)
         ys.append(y)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
     return _finish(y, u, D, z, dtype)
