@@ -193,3 +193,20 @@ def test_overwritten_hdf5_is_read_fresh(tmp_path, labels):
     assert first.data[0, 0, 0].compute() == labels[0, 0, 0]  # the file is now open for reading
     write_labels(path, labels + 5, overwrite=True)
     assert np.array_equal(open_volume(path).data.compute(), labels + 5)
+
+
+def test_bigtiff_chosen_automatically_when_large(tmp_path, labels, monkeypatch):
+    from napari_tokenunify.io import write_tiff
+
+    monkeypatch.setattr(write_tiff, "BIGTIFF_BYTES", labels.nbytes - 1)  # "large" = this volume
+    p = write_labels(tmp_path / "auto.tif", labels)
+    assert open_volume(p).metadata["bigtiff"] is True
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_opened_volumes_pickle_for_worker_processes(tmp_path, labels, suffix):
+    import pickle
+
+    p = write_labels(tmp_path / f"seg{suffix}", labels, chunks=(8, 16, 16))
+    clone = pickle.loads(pickle.dumps(open_volume(p).data))
+    assert np.array_equal(clone[3:9, 5:30].compute(), labels[3:9, 5:30])
