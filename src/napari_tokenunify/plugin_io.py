@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .io import Volume, VolumeError, open_volume, write_volume
-from .io.formats import detect_format
+from .io.formats import base_name, detect_format
 from .io.read_hdf5 import list_hdf5_datasets
 from .io.read_n5 import list_n5_datasets
 
@@ -42,7 +42,7 @@ def guess_layer_type(volume: Volume) -> str:
 
 def _layer(volume: Volume, data: Any = None, *, multiscale: bool = False) -> LayerData:
     layer_type = guess_layer_type(volume)
-    name = volume.path.name.split(".")[0] or volume.path.name
+    name = base_name(volume.path)
     if volume.dataset:
         name = f"{name}/{volume.dataset}"
     kwargs: dict[str, Any] = {

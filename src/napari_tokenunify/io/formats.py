@@ -50,3 +50,12 @@ def detect_format(path: Path) -> str:
     raise VolumeError(
         f"{path}: unsupported file format ({path.suffix or 'no suffix'}). Supported: {SUPPORTED}."
     )
+
+
+def base_name(path: Path) -> str:
+    """The file name without its format suffix ('cells.ome.zarr' -> 'cells', 'a.b.h5' -> 'a.b')."""
+    name = path.name
+    for double in (".ome.zarr", ".ome.tif", ".ome.tiff"):
+        if name.lower().endswith(double):
+            return name[: -len(double)] or name
+    return Path(name).stem or name

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..progress import CancelToken, ProgressCallback, ProgressReporter
 from .atomic import atomic_output
+from .formats import base_name
 from .shaping import check_dtype
 from .volume import VolumeError
 from .voxel import check_voxel_size
@@ -134,7 +135,7 @@ def write_volume(
                 voxel_size=voxel,
                 chunks=chunk_shape,
                 levels=levels,
-                name=path.name.split(".")[0] or name,
+                name=base_name(path),
                 **common,
             )
         elif fmt == "tiff":
