@@ -139,3 +139,14 @@ def test_mismatched_slice_fails_with_name(tmp_path):
     v = open_volume(d)
     with pytest.raises(VolumeError, match=r"2.tif: slice has shape \(9, 8\)"):
         v.data.compute()
+
+
+def test_damaged_chunk_names_the_file_when_read(tmp_path):
+    from napari_tokenunify.io import write_volume
+
+    p = write_volume(tmp_path / "d.zarr", np.ones((8, 16, 16), np.uint8), chunks=(4, 16, 16))
+    (p / "0" / "0" / "0").write_bytes(b"not a blosc frame")
+    v = open_volume(p)  # metadata is fine: opening works
+    assert np.array_equal(v.data[4:].compute(), np.ones((4, 16, 16)))  # the intact chunk
+    with pytest.raises(VolumeError, match=r"d.zarr: could not be read as Zarr.*damaged"):
+        v.data[:4].compute()

@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import numpy as np
+from dask.base import tokenize
 
 from .chunking import dask_chunks
 from .raw import RawArray, corrupt, pick_dataset
 from .shaping import check_dtype
+from .sources import ZarrSource
 from .volume import VolumeError, VolumeNotFoundError, VoxelSize
 from .voxel import unit_to_nm, voxel_size_from_attrs
 
@@ -84,7 +87,12 @@ def ome_voxel_size(ms: dict, level: int, ndim: int) -> VoxelSize | None:
 def _dask_from_zarr(arr, where: str) -> da.Array:
     check_dtype(arr.dtype, where)
     chunks = dask_chunks(arr.shape, arr.chunks, arr.dtype.itemsize)
-    return da.from_zarr(arr, chunks=chunks)
+    return da.from_array(
+        ZarrSource(arr, where),
+        chunks=chunks,
+        name="zarr-" + tokenize(where, str(arr.store_path), arr.metadata.to_dict()),
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+    )
 
 
 def read_zarr(path: Path, dataset: str | None, level: int) -> RawArray:

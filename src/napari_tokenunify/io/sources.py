@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .raw import corrupt
+from .volume import VolumeError
+
 
 class LazySource:
     """Base: ``shape``, ``dtype``, ``ndim``, ``chunks`` known up front; data read on ``__getitem__``."""
@@ -34,8 +37,19 @@ class LazySource:
             handle = self._local.handle = self._open()
         return handle
 
-    def __getitem__(self, key):
+    where = ""  # the file, for error messages
+    fmt = "file"
+
+    def _read(self, key):
         return np.asarray(self._handle()[key])
+
+    def __getitem__(self, key):
+        try:
+            return self._read(key)
+        except VolumeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a damaged chunk: say which file
+            raise corrupt(Path(self.where), self.fmt, err) from err
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -59,7 +73,8 @@ class H5Source(LazySource):
 
     def __init__(self, path: Path, name: str, shape, dtype, chunks):
         super().__init__(shape, dtype, chunks)
-        self.path = str(path)
+        self.path = self.where = str(path)
+        self.fmt = "HDF5"
         self.name = name
         st = Path(path).stat()
         # A file replaced since (e.g. saved over with overwrite=True) gets a new handle.
@@ -93,7 +108,8 @@ class TiffSource(LazySource):
 
     def __init__(self, path: Path, series: int, level: int, shape, dtype, chunks):
         super().__init__(shape, dtype, chunks)
-        self.path = str(path)
+        self.path = self.where = str(path)
+        self.fmt = "TIFF"
         self.series = series
         self.level = level
 
@@ -111,13 +127,14 @@ class N5Source(LazySource):
 
     def __init__(self, path: Path, shape, dtype, chunks):
         super().__init__(shape, dtype, chunks)
-        self.path = str(path)
+        self.path = self.where = str(path)
+        self.fmt = "N5"
 
     def _open(self):
         with self._lock:
             return open_n5_tensorstore(self.path)
 
-    def __getitem__(self, key):
+    def _read(self, key):
         return self._handle()[key].read().result()
 
 
@@ -127,3 +144,16 @@ def open_n5_tensorstore(path: str, **spec: Any):
 
     full = {"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}, **spec}
     return ts.open(full).result().T
+
+
+class ZarrSource(LazySource):
+    """A zarr array (picklable itself); wrapped only so a damaged chunk names the file."""
+
+    def __init__(self, array: Any, where: str):
+        super().__init__(array.shape, array.dtype, array.chunks)
+        self.array = array
+        self.where = where
+        self.fmt = "Zarr"
+
+    def _handle(self) -> Any:
+        return self.array
