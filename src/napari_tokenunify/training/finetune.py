@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..affinities import NEAREST_OFFSETS
 from ..devices import resolve_device
-from ..progress import CancelToken, ProgressCallback, ProgressReporter, check_cancel
+from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressReporter, check_cancel
 from .augment import EMAugment
 from .checkpoints import (
     LAST,
@@ -273,7 +273,11 @@ def finetune(
     voxels = batch_size * int(np.prod(patch_shape))
     model.train()
     while not budget.done(step):
-        check_cancel(cancel)
+        try:
+            check_cancel(cancel)
+        except Cancelled:
+            checkpoint()  # keep every finished step for the resume
+            raise
         x, target, weight = _batch(sampler, augment, offsets, rng, batch_size)
         lr_now = lr_at(step, steps, lr)
         set_lr(optimizer, lr_now)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ..progress import CancelToken, ProgressCallback, ProgressReporter, check_cancel
+from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressReporter, check_cancel
 from .checkpoints import LAST, export_model, find_resume, load_checkpoint, save_checkpoint
 from .logs import LossLog, plot_losses
 from .objectives import MixtureSchedule, NextTokenHead, make_objective_batch, objective_loss
@@ -159,7 +159,11 @@ def pretrain(
     head.train()
     voxels = batch_size * int(np.prod(grid.patch_shape))
     while not budget.done(step):
-        check_cancel(cancel)
+        try:
+            check_cancel(cancel)
+        except Cancelled:
+            checkpoint()  # keep every finished step for the resume
+            raise
         objective = schedule.choose(step, steps, rng)
         clean = torch.from_numpy(np.stack([sampler.sample().raw for _ in range(batch_size)]))[:, None]
         perturbed = torch.cat([perturbation(c[None], gen) for c in clean])

@@ -1,0 +1,98 @@
+"""``tokenunify finetune --raw R --labels L --init MODEL --out DIR``: affinity finetuning."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _read(path: str | None, dataset: str | None):
+    if path is None:
+        return None
+    from .engine_common import open_image
+
+    return open_image(path, dataset).data
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..progress import Cancelled
+    from ..training.finetune import finetune
+    from .engine_common import TqdmProgress, cancel_on_ctrl_c
+
+    raw = _read(args.raw, args.raw_dataset)
+    labels = np.asarray(_read(args.labels, args.labels_dataset))
+    mask = _read(args.mask, args.mask_dataset)
+    validation = None
+    if args.val_raw or args.val_labels:
+        if not (args.val_raw and args.val_labels):
+            raise ValueError("give both --val-raw and --val-labels (or neither)")
+        validation = (_read(args.val_raw, args.raw_dataset), np.asarray(_read(args.val_labels, args.labels_dataset)))
+    init = None if args.init in (None, "scratch") else args.init
+    offsets = [tuple(int(v) for v in o.split(",")) for o in args.offsets] if args.offsets else None
+    bar = TqdmProgress(not args.quiet)
+    with cancel_on_ctrl_c() as token:
+        try:
+            model = finetune(
+                raw, labels, mask=None if mask is None else np.asarray(mask), init=init,
+                preset=args.preset, steps=args.steps, out_dir=args.out,
+                **({"offsets": offsets} if offsets else {}),
+                patch_shape=args.patch, validation=validation, val_every=args.val_every,
+                threshold=args.threshold, batch_size=args.batch_size, lr=args.lr,
+                augment=not args.no_augment, device=args.device, seed=args.seed,
+                time_budget_s=args.time_budget, checkpoint_every=args.checkpoint_every,
+                resume=not args.restart, progress=bar, cancel=token,
+            )
+        except Cancelled:
+            bar.close()
+            print(f"cancelled: the last checkpoint is in {args.out}/checkpoints; run the same "
+                  "command again to resume", file=sys.stderr)
+            return 130
+    bar.close()
+    history = getattr(model, "validation_history", [])
+    if history:
+        best = min(history, key=lambda h: h["voi"])
+        print(f"best validation at step {best['step']}: VOI split {best['voi_split']:.3f}, "
+              f"merge {best['voi_merge']:.3f}, ARAND {best['arand']:.3f}")
+    print(f"finetuned model: {args.out}/model (loss log {args.out}/loss.csv)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="finetune an affinity model on instance labels",
+        description="Finetune EMmamba (from a pretrained model, a TokenUnify .pth, the bundled "
+        "'default', or 'scratch') on raw + instance labels (0 = boundary/unlabelled). Writes "
+        "DIR/checkpoints/last.pt (a rerun resumes), DIR/model (the best model by validation VOI), "
+        "DIR/loss.csv, DIR/loss.png and DIR/validation.csv. The initial model is never overwritten.",
+    )
+    p.add_argument("--raw", required=True, help="raw EM volume")
+    p.add_argument("--labels", required=True, help="instance labels, same shape as --raw")
+    p.add_argument("--mask", default=None, help="optional mask (non-zero = train here)")
+    p.add_argument("--raw-dataset", default=None)
+    p.add_argument("--labels-dataset", default=None)
+    p.add_argument("--mask-dataset", default=None)
+    p.add_argument("--init", default="default",
+                   help="model to start from: folder, .safetensors, TokenUnify .pth, 'default' or 'scratch'")
+    p.add_argument("--out", required=True, help="output folder (must not be the --init model)")
+    p.add_argument("--preset", default="tiny", help="network preset when --init scratch")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--patch", type=int, nargs=3, default=[16, 80, 80], metavar=("Z", "Y", "X"))
+    p.add_argument("--offsets", nargs="+", default=None, metavar="DZ,DY,DX",
+                   help="affinity offsets (default: nearest neighbours 1,0,0 0,1,0 0,0,1)")
+    p.add_argument("--val-raw", default=None, help="validation raw volume")
+    p.add_argument("--val-labels", default=None, help="validation labels")
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--threshold", type=float, default=0.5, help="agglomeration threshold for validation")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

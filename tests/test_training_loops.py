@@ -1,0 +1,203 @@
+"""Pretraining and finetuning loops on tiny synthetic volumes: losses fall, weights carry over,
+crashes resume, the initial model is never overwritten, bad input fails before training."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_tokenunify.training.finetune import finetune, prepare_model, transfer_weights
+from napari_tokenunify.training.logs import read_log
+from napari_tokenunify.training.pretrain import pretrain
+from napari_tokenunify.training.targets import TrainingDataError
+
+PATCH = (16, 32, 32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    return make_synthetic_volume((16, 48, 48), seed=1)
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(step: int):
+    def cb(p):
+        if p.done == step:
+            raise Crash(f"simulated crash at step {step}")
+
+    return cb
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, volume):
+    out = tmp_path_factory.mktemp("pre")
+    torch.set_num_threads(1)
+    pretrain([volume.image], steps=30, out_dir=out, weights="random", patch_shape=PATCH, lr=3e-3,
+             seed=0, checkpoint_every=15)
+    return out
+
+
+def test_pretrain_loss_falls_and_writes_outputs(pretrained):
+    rows = read_log(pretrained / "loss.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    loss = np.array([float(r["loss"]) for r in rows])
+    assert loss[-8:].mean() < 0.7 * loss[:4].mean()
+    assert (pretrained / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    from napari_tokenunify.model import load_model
+
+    model = load_model(pretrained / "model", device="cpu")
+    assert model.card.out_channels == 1
+    assert model.card.training["steps"] == 30
+    y = model(torch.rand(1, 1, *PATCH))
+    assert y.shape == (1, 1, *PATCH) and 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+def test_pretrain_mixture_uses_every_objective(tmp_path, volume):
+    pretrain([volume.image], steps=9, out_dir=tmp_path, weights={"random": 1, "next": 1, "next_all": 1},
+             patch_shape=PATCH, seed=3)
+    seen = {r["objective"] for r in read_log(tmp_path / "loss.csv")}
+    assert seen == {"random", "next", "next_all"}
+
+
+def test_pretrain_resumes_after_crash_exactly(tmp_path, volume):
+    kw = dict(steps=6, weights="random=1,next=1", patch_shape=PATCH, seed=5, checkpoint_every=2)
+    ref = pretrain([volume.image], out_dir=tmp_path / "ref", **kw)
+    with pytest.raises(Crash):
+        pretrain([volume.image], out_dir=tmp_path / "run", progress=crash_at(5), **kw)
+    from napari_tokenunify.training.checkpoints import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+    resumed = pretrain([volume.image], out_dir=tmp_path / "run", **kw)
+    steps = [int(r["step"]) for r in read_log(tmp_path / "run" / "loss.csv")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_transfer_weights_carries_all_but_output(pretrained):
+    from napari_tokenunify.model import load_model
+
+    source = load_model(pretrained / "model", device="cpu")
+    model, note = prepare_model(str(pretrained / "model"), 3)
+    assert model.out_channels == 3
+    src, dst = source.state_dict(), model.state_dict()
+    differing = [k for k in dst if k not in src or src[k].shape != dst[k].shape]
+    assert differing and all(k.startswith("out.") for k in differing)
+    for k in dst:
+        if k not in differing:
+            assert torch.equal(src[k], dst[k]), k
+    assert note["copied"] == len(dst) - len(differing)
+    report = transfer_weights(source, model)
+    assert set(report["skipped"]) == set(differing)
+
+
+def test_finetune_from_pretrained_learns_and_keeps_init(tmp_path, pretrained, volume):
+    before = _digest(pretrained / "model")
+    model = finetune(volume.image, volume.labels, init=pretrained / "model", steps=20, out_dir=tmp_path / "ft",
+                     patch_shape=PATCH, lr=3e-3, augment=False, seed=0, checkpoint_every=10)
+    assert _digest(pretrained / "model") == before  # the initial model is untouched
+    loss = np.array([float(r["loss"]) for r in read_log(tmp_path / "ft" / "loss.csv")])
+    assert len(loss) == 20 and loss[-5:].mean() < 0.8 * loss[:3].mean()
+    assert model.card.out_channels == 3 and model.card.training["steps"] == 20
+    assert (tmp_path / "ft" / "model" / "model.safetensors").exists()
+    with pytest.raises(Exception, match="overwrite"):
+        finetune(volume.image, volume.labels, init=pretrained / "model", steps=1, out_dir=pretrained,
+                 patch_shape=PATCH)
+
+
+def test_finetune_validation_keeps_best_and_resumes(tmp_path, volume):
+    kw = dict(init=None, steps=4, out_dir=tmp_path, patch_shape=PATCH, seed=2, checkpoint_every=2,
+              validation=(volume.image[:, :, :32], volume.labels[:, :, :32]), val_every=2)
+    with pytest.raises(Crash):
+        finetune(volume.image, volume.labels, progress=crash_at(3), **kw)
+    model = finetune(volume.image, volume.labels, **kw)
+    hist = model.validation_history
+    assert [h["step"] for h in hist] == [2, 4]
+    best = min(hist, key=lambda h: h["voi"])
+    assert model.card.training["best_step"] == best["step"]
+    assert model.card.metrics["validation"]["voi"] == pytest.approx(best["voi"])
+    assert {"voi_split", "voi_merge", "arand"} <= set(best)
+    assert (tmp_path / "validation.csv").exists()
+
+
+def test_finetune_in_memory_with_box_and_unet(volume):
+    from napari_tokenunify.training.unet import ResidualUNet3D
+
+    init = ResidualUNet3D(out_channels=3, widths=(4, 8, 16))
+    init_state = {k: v.clone() for k, v in init.state_dict().items()}
+    box = (slice(0, 16), slice(8, 30), slice(8, 30))
+    model = finetune(volume.image, volume.labels, init=init, box=box, steps=2, patch_shape=PATCH)
+    assert isinstance(model, ResidualUNet3D) and model is not init
+    for k, v in init.state_dict().items():  # the caller's model is not trained in place
+        assert torch.equal(v, init_state[k])
+    with pytest.raises(TrainingDataError, match="selects no voxel"):
+        finetune(volume.image, volume.labels, box=(slice(0, 16), slice(5, 5), slice(0, 8)), steps=1,
+                 patch_shape=PATCH)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda r, lab, m: (r, lab[:, :-1], m), "differs from raw shape"),
+        (lambda r, lab, m: (r, np.zeros_like(lab), m), "all zero"),
+        (lambda r, lab, m: (r, np.ones_like(lab), m), "single object"),
+        (lambda r, lab, m: (r, lab.astype(np.float32), m), "integer"),
+        (lambda r, lab, m: (r, lab, np.zeros_like(lab)), "mask is empty"),
+    ],
+)
+def test_finetune_bad_input(volume, tmp_path, change, match):
+    raw, labels, mask = change(volume.image, volume.labels, None)
+    with pytest.raises(TrainingDataError, match=match):
+        finetune(raw, labels, mask=mask, steps=1, out_dir=tmp_path / "x", patch_shape=PATCH)
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_patch_larger_than_volume_is_padded(volume):
+    small_raw, small_labels = volume.image[:5, :20, :20], volume.labels[:5, :20, :20]
+    model = finetune(small_raw, small_labels, steps=2, patch_shape=PATCH, augment=False)
+    assert model.training_info["steps"] == 2
+
+
+def test_cli_pretrain_and_finetune(tmp_path, volume):
+    import tifffile
+
+    from napari_tokenunify.cli import main
+
+    tifffile.imwrite(tmp_path / "raw.tif", volume.image)
+    tifffile.imwrite(tmp_path / "labels.tif", volume.labels)
+    rc = main(["pretrain", str(tmp_path / "raw.tif"), "--out", str(tmp_path / "pre"), "--steps", "2",
+               "--patch", "16", "32", "32", "--quiet"])
+    assert rc == 0 and (tmp_path / "pre" / "model" / "card.json").exists()
+    rc = main(["finetune", "--raw", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "labels.tif"),
+               "--init", str(tmp_path / "pre" / "model"), "--out", str(tmp_path / "ft"), "--steps", "2",
+               "--patch", "16", "32", "32", "--quiet"])
+    assert rc == 0 and (tmp_path / "ft" / "model" / "card.json").exists()
+    tifffile.imwrite(tmp_path / "short.tif", volume.labels[:, :-1])
+    rc = main(["finetune", "--raw", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "short.tif"),
+               "--init", "scratch", "--out", str(tmp_path / "bad"), "--steps", "1", "--quiet"])
+    assert rc == 1 and not (tmp_path / "bad").exists()
