@@ -15,11 +15,29 @@ def test_cores_cover_the_region_exactly_once():
         cover[b.core_slices] += 1
         tile_shape = tuple(t1 - t0 for t0, t1 in b.tile)
         assert tile_shape == (16, 32, 32)
-        # the core sits inside the tile with at least the halo on every side
-        for (c0, c1), (t0, t1), h in zip(b.core, b.tile, grid.halo, strict=True):
-            assert c0 - t0 >= h and t1 - c1 >= h
+        # the core sits inside the tile with at least the halo on every side facing more data,
+        # and tiles stay inside the volume (flush with its edges) when it is larger than a tile
+        for (c0, c1), (t0, t1), h, (lo, hi) in zip(b.core, b.tile, grid.halo, grid.volume_box,
+                                                   strict=True):
+            assert c0 - t0 >= h or c0 == lo
+            assert t1 - c1 >= h or c1 == hi
+            assert lo <= t0 and t1 <= hi
     assert (cover[3:, :, 5:] == 1).all() and cover[:3].sum() == 0 and cover[:, :, :5].sum() == 0
     assert len(grid) == len(grid.blocks()) == int(np.prod(grid.grid_shape))
+
+
+def test_no_tile_is_wasted_on_volume_edges():
+    # a 25%-overlap sliding window needs 3 windows here; so do we (and not 3 x 2 x 2)
+    grid = TileGrid((32, 160, 160), (16, 160, 160), (1, 10, 10))
+    assert grid.grid_shape == (3, 1, 1)
+    big = TileGrid((64, 416, 416), (16, 160, 160), (1, 10, 10))
+    assert len(big) == 5 * 3 * 3
+    # inside a larger volume (a crop), the region's sides facing more data keep their halo
+    crop = TileGrid((16, 100, 100), (16, 64, 64), (2, 4, 4), origin=(8, 50, 50),
+                    bounds=((0, 40), (0, 200), (0, 200)))
+    for b in crop.blocks():
+        for (c0, c1), (t0, t1), h in zip(b.core, b.tile, crop.halo, strict=True):
+            assert c0 - t0 >= h and t1 - c1 >= h
 
 
 def test_grid_refuses_a_halo_that_leaves_no_core():

@@ -32,7 +32,7 @@ from .agglomerate import (
 )
 from .executor import run_tasks
 from .fragments import as_float_affinities, check_affinities, fragments_from_affinities
-from .tiling import Block, TileGrid
+from .tiling import Block
 
 LOCAL_BITS = 32
 
@@ -110,7 +110,20 @@ def block_relabel(item, *, fragments, labels_out, dtype: str) -> int:
     return block.n_core_voxels
 
 
-def global_lookup(grid: TileGrid, counts: Sequence[int], links: Sequence[np.ndarray]):
+def regular_blocks(shape, block_shape, context) -> tuple[tuple[int, ...], list[Block]]:
+    """Blocks of ``block_shape`` (the last ones smaller) reading ``context`` voxels around."""
+    from itertools import product
+
+    grid_shape = tuple(-(-s // b) for s, b in zip(shape, block_shape, strict=True))
+    blocks = []
+    for index in product(*(range(n) for n in grid_shape)):
+        core = tuple((i * b, min((i + 1) * b, s)) for i, b, s in zip(index, block_shape, shape, strict=True))
+        tile = tuple((a - c, z + c) for (a, z), c in zip(core, context, strict=True))
+        blocks.append(Block(tuple(index), core, tile))
+    return grid_shape, blocks
+
+
+def global_lookup(counts: Sequence[int], links: Sequence[np.ndarray]):
     """Connected components of all links over all fragments → per-block lookup tables."""
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.r_[0, np.cumsum(counts)]
@@ -162,8 +175,7 @@ def segment_blockwise(
         context = (context,) * 3
     block_shape = tuple(min(int(b), s) for b, s in zip(block_shape, shape, strict=False))
     context = tuple(int(c) for c in context)
-    grid = TileGrid(shape, tuple(b + 2 * c for b, c in zip(block_shape, context, strict=False)), context)
-    blocks = grid.blocks()
+    grid_shape, blocks = regular_blocks(shape, block_shape, context)
     if anisotropic is None:
         anisotropic = bool(voxel_size is not None and voxel_size[0] >= 2 * max(voxel_size[1:]))
 
@@ -179,7 +191,7 @@ def segment_blockwise(
         from .store import BlockStore
 
         store = BlockStore.create(
-            out, "labels", shape=shape, chunks=block_shape, dtype="uint64", grid_shape=grid.grid_shape,
+            out, "labels", shape=shape, chunks=block_shape, dtype="uint64", grid_shape=grid_shape,
             settings={"blockwise": True, "threshold": threshold, "block": list(block_shape),
                       "context": list(context), "shape": list(shape)},
             attrs={"kind": "labels", "voxel_size": list(voxel_size) if voxel_size else None},
@@ -202,7 +214,7 @@ def segment_blockwise(
         message="agglomerating", affinities=affinities, fragments=fragments,
         threshold=threshold, scoring=scoring, discretize_queue=discretize_queue,
     )
-    luts, n_ids = global_lookup(grid, counts, links)
+    luts, n_ids = global_lookup(counts, links)
     dtype = str(label_dtype(n_ids))
     if labels_target is None:
         labels = np.zeros(shape, dtype=dtype)

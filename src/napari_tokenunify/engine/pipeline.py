@@ -40,6 +40,7 @@ def segment(
     voxel_size: Sequence[float] | None = None,
     min_size: int = 0,
     fill_holes: bool = False,
+    keep_history: bool = False,
     out: str | Path | None = None,
     overwrite: bool = False,
     client=None,
@@ -47,7 +48,9 @@ def segment(
     cancel: CancelToken | None = None,
 ) -> SegmentResult:
     """Labels from affinities: in memory (waterz or mutex watershed) or ``blockwise`` (waterz;
-    into the Zarr ``out`` when given). Cleanup (``min_size``, ``fill_holes``) runs in memory."""
+    into the Zarr ``out`` when given). Cleanup (``min_size``, ``fill_holes``) runs in memory.
+    ``keep_history`` agglomerates up to threshold 1 so that ``result.agglomerator.segment(t)``
+    answers any threshold (slower); otherwise only up to ``threshold``."""
     timings: dict[str, float] = {}
     check_affinities(affinities, offsets if method == "mutex" else None)
     if blockwise:
@@ -77,7 +80,7 @@ def segment(
         timings["fragments"] = time.perf_counter() - t0
         check_cancel(cancel)
         t0 = time.perf_counter()
-        agg = Agglomerator(affs, frags, max_threshold=max(1.0, threshold))
+        agg = Agglomerator(affs, frags, max_threshold=1.0 if keep_history else threshold)
         labels = agg.segment(threshold)
         timings["agglomeration"] = time.perf_counter() - t0
     else:

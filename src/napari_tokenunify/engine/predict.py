@@ -285,7 +285,8 @@ def plan_prediction(
     check_voxel_size(model, voxel_size)
     offsets = model_offsets(model)
     tile, halo = plan_tiles(model, region, tile_shape, halo)
-    grid = TileGrid(region, tile, halo, origin=tuple(a for a, _ in crop))
+    grid = TileGrid(region, tile, halo, origin=tuple(a for a, _ in crop),
+                    bounds=tuple((0, s) for s in shape))
     norm = intensity_range(image, getattr(model_card(model), "normalization", None))
     n_ch = len(offsets)
     blocks = order_blocks(grid.blocks(), roi)

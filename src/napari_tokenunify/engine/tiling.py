@@ -2,10 +2,12 @@
 
 The output is cut into disjoint *cores* (a regular grid, the last core along an axis may be
 smaller). Each core is predicted from an input *tile* of a fixed shape accepted by the model
-that holds the core plus at least ``halo`` voxels of context on every side; only the core of the
-prediction is kept (valid-region stitching). Because cores are disjoint and line up with the
-chunks of the output store, blocks can be written independently (resume, several workers)
-and no blending weights are needed: the halo hides the tile border from the kept region.
+that holds the core plus at least ``halo`` voxels of context on every side facing more data;
+only the core of the prediction is kept (valid-region stitching). Because cores are disjoint and
+line up with the chunks of the output store, blocks can be written independently (resume,
+several workers) and no blending weights are needed: the halo hides the tile border from the
+kept region. Tiles at the volume's edges sit flush with it (no padding, no wasted halo), so a
+volume needs about as many tiles as its size over the core size.
 """
 
 from __future__ import annotations
@@ -46,15 +48,39 @@ class Block:
         return tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(self.core, self.tile, strict=False))
 
 
+def _axis_plan(size: int, tile: int, halo: int, edge_lo: bool, edge_hi: bool) -> int:
+    """Fewest cores (equal size, the last may be smaller) whose tiles keep ``halo`` voxels of
+    context on every side that is not a volume edge (a volume edge has no context to keep)."""
+    lo, hi = (0 if edge_lo else halo), (0 if edge_hi else halo)
+    if size + lo + hi <= tile:
+        return 1
+    n = 2
+    while True:
+        c = -(-size // n)
+        last = size - (n - 1) * c
+        fits = c + lo + halo <= tile and last + hi + halo <= tile
+        if n > 2:
+            fits = fits and c + 2 * halo <= tile
+        if fits and last > 0:
+            return n
+        n += 1
+
+
 @dataclass(frozen=True)
 class TileGrid:
-    """A grid of ``core_shape`` cores over a region ``origin`` + ``shape`` of a volume whose
-    tiles are ``tile_shape`` (core + 2 × halo, the model's input shape)."""
+    """A grid of equal cores (the last along an axis may be smaller) over a region ``origin`` +
+    ``shape`` of a volume, each predicted from a ``tile_shape`` tile (the model's input shape).
+
+    Tiles keep at least ``halo`` voxels of context around their core, except at the edges of the
+    volume (``bounds``, default the region), where tiles are placed flush with the edge instead of
+    padding it: there is no context to gain there. Only a volume smaller than a tile is padded.
+    """
 
     shape: Shape3
     tile_shape: Shape3
     halo: Shape3
     origin: Shape3 = (0, 0, 0)
+    bounds: Box | None = None
 
     def __post_init__(self) -> None:
         for name in ("shape", "tile_shape", "halo", "origin"):
@@ -72,25 +98,42 @@ class TileGrid:
             )
 
     @property
-    def core_shape(self) -> Shape3:
-        return tuple(t - 2 * h for t, h in zip(self.tile_shape, self.halo, strict=False))
+    def volume_box(self) -> Box:
+        if self.bounds is not None:
+            return tuple((int(a), int(b)) for a, b in self.bounds)
+        return tuple((o, o + s) for o, s in zip(self.origin, self.shape, strict=False))
 
     @property
     def grid_shape(self) -> Shape3:
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.core_shape, strict=False))
+        return tuple(
+            _axis_plan(s, t, h, o == lo, o + s == hi)
+            for s, t, h, o, (lo, hi) in zip(
+                self.shape, self.tile_shape, self.halo, self.origin, self.volume_box, strict=False
+            )
+        )
+
+    @property
+    def core_shape(self) -> Shape3:
+        return tuple(-(-s // n) for s, n in zip(self.shape, self.grid_shape, strict=False))
 
     def __len__(self) -> int:
         return int(np.prod(self.grid_shape))
 
     def block(self, index: Sequence[int]) -> Block:
         core, tile = [], []
-        for i, o, s, c, h, t in zip(
-            index, self.origin, self.shape, self.core_shape, self.halo, self.tile_shape, strict=False
+        for i, o, s, c, t, (lo, hi) in zip(
+            index, self.origin, self.shape, self.core_shape, self.tile_shape, self.volume_box,
+            strict=False,
         ):
             a = o + i * c
             b = min(a + c, o + s)
+            start = a - (t - (b - a)) // 2  # centred on the core ...
+            if hi - lo >= t:  # ... and kept inside the volume when it is at least a tile wide
+                start = min(max(start, lo), hi - t)
+            else:
+                start = lo - (t - (hi - lo)) // 2
             core.append((a, b))
-            tile.append((a - h, a - h + t))
+            tile.append((start, start + t))
         return Block(tuple(int(i) for i in index), tuple(core), tuple(tile))
 
     def blocks(self) -> list[Block]:
