@@ -65,9 +65,10 @@ def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cance
     name = out.name.lower()
     direct = name.endswith(".zarr") and not name.endswith(".ome.zarr")
     target = out if direct else out.with_name(out.name + ".partial.zarr")
+    offsets = _offsets_of(affs) if args.method == "mutex" else None
     try:
         result = segment(
-            affs, threshold=args.threshold, method=args.method, blockwise=blockwise,
+            affs, threshold=args.threshold, method=args.method, offsets=offsets, blockwise=blockwise,
             block_shape=args.block, context=args.context, anisotropic=args.anisotropic,
             voxel_size=voxel, min_size=args.min_size, fill_holes=args.fill_holes,
             out=target if blockwise else None, overwrite=True, client=client,
@@ -83,6 +84,28 @@ def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cance
             labels = _reopen(out, labels)
             shutil.rmtree(target, ignore_errors=True)
     return labels, result.timings
+
+
+def _offsets_of(affs):
+    """The offsets recorded by ``predict`` in the store; nearest neighbours for 3 channels."""
+    from ..affinities import NEAREST_OFFSETS
+
+    recorded = getattr(affs, "attrs", {}).get("offsets") if hasattr(affs, "attrs") else None
+    if recorded is None:
+        try:
+            import zarr
+
+            store = getattr(affs, "store", None)
+            if store is not None:
+                recorded = zarr.open_group(store, mode="r").attrs.get("offsets")
+        except Exception:  # noqa: BLE001 - not in a group of ours
+            recorded = None
+    if recorded is not None:
+        return [tuple(o) for o in recorded]
+    if affs.shape[0] == 3:
+        return list(NEAREST_OFFSETS)
+    raise ValueError(f"the affinities have {affs.shape[0]} channels but record no offsets; mutex "
+                     "watershed needs them (write the affinities with `tokenunify predict`)")
 
 
 def _reopen(out: Path, labels):
