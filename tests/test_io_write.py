@@ -210,3 +210,13 @@ def test_opened_volumes_pickle_for_worker_processes(tmp_path, labels, suffix):
     p = write_labels(tmp_path / f"seg{suffix}", labels, chunks=(8, 16, 16))
     clone = pickle.loads(pickle.dumps(open_volume(p).data))
     assert np.array_equal(clone[3:9, 5:30].compute(), labels[3:9, 5:30])
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_affinities_round_trip(tmp_path, suffix):
+    affs = np.random.default_rng(0).random((3, 8, 32, 32)).astype(np.float32)
+    p = write_volume(tmp_path / f"affs{suffix}", affs, kind="affinities", voxel_size=(10, 5, 5),
+                     levels=2)
+    v = open_volume(p, channel=2)
+    assert v.metadata["axes"] == "czyx" and v.voxel_size == (10.0, 5.0, 5.0)
+    assert np.array_equal(v.data.compute(), affs[2])

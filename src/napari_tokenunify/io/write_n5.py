@@ -48,7 +48,8 @@ def write_n5(
     attrs = json.loads(attrs_file.read_text())
     attrs["tokenunify"] = {"kind": kind}
     if voxel_size is not None:
-        xyz = [float(v) for v in voxel_size][::-1]
+        # N5 order (x, y, z[, c]); tensorstore checks that the length matches the rank.
+        xyz = [float(v) for v in voxel_size][::-1] + [1.0] * (array.ndim - 3)
         attrs["resolution"] = xyz
         attrs["pixelResolution"] = {"dimensions": xyz, "unit": "nm"}
     attrs_file.write_text(json.dumps(attrs))
