@@ -169,3 +169,12 @@ def test_reader_zarr_group_with_two_arrays(tmp_path, em):
     layers = plugin_io.get_reader(str(tmp_path / "pair.zarr"))(str(tmp_path / "pair.zarr"))
     assert sorted((kw["name"], t) for _, kw, t in layers) == [
         ("pair/neuron_ids", "labels"), ("pair/raw", "image")]
+
+
+def test_writer_functions_handle_2d_and_multiscale_labels(tmp_path, em):
+    out = plugin_io.write_labels_tiff(str(tmp_path / "plane.tif"), em.labels[3], {"scale": (1, 1)})
+    assert open_volume(out[0]).shape == (1, 64, 64)
+    pyramid = [em.labels, em.labels[::2, ::2, ::2]]
+    out = plugin_io.write_labels_hdf5(str(tmp_path / "ms.h5"), pyramid, {"scale": (30, 6, 6)})
+    v = open_volume(out[0])
+    assert v.shape == em.labels.shape and v.voxel_size == (30.0, 6.0, 6.0)
