@@ -24,24 +24,45 @@ REFRESH_MS = 500
 
 
 class LiveArray:
-    """Read-only view of an array being written by a worker: a chunk caught mid-write reads as 0
-    (the next refresh shows it), so napari never sees an exception from a half-written file."""
+    """Read-only view of an affinity store that a worker is still writing.
 
-    def __init__(self, array: Any) -> None:
-        self.array = array
-        self.shape = tuple(array.shape)
-        self.dtype = np.dtype(array.dtype)
+    It stands in for the store before the store exists (reads give zeros), so the layer can be
+    added when the user presses Predict rather than in the middle of the run (adding a layer
+    costs napari a few hundred ms). A chunk caught mid-write also reads as zeros; the next
+    refresh shows it. napari never sees an exception from a half-written file.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any = "float16") -> None:
+        self.path = Path(path)
+        self.array: Any = None
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
         self.ndim = len(self.shape)
         self.size = int(np.prod(self.shape))
+        self.try_open()
+
+    def try_open(self) -> bool:
+        if self.array is None and (self.path / "affinities").exists():
+            try:
+                import zarr
+
+                arr = zarr.open_group(str(self.path), mode="r")["affinities"]
+            except Exception:  # noqa: BLE001 - not written yet
+                return False
+            if tuple(arr.shape) == self.shape:
+                self.array, self.dtype = arr, np.dtype(arr.dtype)
+        return self.array is not None
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        try:
-            return np.asarray(self.array[key])
-        except Exception:  # noqa: BLE001 - partial chunk; shown on the next refresh
-            return np.zeros(np.empty(self.shape, dtype=bool)[key].shape, dtype=self.dtype)
+        if self.array is not None or self.try_open():
+            try:
+                return np.asarray(self.array[key])
+            except Exception:  # noqa: BLE001 - partial chunk; shown on the next refresh
+                pass
+        return np.zeros(np.empty(self.shape, dtype=bool)[key].shape, dtype=self.dtype)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = np.asarray(self.array[...])
+        out = self[...]
         return out.astype(dtype) if dtype is not None else out
 
     def __len__(self) -> int:
@@ -119,6 +140,7 @@ class PredictPanel(Panel):
         self.cancel_btn.changed.connect(self.cancel)
         self.tile_shape: tuple[int, int, int] | None = None  # engine default; tests use small tiles
         self.layer: Any = None
+        self.live: LiveArray | None = None
 
     def store_path(self, image_layer: Any) -> Path:
         value = str(self.store.value or "")
@@ -164,7 +186,7 @@ class PredictPanel(Panel):
                 return m, result
 
             self._pending_layer = (image_layer, out)
-            self.layer = None
+            self._show_store(image_layer, out, model, tuple(image.shape))
             return self.run(
                 work, "Predict affinities", on_progress=self._on_progress,
                 on_result=self._on_result, interval_ms=REFRESH_MS,
@@ -178,18 +200,13 @@ class PredictPanel(Panel):
             return False
         return job.cancel()
 
-    def _ensure_layer(self) -> None:
-        """Show the store as a layer as soon as it exists (refreshed as tiles finish)."""
-        image_layer, out = self._pending_layer
+    def _show_store(self, image_layer: Any, out: Path, model: Any, shape: tuple[int, ...]) -> None:
+        """Add (or reuse) the affinity layer now; it fills in as tiles finish."""
+        from napari_tokenunify.engine.predict import model_offsets
+
+        n_ch = len(model_offsets(model)) if model is not None else 3
+        data = LiveArray(out, (n_ch, *shape))
         name = image_layer.name + AFFINITY_SUFFIX
-        from napari_tokenunify.engine.store import is_store
-
-        if not (out / "affinities").exists() and not is_store(out, "affinities"):
-            return
-        import zarr
-
-        arr = zarr.open_group(str(out), mode="r")["affinities"]
-        data = LiveArray(arr)
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = data
@@ -199,23 +216,23 @@ class PredictPanel(Panel):
                 scale=(1, *image_layer.scale[-3:]), translate=(0, *image_layer.translate[-3:]),
             )
         layer.metadata["tokenunify"] = {"kind": "affinities", "store": str(out)}
-        self.layer = layer
+        self.layer, self.live = layer, data
 
     def _on_progress(self, p) -> None:
-        if self.layer is None or self.layer not in self.viewer.layers:
-            self._ensure_layer()
-        elif self.layer is not None:
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.live.try_open()
             self.layer.refresh()
         rate = f", {p.rate / 1e6:.2f} Mvoxel/s" if p.rate else ""
         self.status.value = f"{p.done}/{p.total} tiles{rate}"
 
     def _on_result(self, result) -> None:
-        model, _ = result
+        model, array = result
         if self.session.model is None:
             self.session.model = model
             self.events.model_changed.emit(model)
-        self.layer = None
-        self._ensure_layer()
-        if self.layer is not None:
-            self.layer.refresh()
+        layer = self.layer
+        if layer is not None and layer in self.viewer.layers:
+            if not self.live.try_open():  # other channel count than guessed: show the store itself
+                layer.data = LiveArray(self._pending_layer[1], tuple(array.shape), array.dtype)
+            layer.refresh()
         self.status.value = f"done: {self._pending_layer[1]}"
