@@ -31,11 +31,24 @@ class IntensityRange:
         return np.clip(out, 0.0, 1.0, out=out)
 
 
-def sample(image, max_voxels: int = SAMPLE_VOXELS) -> np.ndarray:
-    """A strided sample of a (z, y, x) array (numpy, dask or zarr) of at most ~``max_voxels``."""
-    n = int(np.prod(image.shape))
-    step = max(1, int(np.ceil((n / max_voxels) ** (1 / 3))))
-    part = image[(slice(None, None, step),) * image.ndim]
+def sample(image, max_voxels: int = SAMPLE_VOXELS, crop: int = 64) -> np.ndarray:
+    """Up to ~``max_voxels`` of a (z, y, x) array (numpy, dask or zarr), flattened: all of a small
+    volume, else ``crop``-sized cubes spread evenly over it (reading only the chunks they touch,
+    where a strided sample of a large lazy volume would read every chunk)."""
+    shape = tuple(int(s) for s in image.shape)
+    if int(np.prod(shape)) <= max_voxels:
+        return _read(image[...]).ravel()
+    size = tuple(min(crop, s) for s in shape)
+    per_axis = max(1, int(np.ceil((max_voxels / np.prod(size)) ** (1 / 3))))
+    starts = [np.unique(np.linspace(0, s - c, per_axis).astype(int)) for s, c in zip(shape, size, strict=True)]
+    parts = [
+        _read(image[z:z + size[0], y:y + size[1], x:x + size[2]]).ravel()
+        for z in starts[0] for y in starts[1] for x in starts[2]
+    ]
+    return np.concatenate(parts)
+
+
+def _read(part) -> np.ndarray:
     return np.asarray(part.compute() if hasattr(part, "compute") else part)
 
 

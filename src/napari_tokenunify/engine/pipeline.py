@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from .agglomerate import DEFAULT_THRESHOLD, Agglomerator, mutex_watershed
 from .blockwise import segment_blockwise
@@ -127,6 +125,3 @@ def run_pipeline(
     timings.update(result.timings)
     return PipelineResult(result.labels, affs, timings)
 
-
-def n_voxels(shape: Sequence[int]) -> int:
-    return int(np.prod([int(s) for s in shape]))
