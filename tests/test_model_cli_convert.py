@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 import torch
 
 from napari_tokenunify.cli import main
 from napari_tokenunify.model import build_model, load_model
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors gain nothing from 2 threads, and OpenMP spinning on busy cores is slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_convert_pth_to_model_folder(tmp_path, capsys):

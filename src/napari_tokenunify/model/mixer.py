@@ -88,38 +88,48 @@ class TriMamba(nn.Module):
         m = y.shape[-1] // k
         return y.view(*y.shape[:-1], m, k).transpose(-1, -2).reshape(*y.shape[:-1], k * m)[..., :L]
 
-    # -- one direction ------------------------------------------------------------------
-    def _direction(self, sfx: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        L = x.shape[-1]
-        conv: nn.Conv1d = getattr(self, f"conv1d{sfx}")
-        x = F.silu(conv(x)[..., :L])
-        x_dbl = getattr(self, f"x_proj{sfx}")(x.transpose(1, 2))  # (B, L, R + 2N)
-        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt_proj: nn.Linear = getattr(self, f"dt_proj{sfx}")
-        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in scan
-        A = -torch.exp(getattr(self, f"A{sfx}_log").float())
-        return selective_scan(
+    # -- the three directions as one grouped computation -----------------------------------
+    def _stacked(self, name: str) -> torch.Tensor:
+        return torch.stack([self.get_parameter(name.format(sfx)) for sfx in DIRECTIONS])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model).
+
+        The forward, backward and slice sequences are stacked along the channel axis (groups of
+        ``d_inner`` channels, all padded to the slice length) so that the depthwise convs, the
+        projections and the selective scan each run once for all three directions.
+        """
+        batch, L, _ = hidden.shape
+        di, k = self.d_inner, 3
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
+        sliced, pad = self._slice_order(xz)
+        Lp = L + pad
+        fwd = F.pad(xz, (0, pad)) if pad else xz
+        bwd = F.pad(xz.flip(-1), (0, pad)) if pad else xz.flip(-1)
+        x = torch.cat([fwd[:, :di], bwd[:, :di], sliced[:, :di]], dim=1)  # (B, 3*di, Lp)
+        z = torch.cat([fwd[:, di:], bwd[:, di:], sliced[:, di:]], dim=1)
+        # causal depthwise convs (padding d_conv-1 on the left only, as in the reference)
+        w = torch.cat([getattr(self, f"conv1d{sfx}").weight for sfx in DIRECTIONS])
+        b = torch.cat([getattr(self, f"conv1d{sfx}").bias for sfx in DIRECTIONS])
+        x = F.silu(F.conv1d(F.pad(x, (self.d_conv - 1, 0)), w, b, groups=k * di))
+        # per-direction x_proj and dt_proj as batched matmuls over the 3 groups
+        xg = x.view(batch, k, di, Lp)
+        x_dbl = torch.matmul(self._stacked("x_proj{}.weight").unsqueeze(0), xg)  # (B, 3, R+2N, Lp)
+        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dt = torch.matmul(self._stacked("dt_proj{}.weight").unsqueeze(0), dt).reshape(batch, k * di, Lp)
+        A = -torch.exp(torch.cat([getattr(self, f"A{sfx}_log") for sfx in DIRECTIONS]).float())
+        y = selective_scan(
             x,
             dt,
             A,
-            Bm.transpose(1, 2),
-            Cm.transpose(1, 2),
-            getattr(self, f"D{sfx}").float(),
+            Bm,
+            Cm,
+            torch.cat([getattr(self, f"D{sfx}") for sfx in DIRECTIONS]).float(),
             z=z,
-            delta_bias=dt_proj.bias.float(),
+            delta_bias=torch.cat([getattr(self, f"dt_proj{sfx}").bias for sfx in DIRECTIONS]).float(),
             delta_softplus=True,
-            backend=self._backend,
+            backend=scan_backend(hidden.device),
         )
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        L = hidden.shape[1]
-        self._backend = scan_backend(hidden.device)
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2*d_inner, L)
-        x, z = xz.chunk(2, dim=1)
-        out = self._direction("", x, z)
-        out_b = self._direction("_b", x.flip(-1), z.flip(-1)).flip(-1)
-        xs, _ = self._slice_order(x)
-        zs, _ = self._slice_order(z)
-        out_s = self._slice_restore(self._direction("_s", xs, zs), L)
-        y = (out + out_b + out_s).transpose(1, 2)
-        return self.out_proj(y.to(hidden.dtype))
+        y = y.to(hidden.dtype)
+        out = y[:, :di, :L] + y[:, di : 2 * di, :L].flip(-1) + self._slice_restore(y[:, 2 * di :], L)
+        return self.out_proj(out.transpose(1, 2))

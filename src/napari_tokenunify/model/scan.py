@@ -110,10 +110,11 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
         raise ValueError(f"u and delta must both be (batch, d, L); got {tuple(u.shape)}, {tuple(delta.shape)}")
     if A.dim() != 2 or A.shape[0] != u.shape[1]:
         raise ValueError(f"A must be (d, n) with d={u.shape[1]}; got {tuple(A.shape)}")
-    u = u.float()
-    delta = delta.float()
+    ft = torch.promote_types(u.dtype, torch.float32)  # float32, or float64 if given
+    u = u.to(ft)
+    delta = delta.to(ft)
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[None, :, None]
+        delta = delta + delta_bias.to(ft)[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
     if B.dim() == 3:
@@ -123,14 +124,14 @@ def _prepare(u, delta, A, B, C, delta_bias, delta_softplus):
     groups = B.shape[1]
     if u.shape[1] % groups:
         raise ValueError(f"d={u.shape[1]} is not divisible by the {groups} groups of B")
-    return u, delta, A.float(), B.float(), C.float(), groups
+    return u, delta, A.to(ft), B.to(ft), C.to(ft), groups
 
 
 def _finish(y, u, D, z, dtype):
     if D is not None:
-        y = y + u * D.float()[None, :, None]
+        y = y + u * D.to(y.dtype)[None, :, None]
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y.to(dtype)
 
 
