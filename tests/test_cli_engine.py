@@ -61,6 +61,10 @@ def test_predict_segment_evaluate(files, tmp_path, capsys):
                  "2,6,6", "--quiet"]) == 0
     assert main(["evaluate", str(tmp_path / "seg.zarr"), str(root / "gt.h5")]) == 0
     assert "VOI split" in capsys.readouterr().out
+    assert main(["segment", str(tmp_path / "affs.zarr"), str(tmp_path / "mutex.tif"), "--method",
+                 "mutex", "--quiet"]) == 0
+    assert "mutex_watershed" in capsys.readouterr().out
+    assert open_volume(tmp_path / "mutex.tif").data.max().compute() >= 1
 
 
 def test_predict_to_other_formats_and_roi(files, tmp_path):
