@@ -34,7 +34,10 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["tiny", "base"])
     p.add_argument("--patch", nargs=3, type=int, default=[16, 160, 160])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from napari_tokenunify.model import build_model
 

@@ -66,7 +66,10 @@ def main() -> None:
     p.add_argument("--d-inner", type=int, default=64)
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from mambapy.mamba import MambaBlock
 

@@ -23,6 +23,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 BACKENDS = ("auto", "torch", "ref", "cuda")
 
@@ -303,7 +304,13 @@ def selective_scan_chunked(
     for start in range(0, L, block_tokens):
         sl = slice(start, min(L, start + block_tokens))
         T = chunk if symbolic else _pick_chunk(delta[..., sl], amax, chunk, max_log)
-        y, h = _scan_block(u[..., sl], delta[..., sl], A, B[..., sl], C[..., sl], h, T, work, max_log)
+        parts = (u[..., sl], delta[..., sl], A, B[..., sl], C[..., sl], h, T, work, max_log)
+        if grad and L > block_tokens:
+            # keep only each block's inputs for backward and recompute its insides there:
+            # training memory then grows with the sequence only through inputs and outputs
+            y, h = checkpoint(_scan_block, *parts, use_reentrant=False)
+        else:
+            y, h = _scan_block(*parts)
         ys.append(y)
     y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
     return _finish(y, u, D, z, dtype)
