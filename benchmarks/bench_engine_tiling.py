@@ -6,7 +6,9 @@ Accuracy is measured against the volume predicted in one piece (no tiles: what a
 prediction of this global-context Mamba network gives) and, when the model is trained (the
 bundled default, if installed), by VOI/ARAND of the segmentation against the ground truth.
 
-    python benchmarks/bench_engine_tiling.py [--shape 48 256 256] [--preset tiny] [--threads 1]
+    python benchmarks/bench_engine_tiling.py [--shape 48 300 300] [--preset tiny] [--threads 1]
+                                             [--repeats 2]   # timed A B B A ... to cancel drift
+    python benchmarks/bench_engine_tiling.py --count-only    # tiles vs windows over many shapes
 """
 
 from __future__ import annotations
@@ -62,13 +64,45 @@ def sliding_window(image01: np.ndarray, model, roi, overlap=0.25, batch=1) -> tu
     return out[(slice(None),) + crop], len(windows)
 
 
+def monai_windows(shape, roi, overlap=0.25) -> int:
+    n = 1
+    for s, r in zip(shape, roi, strict=True):
+        st = max(int(r * (1 - overlap)), 1)
+        n *= len({min(i * st, max(s - r, 0)) for i in range(int(np.ceil(max(s - r, 0) / st)) + 1)})
+    return n
+
+
+def count_table(roi=(16, 160, 160)) -> None:
+    """Forward passes needed by each method for volumes of many shapes (no model run)."""
+    from napari_tokenunify.engine.predict import default_halo
+    from napari_tokenunify.engine.tiling import TileGrid
+
+    halo = default_halo(roi)
+    ratios = []
+    for z in (32, 48, 64, 96, 128, 200, 256):
+        for xy in (160, 200, 256, 300, 384, 416, 512, 768, 1024, 2048):
+            ours = len(TileGrid((z, xy, xy), roi, halo))
+            theirs = monai_windows((z, xy, xy), roi)
+            ratios.append(theirs / ours)
+    ratios = np.array(ratios)
+    print(json.dumps({"tile": list(roi), "halo": list(halo), "shapes": len(ratios),
+                      "windows_over_tiles_median": round(float(np.median(ratios)), 2),
+                      "min": round(float(ratios.min()), 2), "max": round(float(ratios.max()), 2),
+                      "mean": round(float(ratios.mean()), 2)}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--shape", type=int, nargs=3, default=[48, 256, 256])
     p.add_argument("--preset", default="tiny")
     p.add_argument("--model", default=None, help="a trained model (default: bundled, else random)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1, help="timed runs of each, alternating")
+    p.add_argument("--count-only", action="store_true")
     args = p.parse_args()
+    if args.count_only:
+        count_table()
+        return
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
@@ -99,13 +133,19 @@ def main() -> None:
         return forward(x)
 
     model.forward = counting
-    t0 = time.perf_counter()
-    ours = predict_affinities(vol.image, model, device="cpu", dtype="float32")
-    t_ours, n_ours = time.perf_counter() - t0, calls["n"]
-    t0 = time.perf_counter()
-    monai, n_monai = sliding_window(img01, model, roi)
-    t_monai = time.perf_counter() - t0
+    times = {"ours": [], "monai": []}
+    for r in range(args.repeats):  # A B, then B A, ... so slow drifts of a shared machine cancel
+        for name in (("ours", "monai") if r % 2 == 0 else ("monai", "ours")):
+            calls["n"] = 0
+            t0 = time.perf_counter()
+            if name == "ours":
+                ours = predict_affinities(vol.image, model, device="cpu", dtype="float32")
+                n_ours = calls["n"]
+            else:
+                monai, n_monai = sliding_window(img01, model, roi)
+            times[name].append(round(time.perf_counter() - t0, 2))
     model.forward = forward
+    t_ours, t_monai = float(np.mean(times["ours"])), float(np.mean(times["monai"]))
     whole_shape = model.valid_shape(vol.image.shape)
     padded = np.pad(img01, [(0, w - s) for w, s in zip(whole_shape, vol.image.shape, strict=True)],
                     mode="reflect")
@@ -115,8 +155,8 @@ def main() -> None:
     inner = (slice(None), slice(1, None), slice(1, None), slice(1, None))
     row = {
         "shape": list(vol.image.shape), "tile": list(roi), "model": "trained" if trained else "random",
-        "ours_s": round(t_ours, 2), "ours_tiles": n_ours,
-        "monai_s": round(t_monai, 2), "monai_windows": n_monai,
+        "ours_s": times["ours"], "ours_tiles": n_ours,
+        "monai_s": times["monai"], "monai_windows": n_monai,
         "speedup": round(t_monai / t_ours, 2),
         "ours_mae_vs_whole": float(np.abs(ours - whole)[inner].mean()),
         "monai_mae_vs_whole": float(np.abs(monai - whole)[inner].mean()),
