@@ -9,11 +9,14 @@ Backends (``TOKENUNIFY_SCAN=ref|torch|cuda`` forces one; default ``auto``):
 
 - ``cuda``: mamba-ssm's fused ``selective_scan_fn`` (CUDA tensors, mamba-ssm importable).
 - ``torch``: our chunked scan (pure PyTorch, no Python loop over tokens): inside chunks of
-  ``T`` tokens the state is ``h_t = e^{S_t} (h_in + sum_{s<=t} e^{-S_s} x_s)`` with ``S`` the
-  cumulative sum of ``dt*A`` in log space, evaluated around the chunk's mid-point so every
-  exponential stays inside float32's range; chunk-end states are carried across chunks by a
-  short recurrence (one step per chunk). The sequence is processed in blocks of at most
-  ``block_tokens`` tokens, so memory does not grow with the sequence beyond the output.
+  ``T <= 64`` tokens the state is ``h_t = e^{S_t - R} (e^{R} h_in + sum_{s<=t} e^{R - S_s} x_s)``
+  with ``S`` the cumulative sum of ``dt*A`` (log space) and ``R`` its value half-way through the
+  chunk, so every exponential stays inside float32's range (``T`` shrinks where the decay of a
+  chunk would exceed e^-160; e^-60 under autograd). Chunk-end states are carried across
+  chunks by a log-depth scan over the chunk axis (products of decays only). The sequence is
+  processed in blocks of about 2M state elements with the state carried between blocks, so the
+  working memory does not grow with the sequence; under autograd each block is recomputed in
+  backward (activation checkpointing) instead of being stored.
 - ``ref``: a plain token-by-token loop, for tests only.
 """
 
@@ -239,8 +242,8 @@ def _scan_block(
     half = 0.5 * cd[:, :, :, -1:]  # mid-point reference R = half * A
     Av = A.reshape(1, g, 1, 1, e, n)
     Bv = lay_state(B)
-    # T == 1 and a step decays by more than e^-max_log: clamp the exponents there. The states
-    # are unchanged in float32 (e^-max_log times the old state is below float32 resolution).
+    # T == 1 means single steps decay by more than e^-max_log: clamp the exponents there. The
+    # result is unchanged in float32 (e^-max_log times the old state is below its resolution).
     lim = 0.5 * max_log if T == 1 else None
     if inplace:
         shape = (batch, g, nc, T, e, n)
