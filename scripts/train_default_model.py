@@ -212,9 +212,36 @@ def stage_bundle(work: Path, args) -> None:
     print(f"bundled {BUNDLE} ({size:.1f} MB)")
 
 
+LABELS = {
+    "scratch": "EMmamba tiny, from scratch",
+    "random": "EMmamba tiny, random-token pretraining (MAE-like)",
+    "mix": "EMmamba tiny, TokenUnify mixture pretraining (= bundled default)",
+    "unet": "residual 3D U-Net (superhuman-style), from scratch",
+}
+
+
+def stage_table(work: Path, args) -> None:
+    """Print the results table (markdown) from WORK/results.json."""
+    results = json.loads((work / "results.json").read_text())
+    print("| model | pretrain steps | finetune steps (time) | threshold | VOI split | VOI merge | VOI | ARAND |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for arm in ("scratch", "random", "mix", "unet"):
+        if arm not in results:
+            continue
+        r = results[arm]
+        t = r["test"]
+        pre = r["training"].get("pretrain", {})
+        ft = r["training"].get("finetune", {})
+        pre_txt = f"{pre.get('steps', '-')} ({pre.get('seconds', 0) / 60:.0f} min)" if pre else "0"
+        ft_txt = f"{ft.get('steps', '-')} ({ft.get('seconds', 0) / 60:.0f} min)"
+        voi = t["voi_split"] + t["voi_merge"]
+        print(f"| {LABELS[arm]} | {pre_txt} | {ft_txt} | {r['threshold']} | {t['voi_split']:.3f} | "
+              f"{t['voi_merge']:.3f} | {voi:.3f} | {t['arand']:.3f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["pretrain", "finetune", "evaluate", "bundle", "all"])
+    p.add_argument("stage", choices=["pretrain", "finetune", "evaluate", "bundle", "table", "all"])
     p.add_argument("arm", nargs="?", default=None)
     p.add_argument("--work", type=Path, default=Path("/tmp/runs"))
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
@@ -238,6 +265,8 @@ def main(argv=None) -> int:
         stage_evaluate(args.work, args)
     elif args.stage == "bundle":
         stage_bundle(args.work, args)
+    elif args.stage == "table":
+        stage_table(args.work, args)
     else:
         for arm in ("mix", "random"):
             stage_pretrain(arm, args.work, args)
