@@ -27,6 +27,7 @@ from .agglomerate import (
     DEFAULT_QUEUE,
     DEFAULT_THRESHOLD,
     TOKENUNIFY_SCORING,
+    components_lut,
     label_dtype,
     merge_history,
 )
@@ -83,8 +84,6 @@ def block_links(block: Block, *, affinities, fragments, threshold: float, scorin
                                   max_threshold=threshold)
     if len(pairs) == 0:
         return np.zeros((0, 2), dtype=np.uint64)
-    from .agglomerate import components_lut
-
     lut = components_lut(len(ids), pairs)
     inner = tuple(slice(c0 - t0, c1 - t0) for (c0, c1), (t0, _) in zip(block.core, tile, strict=False))
     in_core = np.zeros(len(ids), dtype=bool)

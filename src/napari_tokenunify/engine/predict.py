@@ -169,12 +169,12 @@ def _to_out_dtype(pred: np.ndarray, dtype: str) -> np.ndarray:
     return pred.astype(dtype)
 
 
-def _zero_outside(pred: np.ndarray, block: Block, offsets, origin_shape: Box) -> np.ndarray:
+def _zero_outside(pred: np.ndarray, block: Block, offsets, volume_box: Box) -> np.ndarray:
     """Affinities whose neighbour lies outside the volume are 0 (the shared convention)."""
     for c, off in enumerate(offsets):
         for axis, o in enumerate(off):
             start = block.core[axis][0]
-            lo = origin_shape[axis][0]
+            lo = volume_box[axis][0]
             if o > 0 and start - lo < o:
                 sl = [slice(None)] * 3
                 sl[axis] = slice(0, o - (start - lo))
