@@ -29,11 +29,32 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def train_step(model: torch.nn.Module, name: str, patch) -> None:
+    import resource
+
+    x = torch.rand(1, 1, *patch)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t, c = time.perf_counter(), time.process_time()
+    y = model(x)
+    y.mean().backward()
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"  {name}: forward + backward on {tuple(patch)}: {wall:.2f} s wall, {cpu:.2f} s CPU, "
+        f"peak RSS {peak:.0f} MiB (before: {before:.0f} MiB)"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["tiny", "base"])
     p.add_argument("--patch", nargs=3, type=int, default=[16, 160, 160])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="instead: time one forward + backward of the first preset and report the peak RSS",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
     if args.threads:
@@ -42,6 +63,9 @@ def main() -> None:
     from napari_tokenunify.model import build_model
 
     print(f"machine: {machine()}")
+    if args.train:
+        train_step(build_model(args.presets[0]), args.presets[0], args.patch)
+        return
     peak = matmul_peak()
     print(f"matmul peak (2048^3 float32): {peak / 1e9:.1f} GFLOP/s")
     x = torch.rand(1, 1, *args.patch)
