@@ -119,3 +119,16 @@ def test_torch_scan_and_reference_scan_give_the_same_network_output(monkeypatch)
         monkeypatch.setenv("TOKENUNIFY_SCAN", "torch")
         fast = model(x)
     assert float((fast - ref).abs().max()) < 1e-5
+
+
+def test_autocast_bfloat16_forward_is_close_to_float32():
+    # what the engine does on GPUs (there with float16/bfloat16); the scan itself runs in float32
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    x = torch.rand(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert torch.isfinite(low).all()
+    assert float((low.float() - ref).abs().max()) < 0.05
