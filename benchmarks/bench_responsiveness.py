@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="an EM volume (e.g. the medulla test-image.h5)")
     ap.add_argument("--model", default="tiny", choices=["tiny", "default"])
     ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch intra-op threads in the worker (default: the library's choice)")
+                    help="torch threads in the workers (default: cores - 1, see widgets.workers)")
     ap.add_argument("--steps", type=int, default=20, help="finetuning steps")
     ap.add_argument("--tile", default="32,64,64", help="prediction tile z,y,x")
     ap.add_argument("--crop", default=None, help="use only z0:z1,y0:y1,x0:x1 of the data")
@@ -100,12 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model("tiny").eval() if args.model == "tiny" else load_model("default", device="cpu")
     widget.session.model = model
     if args.torch_threads:
-        import torch
-
-        import napari_tokenunify.devices as devices
-
-        torch.set_num_threads(args.torch_threads)
-        devices.configure_cpu_threads = lambda n=None: args.torch_threads  # keep our choice
+        os.environ["TOKENUNIFY_GUI_THREADS"] = str(args.torch_threads)
     rows = []
     mon = GapMonitor(10)
 
@@ -138,12 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     ft.region.value = "whole volume"
     ft.steps.value = max(1, args.steps)
     ft.patch_shape = (16, 64, 64)
-    init = model
-    if args.model == "tiny":
-        from napari_tokenunify.training.unet import ResidualUNet3D
-
-        init = ResidualUNet3D(widths=(8, 16, 32))  # EMMamba's CPU scan backward is NaN (see report)
-    widget.session.model = init
     mon.start()
     t0 = time.perf_counter()
     job = ft.start() if args.steps else None
@@ -156,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    print(f"\ndata: {source}; model: {args.model}; torch threads: {torch.get_num_threads()}; "
+    print(f"\ndata: {source}; model: {args.model}; worker torch threads: {torch.get_num_threads()}; "
           f"CPU cores: {os.cpu_count()}")
     print("| phase | wall s | timer ticks | max gap ms | p99 gap ms | median ms | gaps > 100 ms |")
     print("|---|---|---|---|---|---|---|")

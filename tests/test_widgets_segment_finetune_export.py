@@ -63,37 +63,25 @@ def _finetune_on_edits(widget, viewer, small_volume, qtbot, notes, model):
     proof.merge()
     labels.undo()
     assert len(widget.session.edit_logs[id(labels)]) == 1
-    panel.steps.value = 30
+    panel.steps.value = 15
     panel.lr.value = 3e-3
     panel.patch_shape = (16, 32, 32)
     job = wait_job(qtbot, panel.start(), timeout_ms=300_000)
     assert job.error is None, notes.messages
     losses = panel.losses
-    assert len(losses) == 30
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert len(losses) == 15
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05
     assert widget.session.finetuned is not None
-    assert len(panel.plot.line.get_xdata()) == 30
+    assert len(panel.plot.line.get_xdata()) == 15
     return panel
 
 
-def test_finetune_on_edited_regions_loss_falls(docked, small_volume, qtbot, notes):
-    """The widget path with a small residual U-Net (the library's baseline network)."""
-    viewer, widget = docked
-    from napari_tokenunify.training.unet import ResidualUNet3D
-
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    _finetune_on_edits(widget, viewer, small_volume, qtbot, notes, ResidualUNet3D(widths=(4, 8)))
-
-
-@pytest.mark.xfail(
-    reason="EMMamba's chunked CPU scan (model/scan.py) returns NaN gradients; finetune then fails",
-    strict=False,
-)
-def test_finetune_emmamba_tiny_loss_falls(docked, small_volume, qtbot, notes):
+def test_finetune_emmamba_tiny_on_edited_regions_loss_falls(docked, small_volume, qtbot, notes):
     viewer, widget = docked
     from napari_tokenunify.model import build_model
 
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
     _finetune_on_edits(widget, viewer, small_volume, qtbot, notes, build_model("tiny"))
 
 

@@ -14,6 +14,7 @@ from .checks import LayerError, require_image, require_labels
 from .notify import reporting, show_info
 from .predict_panel import parse_region, visible_box
 from .state import edit_log_for
+from .workers import limit_torch_threads
 
 REGIONS = ("edited regions", "box", "whole volume")
 
@@ -192,10 +193,13 @@ class FinetunePanel(Panel):
             device = self.session.device
 
             def work(progress=None, cancel=None):
-                from napari_tokenunify.engine.predict import predict_affinities
+                from napari_tokenunify.engine.predict import TilePredictor, predict_affinities
 
+                predictor = TilePredictor(model, device=device)
+                limit_torch_threads()
                 return predict_affinities(
-                    image, model, crop=box, device=device, progress=progress, cancel=cancel
+                    image, model, crop=box, device=device, progress=progress, cancel=cancel,
+                    predictor=predictor,
                 )
 
             def show(affs):

@@ -17,6 +17,7 @@ from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton
 from .base import Panel, is_volume_layer, layer_combo
 from .checks import LayerError, require_image
 from .notify import reporting, show_info
+from .workers import limit_torch_threads
 
 SCOPES = ("current view first", "current view only", "region only", "whole volume")
 AFFINITY_SUFFIX = " affinities"
@@ -171,7 +172,7 @@ class PredictPanel(Panel):
             self.status.value = f"writing to {out}"
 
             def work(progress=None, cancel=None):
-                from napari_tokenunify.engine.predict import predict_affinities
+                from napari_tokenunify.engine.predict import TilePredictor, predict_affinities
 
                 m = model
                 if m is None:
@@ -179,9 +180,12 @@ class PredictPanel(Panel):
 
                     m = load_model("default", device=device)
                 out.parent.mkdir(parents=True, exist_ok=True)
+                predictor = TilePredictor(m, device=device)
+                limit_torch_threads()  # the predictor set all cores; leave one to the GUI
                 result = predict_affinities(
                     image, m, out=out, tile_shape=tile, device=device, roi=roi,
                     roi_only=roi_only, voxel_size=voxel, progress=progress, cancel=cancel,
+                    predictor=predictor,
                 )
                 return m, result
 

@@ -8,6 +8,7 @@ never floods the event loop, and layer refreshes driven by ``on_progress`` are t
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,29 @@ from napari_tokenunify.progress import CancelToken, Progress
 from .notify import report_error, show_info
 
 _RUNNING: set[Job] = set()
+
+
+def gui_torch_threads() -> int:
+    """Torch CPU threads for work started from the viewer: one core is left to the GUI thread.
+
+    Measured on a busy 2-core machine: with 2 torch threads beside the Qt event loop, OpenMP's
+    spinning barriers made a finetuning step up to 40x slower than with 1 (micro-sam issue 740
+    describes the same trap). ``TOKENUNIFY_GUI_THREADS`` overrides.
+    """
+    env = os.environ.get("TOKENUNIFY_GUI_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def limit_torch_threads() -> int:
+    """Apply :func:`gui_torch_threads` (call inside a worker, after anything that resets it)."""
+    import torch
+
+    n = gui_torch_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def running_jobs() -> list[Job]:
@@ -83,6 +107,7 @@ class Job(QObject):
 
     # -- worker thread ---------------------------------------------------------------------------
     def _run(self) -> Any:
+        limit_torch_threads()
         return self._fn(progress=self._report, cancel=self.token)
 
     def _report(self, p: Progress) -> None:
