@@ -222,3 +222,26 @@ def test_fused_mixer_equals_reference_v3_algorithm(L):
     assert _rel(mixer(x), ref) < 1e-4
     with torch.no_grad():
         assert _rel(mixer(x), ref) < 1e-4
+
+
+def test_chunk_and_block_sizes_do_not_change_the_result():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=20, deadline=None)
+    @given(
+        L=st.integers(1, 150),
+        chunk=st.sampled_from([1, 2, 4, 8, 16, 64]),
+        blocks=st.integers(1, 4),
+        shift=st.floats(-4.0, 3.0),
+        seed=st.integers(0, 10_000),
+    )
+    def check(L, chunk, blocks, shift, seed):
+        t = _inputs(L, b=1, d=4, n=3, seed=seed, dt_shift=shift)
+        ref = selective_scan_ref(**t, delta_softplus=True)
+        block = max(chunk, -(-L // blocks) // chunk * chunk)
+        with torch.no_grad():
+            new = selective_scan_chunked(**t, delta_softplus=True, chunk=chunk, block_tokens=block)
+        assert _rel(new, ref) < 1e-4
+
+    check()
