@@ -79,13 +79,15 @@ def main() -> None:
             with counter:
                 model(x)
             flops = counter.get_total_flops()
-            best = float("inf")
+            best = cpu = float("inf")
             for _ in range(args.repeats):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 model(x)
                 best = min(best, time.perf_counter() - t)
+                cpu = min(cpu, time.process_time() - c)
         print(
-            f"  {name:5s} {n_par / 1e6:6.2f} M params  patch {tuple(args.patch)}  {best:6.2f} s  "
+            f"  {name:5s} {n_par / 1e6:6.2f} M params  patch {tuple(args.patch)}  {best:6.2f} s "
+            f"({cpu:6.2f} s CPU)  "
             f"{voxels / best / 1e6:6.3f} Mvoxel/s  {flops / 1e9:7.1f} GFLOP  "
             f"{flops / best / 1e9:6.1f} GFLOP/s = {100 * flops / best / peak:4.1f}% of matmul peak",
             flush=True,
