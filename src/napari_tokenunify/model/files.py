@@ -52,7 +52,8 @@ def _default_offsets(n: int) -> list[list[int]]:
 def save_model(model: EMMamba, directory: str | Path, card: ModelCard | None = None) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/card.json``; returns the folder.
 
-    Files are written under temporary names and renamed, so a crash never leaves half a model.
+    Each file is written under a temporary name and then renamed, so neither is ever left
+    half-written.
     """
     from safetensors.torch import save_file
 
