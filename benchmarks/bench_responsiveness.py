@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     if job is not None and job.error is not None:
         print("finetuning failed:", job.error, file=sys.stderr)
 
-    import torch
 
-    print(f"\ndata: {source}; model: {args.model}; worker torch threads: {torch.get_num_threads()}; "
+    from napari_tokenunify.widgets.workers import gui_torch_threads
+
+    print(f"\ndata: {source}; model: {args.model}; worker torch threads: {gui_torch_threads()}; "
           f"CPU cores: {os.cpu_count()}")
     print("| phase | wall s | timer ticks | max gap ms | p99 gap ms | median ms | gaps > 100 ms |")
     print("|---|---|---|---|---|---|---|")
