@@ -250,22 +250,20 @@ def _scan_block(
         size = batch * d * n * nc * T
         P = torch.mul((half - cd).unsqueeze(-1), Av, out=work[0][:size].view(shape))
         P = (P.clamp_(max=lim) if lim else P).exp_()  # e^{R - S}
-        E = torch.reciprocal(P, out=work[1][:size].view(shape))  # e^{S - R}
-        W = P.mul_(du).mul_(Bv)
+        W = torch.mul(P, du, out=work[1][:size].view(shape)).mul_(Bv)
     else:
         arg = (half - cd).unsqueeze(-1) * Av
         P = torch.exp(arg.clamp(max=lim) if lim else arg)
-        E = P.reciprocal()
         W = P * du * Bv
     cs = _cumsum_t(W, inplace)
-    # chunk c maps its entering state h to e^{S_end} h + E_end * cs_end
-    end_local = E[:, :, :, -1] * cs[:, :, :, -1]
+    # chunk c maps its entering state h to e^{S_end} h + cs_end / P_end
+    end_local = cs[:, :, :, -1] / P[:, :, :, -1]
     end_arg = cd[:, :, :, -1].unsqueeze(-1) * Av[:, :, 0]
     end_decay = torch.exp(end_arg.clamp(min=-2 * lim) if lim else end_arg)
     entering, h_last = _carry(end_decay, end_local, h0.reshape(batch, g, e, n))
     half_arg = half.unsqueeze(-1) * Av
     inc = torch.exp(half_arg.clamp(min=-lim) if lim else half_arg) * entering.unsqueeze(3)
-    states = cs.add_(inc).mul_(E) if inplace else (cs + inc) * E
+    states = cs.add_(inc).div_(P) if inplace else (cs + inc) / P  # times e^{S - R}
     y = torch.matmul(states, lay_state(C).transpose(-1, -2)).squeeze(-1)  # (b, g, c, t, e)
     y = y.permute(0, 1, 4, 2, 3).reshape(batch, d, nc * T)[..., :L]
     return y, h_last.reshape(batch, d, n)
