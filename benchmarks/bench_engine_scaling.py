@@ -57,6 +57,7 @@ def run_one(image: str, workdir: str, threads: int, block) -> dict:
     affs = predict_affinities(vol.data, model, out=Path(workdir) / "affs.zarr", device="cpu",
                               dtype="uint8", overwrite=True)
     t_pred = time.perf_counter() - t0
+    rss_pred = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     segment_blockwise(affs, Path(workdir) / "labels.zarr", block_shape=block,
                       context=tuple(max(2, b // 8) for b in block), overwrite=True)
@@ -65,6 +66,7 @@ def run_one(image: str, workdir: str, threads: int, block) -> dict:
     return {"shape": list(vol.shape), "voxels": int(vol.data.size), "prediction_s": round(t_pred, 1),
             "segmentation_s": round(t_seg, 1), "total_s": round(t_pred + t_seg, 1),
             "peak_rss_mb": round(peak), "rss_after_imports_mb": round(rss0),
+            "peak_rss_prediction_mb": round(rss_pred),
             "n_segments": int(_group_attr(Path(workdir) / "labels.zarr", "n_ids"))}
 
 
