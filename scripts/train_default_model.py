@@ -9,8 +9,9 @@ except by ``bundle``):
   finetune ARM   ARM = mix | random (from that pretraining) | scratch (EMmamba, no pretraining)
                  | unet (residual 3D U-Net baseline); on medulla-labeled/train-*, x < 136 for
                  training, x >= 136 held out for validation (keeps the best model)
-  evaluate       threshold chosen on the held-out train part, then VOI/ARAND on test-* for all arms
-                 -> WORK/results.json
+  evaluate       per arm, the kept (best-validation) or final model and the agglomeration
+                 threshold are chosen on the held-out train part; then VOI/ARAND on test-*
+                 -> WORK/results.json, WORK/selected-ARM
   bundle         copy the mix arm into src/napari_tokenunify/model/bundled/default (card filled in)
   all            everything in order (one process)
 
@@ -127,10 +128,26 @@ def load_arm(arm: str, work: Path):
     return load_model(out / "model", device="cpu")
 
 
+def candidates(arm: str, work: Path):
+    """The model finetune kept (best by its validation) and the final state of the run."""
+    import copy
+
+    from napari_tokenunify.training.checkpoints import load_checkpoint
+
+    kept = load_arm(arm, work)
+    yield "kept", kept
+    last = copy.deepcopy(kept)
+    last.load_state_dict(load_checkpoint(work / f"finetune-{arm}" / "checkpoints" / "last.pt")["model"])
+    yield "last", last.eval()
+
+
 def stage_evaluate(work: Path, args) -> None:
-    from napari_tokenunify.engine.agglomerate import segment_affinities
+    """Pick each arm's model and threshold on the held-out train part, then score test once."""
+    from napari_tokenunify.engine.agglomerate import Agglomerator
     from napari_tokenunify.engine.evaluate import evaluate
     from napari_tokenunify.engine.predict import predict_affinities
+    from napari_tokenunify.training.checkpoints import export_model
+    from napari_tokenunify.training.finetune import validate
 
     train_raw, train_gt = labeled("train")
     test_raw, test_gt = labeled("test")
@@ -140,28 +157,34 @@ def stage_evaluate(work: Path, args) -> None:
         if not (work / f"finetune-{arm}").exists():
             print(f"skip {arm}: not finetuned")
             continue
-        model = load_arm(arm, work)
         t0 = time.perf_counter()
-        val_affs = predict_affinities(val_raw, model, device=args.device, dtype="float32")
-        sweep = {}
-        for th in THRESHOLDS:
-            s = evaluate(segment_affinities(val_affs, threshold=th), val_gt)
-            sweep[th] = s["voi_split"] + s["voi_merge"]
-        best_th = min(sweep, key=sweep.get)
+        val = {}
+        models = {}
+        for name, model in candidates(arm, work):
+            val[name] = validate(model, val_raw, val_gt, device=args.device, threshold=THRESHOLDS)
+            models[name] = model
+        choice = min(val, key=lambda k: val[k]["voi"])
+        model, th = models[choice], val[choice]["threshold"]
         affs = predict_affinities(test_raw, model, device=args.device, dtype="float32")
-        seg = segment_affinities(affs, threshold=best_th)
+        agg = Agglomerator(affs, max_threshold=max(THRESHOLDS))
+        seg = agg.segment(th)
         scores = {k: float(v) for k, v in evaluate(seg, test_gt).items()}
-        fixed = {k: float(v) for k, v in evaluate(segment_affinities(affs, threshold=0.5), test_gt).items()}
+        fixed = {k: float(v) for k, v in evaluate(agg.segment(0.5), test_gt).items()}
         results[arm] = {
-            "threshold": best_th,
-            "val_voi_by_threshold": sweep,
+            "chosen": choice,
+            "threshold": th,
+            "validation": val,
             "test": scores,
             "test_at_0.5": fixed,
             "n_segments": int(len(np.unique(seg)) - (0 in seg)),
             "eval_seconds": round(time.perf_counter() - t0, 1),
             "training": _training_info(work, arm),
         }
-        print(arm, json.dumps(results[arm]["test"]), "threshold", best_th, flush=True)
+        if arm != "unet":
+            card = model.card
+            card.metrics = {**card.metrics, "validation": val[choice]}
+            export_model(model, work / f"selected-{arm}", card)
+        print(arm, choice, "threshold", th, json.dumps(scores), flush=True)
     path = work / "results.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update(results)
@@ -186,7 +209,7 @@ def _training_info(work: Path, arm: str) -> dict:
 def stage_bundle(work: Path, args) -> None:
     from napari_tokenunify.model import ModelCard
 
-    src = work / "finetune-mix" / "model"
+    src = work / "selected-mix"
     results = json.loads((work / "results.json").read_text())["mix"]
     card = ModelCard.from_json((src / "card.json").read_text())
     card.name = "default"

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
                 preset=args.preset, steps=args.steps, out_dir=args.out,
                 **({"offsets": offsets} if offsets else {}),
                 patch_shape=args.patch, validation=validation, val_every=args.val_every,
-                threshold=args.threshold, batch_size=args.batch_size, lr=args.lr,
+                **({"threshold": args.threshold} if args.threshold else {}),
+                batch_size=args.batch_size, lr=args.lr,
                 augment=not args.no_augment, device=args.device, seed=args.seed,
                 time_budget_s=args.time_budget, checkpoint_every=args.checkpoint_every,
                 resume=not args.restart, progress=bar, cancel=token,
@@ -85,7 +86,8 @@ def register(sub) -> None:
     p.add_argument("--val-raw", default=None, help="validation raw volume")
     p.add_argument("--val-labels", default=None, help="validation labels")
     p.add_argument("--val-every", type=int, default=100)
-    p.add_argument("--threshold", type=float, default=0.5, help="agglomeration threshold for validation")
+    p.add_argument("--threshold", type=float, nargs="+", default=None,
+                   help="agglomeration threshold(s) tried at validation (default 0.1 ... 0.9, best kept)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--no-augment", action="store_true")

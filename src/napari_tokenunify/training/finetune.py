@@ -138,24 +138,42 @@ def _batch(sampler, augment, offsets, rng, batch_size):
     return t[0][:, None], t[1], t[2]
 
 
-def validate(model, raw, labels, *, mask=None, device="cpu", threshold=0.5) -> dict[str, float]:
-    """Predict, segment and score one validation volume with the engine (VOI/ARAND)."""
-    from ..engine.agglomerate import segment_affinities
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def validate(
+    model, raw, labels, *, mask=None, device="cpu", threshold: float | Sequence[float] = DEFAULT_THRESHOLDS
+) -> dict[str, float]:
+    """Predict, segment and score one validation volume with the engine (VOI/ARAND).
+
+    With several thresholds the agglomeration runs once and the threshold with the lowest VOI
+    (split + merge) is reported (``threshold`` in the result): the merge threshold that suits a
+    network changes as it trains, so a fixed one would rank checkpoints unfairly.
+    """
+    from ..engine.agglomerate import Agglomerator
     from ..engine.evaluate import evaluate
     from ..engine.predict import predict_affinities
 
+    thresholds = [float(threshold)] if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
+    if not thresholds:
+        raise ValueError("give at least one validation threshold")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             affs = predict_affinities(raw, model, device=device, dtype="float32")
-        seg = segment_affinities(np.asarray(affs), threshold=threshold)
-        scores = evaluate(seg, np.asarray(labels), ignore_label=0, mask=mask)
     finally:
         model.train(was_training)
-    scores = {k: float(v) for k, v in scores.items()}
-    scores["voi"] = scores["voi_split"] + scores["voi_merge"]
-    return scores
+    agg = Agglomerator(np.asarray(affs), max_threshold=max(thresholds))
+    best: dict[str, float] | None = None
+    gt = np.asarray(labels)
+    for t in thresholds:
+        scores = {k: float(v) for k, v in evaluate(agg.segment(t), gt, ignore_label=0, mask=mask).items()}
+        scores["voi"] = scores["voi_split"] + scores["voi_merge"]
+        scores["threshold"] = t
+        if best is None or scores["voi"] < best["voi"]:
+            best = scores
+    return best
 
 
 def finetune(
@@ -172,7 +190,7 @@ def finetune(
     patch_shape: Sequence[int] = DEFAULT_PATCH,
     validation: tuple | None = None,
     val_every: int = 100,
-    threshold: float = 0.5,
+    threshold: float | Sequence[float] = DEFAULT_THRESHOLDS,
     batch_size: int = 1,
     lr: float = 1e-3,
     augment: EMAugment | bool = True,
@@ -188,7 +206,8 @@ def finetune(
 
     ``mask`` (1 = train here) and ``box`` (three slices) restrict where the loss counts.
     ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``: scored every ``val_every``
-    steps and at the end; the model with the lowest VOI is returned (without it, the last one).
+    steps and at the end (at the best of ``threshold``, one or several agglomeration thresholds);
+    the model with the lowest VOI is returned (without validation, the last one).
     With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best; ``unet.pt`` for the U-Net
     baseline), ``loss.csv``, ``loss.png``, ``validation.csv``.
     """
