@@ -1,0 +1,84 @@
+"""Model section (bad model files, devices) and autosave of corrected labels."""
+# ruff: noqa: F811  (pytest fixtures imported from widget_support)
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_tokenunify.widgets.autosave import SUFFIX, autosave_path
+from napari_tokenunify.widgets.model_panel import SOURCES
+from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
+
+pytestmark = pytest.mark.gui
+
+
+def test_a_file_that_is_not_a_model_is_reported(docked, qtbot, tmp_path, notes):
+    viewer, widget = docked
+    panel = widget.panel("Model")
+    bogus = tmp_path / "notes.safetensors"
+    bogus.write_text("this is not a model")
+    panel.source.value = SOURCES[2]
+    panel.path.value = bogus
+    job = wait_job(qtbot, panel.load())
+    assert job.error is not None and widget.session.model is None
+    assert notes.has("Load model failed", "notes.safetensors", "safetensors")
+    panel.path.value = tmp_path  # a folder without a model
+    wait_job(qtbot, panel.load())
+    assert notes.has("Load model failed", "model.safetensors")
+
+
+def test_unavailable_device_is_reported(docked, qtbot, notes):
+    viewer, widget = docked
+    from napari_tokenunify.devices import available_devices
+
+    if "cuda" in available_devices():
+        pytest.skip("this machine has CUDA")
+    panel = widget.panel("Model")
+    panel.device.value = "cuda"
+    panel.source.value = SOURCES[2]
+    panel.path.value = __file__
+    wait_job(qtbot, panel.load())
+    assert widget.session.device == "cuda"
+    assert any("Load model failed" in m for m in notes.messages)
+
+
+def test_tiny_model_card_is_shown(docked, qtbot):
+    viewer, widget = docked
+    panel = widget.panel("Model")
+    panel.source.value = SOURCES[1]
+    wait_job(qtbot, panel.load())
+    text = panel.card.value
+    assert "preset: tiny" in text and "parameters:" in text and "voxel size" in text
+
+
+def test_autosave_writes_changed_labels_at_intervals(docked, small_volume, qtbot, tmp_path):
+    viewer, widget = docked
+    layer = viewer.add_labels(np.array(small_volume.labels), name="seg")
+    saver = widget.autosaver
+    assert saver.save_changed() is None  # nothing changed yet
+    proof = widget.panel("Proofread")
+    pick(proof.labels, layer)
+    label_id = int(np.unique(small_volume.labels)[1])
+    layer.selected_label = label_id
+    proof.delete()
+    assert saver.pending == 1
+    job = wait_job(qtbot, saver.save_changed())
+    assert job.error is None and saver.pending == 0
+    path = saver.saved[id(layer)]
+    assert path == tmp_path / "autosave" / "seg.zarr"
+    from napari_tokenunify.io import open_volume
+
+    back = np.asarray(open_volume(path).data)
+    assert not (back == label_id).any()
+    np.testing.assert_array_equal(back, np.asarray(layer.data))
+
+
+def test_autosave_goes_beside_the_data(make_napari_viewer, small_volume, tmp_path):
+    from napari_tokenunify.io import write_volume
+
+    src = write_volume(tmp_path / "stack.tif", small_volume.labels, kind="labels")
+    viewer = make_napari_viewer()
+    layers = viewer.open(src, plugin="napari-tokenunify")
+    path = autosave_path(layers[0])
+    assert path == tmp_path / f"stack{SUFFIX}" / f"{layers[0].name}.zarr"
