@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", default=None, help="use only z0:z1,y0:y1,x0:x1 of the data")
     ap.add_argument("--no-refresh", action="store_true", help="diagnostic: no live layer updates")
     ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument("--skip-predict", action="store_true")
     args = ap.parse_args(argv)
 
     import napari
@@ -118,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         predict._on_progress = lambda p: None
     mon.start()
     t0 = time.perf_counter()
-    job = predict.predict()
-    _wait(app, job, 1800)
-    rows.append((f"predict {tuple(image.shape)}, tile {predict.tile_shape}", mon.stop(), time.perf_counter() - t0))
-    if job.error is not None:
+    job = predict.predict() if not args.skip_predict else None
+    if job is not None:
+        _wait(app, job, 1800)
+    if job is not None:
+        rows.append((f"predict {tuple(image.shape)}, tile {predict.tile_shape}", mon.stop(), time.perf_counter() - t0))
+    if job is not None and job.error is not None:
         print("prediction failed:", job.error, file=sys.stderr)
 
     if args.skip_finetune:
