@@ -144,3 +144,17 @@ def test_ctrl_c_cancels_cleanly_and_the_next_run_resumes(files, tmp_path, monkey
     a = zarr.open_group(str(tmp_path / "affs.zarr"), mode="r")["affinities"][...]
     b = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["affinities"][...]
     assert np.array_equal(a, b)
+
+
+def test_predict_and_segment_on_a_local_cluster(files, tmp_path, capsys):
+    import zarr
+
+    root, _ = files
+    assert _predict(root, tmp_path / "ref.zarr", "--dtype", "float32") == 0
+    assert _predict(root, tmp_path / "dist.zarr", "--dtype", "float32", "--workers", "1") == 0
+    a = zarr.open_group(str(tmp_path / "dist.zarr"), mode="r")["affinities"][...]
+    b = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["affinities"][...]
+    assert np.allclose(a, b, atol=1e-5)
+    assert main(["segment", str(tmp_path / "dist.zarr"), str(tmp_path / "seg.zarr"), "--workers",
+                 "1", "--block", "8,24,24", "--context", "2,6,6", "--quiet"]) == 0
+    assert "blockwise" in capsys.readouterr().out
