@@ -82,7 +82,7 @@ def test_predict_cancel_resume(docked, small_volume, qtbot, notes, tmp_path):
     assert layer.metadata["tokenunify"]["store"] == str(store)
 
 
-def test_current_view_only_predicts_the_visible_part(docked, small_volume, qtbot, tmp_path):
+def test_region_only_predicts_that_region(docked, small_volume, qtbot, tmp_path):
     viewer, widget = docked
     image = viewer.add_image(small_volume.image, name="em")
     _tiny_model(widget, qtbot)
@@ -145,3 +145,21 @@ def test_closing_the_viewer_stops_the_worker(make_napari_viewer, small_volume, q
     from napari_tokenunify.io import open_volume
 
     assert int(np.asarray(open_volume(saved).data)[1, 2, 3]) == 77
+
+
+def test_visible_box_follows_the_view(make_napari_viewer):
+    from napari_tokenunify.widgets.view import camera, canvas_size, visible_box
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((40, 200, 300), np.uint8))
+    viewer.dims.set_point(0, 20)
+    cam = camera(viewer)
+    cam.center = (100, 150)
+    cam.zoom = 4.0
+    h, w = canvas_size(viewer) or (600, 800)
+    (z0, z1), (y0, y1), (x0, x1) = visible_box(viewer, layer, depth=16)
+    assert (z0, z1) == (12, 28)
+    assert abs((y0 + y1) / 2 - 100) <= 2 and abs((y1 - y0) - min(200, h / 4)) <= 3
+    assert abs((x0 + x1) / 2 - 150) <= 2 and abs((x1 - x0) - min(300, w / 4)) <= 3
+    viewer.dims.ndisplay = 3
+    assert visible_box(viewer, layer) == ((0, 40), (0, 200), (0, 300))

@@ -8,6 +8,7 @@ import pytest
 
 from napari_tokenunify.affinities import labels_to_affinities
 from napari_tokenunify.widgets.proofread_panel import SEEDS_LAYER, parse_ids
+from napari_tokenunify.widgets.view import camera
 from widget_support import docked, notes, pick, wait_job  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.gui
@@ -92,7 +93,7 @@ def test_jump_to_label_moves_the_view(proof):
     panel.jump_to(9)
     assert layer.selected_label == 9
     assert viewer.dims.point[0] == pytest.approx(4.5, abs=0.5)
-    assert viewer.camera.center[-2:] == pytest.approx((17.0, 22.0))
+    assert camera(viewer).center[-2:] == pytest.approx((17.0, 22.0))
 
 
 def test_next_place_to_check_visits_uncertain_blocks(proof, qtbot):
@@ -105,7 +106,7 @@ def test_next_place_to_check_visits_uncertain_blocks(proof, qtbot):
     qtbot.waitUntil(lambda: bool(panel._spots), timeout=20000)
     qtbot.waitUntil(lambda: "place 1 of" in panel.status.value, timeout=20000)
     assert viewer.dims.point[1] == pytest.approx(11.5, abs=0.5)
-    assert viewer.camera.center[-2:] == pytest.approx((47.5, 15.5))
+    assert camera(viewer).center[-2:] == pytest.approx((47.5, 15.5))
     panel.next_spot()
     assert "place 2 of" in panel.status.value
 

@@ -13,8 +13,9 @@ from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, 
 from .base import Panel, is_volume_layer, layer_combo
 from .checks import LayerError, require_image, require_labels
 from .notify import reporting, show_info
-from .predict_panel import parse_region, visible_box
+from .predict_panel import parse_region
 from .state import edit_log_for
+from .view import visible_box
 from .workers import limit_torch_threads
 
 REGIONS = ("edited regions", "box", "whole volume")

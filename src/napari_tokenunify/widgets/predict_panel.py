@@ -17,6 +17,7 @@ from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton
 from .base import Panel, is_volume_layer, layer_combo
 from .checks import LayerError, require_image
 from .notify import reporting, show_info
+from .view import visible_box
 from .workers import limit_torch_threads
 
 SCOPES = ("current view first", "current view only", "region only", "whole volume")
@@ -80,38 +81,6 @@ def default_store(image_layer: Any) -> Path:
     env = os.environ.get("TOKENUNIFY_CACHE_DIR")
     base = Path(env) if env else Path.home() / ".napari-tokenunify" / "predictions"
     return base / f"{name}-affinities.zarr"
-
-
-def visible_box(viewer: Any, layer: Any, depth: int = 16) -> tuple[tuple[int, int], ...]:
-    """The part of ``layer`` (data voxels) on screen: the shown section ± ``depth``/2 in z and
-    the canvas extent in y, x. In 3D display, the whole volume."""
-    shape = tuple(int(s) for s in layer.data.shape[-3:])
-    if viewer.dims.ndisplay == 3:
-        return tuple((0, s) for s in shape)
-    ndim = viewer.dims.ndim
-    offset = ndim - 3
-    center = np.array(viewer.dims.point[offset:], dtype=float)
-    canvas = getattr(viewer, "_canvas_size", None) or (600, 800)
-    zoom = max(float(viewer.camera.zoom), 1e-6)
-    displayed = [a - offset for a in viewer.dims.displayed if a >= offset]
-    lo, hi = center.copy(), center.copy()
-    cam = viewer.camera.center[-len(displayed):]
-    for d, axis in enumerate(displayed):
-        half = canvas[d] / (2 * zoom) if d < len(canvas) else canvas[-1] / (2 * zoom)
-        lo[axis], hi[axis] = cam[d] - half, cam[d] + half
-    lo_d = np.asarray(layer.world_to_data(lo))
-    hi_d = np.asarray(layer.world_to_data(hi))
-    box = []
-    for axis, size in enumerate(shape):
-        if axis in displayed:
-            a, b = sorted((lo_d[axis], hi_d[axis]))
-            a, b = int(np.floor(a)), int(np.ceil(b)) + 1
-        else:
-            c = int(round(lo_d[axis]))
-            a, b = c - depth // 2, c + depth // 2
-        a, b = max(0, min(a, size - 1)), min(size, max(b, 1))
-        box.append((a, max(b, a + 1)))
-    return tuple(box)
 
 
 def parse_region(text: str, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:

@@ -17,6 +17,7 @@ from napari_tokenunify import proofread as pr
 from .base import Panel, is_affinity_layer, is_volume_layer, layer_combo
 from .checks import LayerError, layer_array, require_affinities, require_labels
 from .notify import reporting, show_info
+from .view import go_to
 
 SEEDS_LAYER = "split seeds"
 
@@ -38,31 +39,6 @@ def parse_ids(text: str) -> list[int]:
         raise LayerError(
             f"could not read label ids from {text!r}: type whole numbers separated by commas"
         ) from None
-
-
-def go_to(viewer: Any, layer: Any, center, extent=None) -> None:
-    """Centre the view on a point given in ``layer``'s data coordinates.
-
-    The layer may have fewer dimensions than the viewer (a 3D labels layer beside a 4D affinity
-    map): its axes are the viewer's last ones.
-    """
-    world = np.asarray(layer.data_to_world(center), dtype=float)
-    ndim = viewer.dims.ndim
-    offset = ndim - len(world)
-    point = list(viewer.dims.point)
-    for i, w in enumerate(world):
-        point[offset + i] = w
-    displayed = list(viewer.dims.displayed)
-    for axis in range(ndim):
-        if axis not in displayed:
-            viewer.dims.set_point(axis, point[axis])
-    viewer.camera.center = tuple(point[a] for a in displayed)
-    canvas = getattr(viewer, "_canvas_size", None)
-    if extent is not None and canvas and min(canvas) > 0:
-        scale = layer.scale
-        shown = [extent[a - offset] * scale[a - offset] for a in displayed[-2:] if a >= offset]
-        if shown and max(shown) > 0:
-            viewer.camera.zoom = 0.6 * min(canvas) / max(shown)
 
 
 class ProofreadPanel(Panel):
