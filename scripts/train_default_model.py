@@ -114,6 +114,24 @@ def stage_finetune(arm: str, work: Path, args) -> None:
     )
 
 
+def stage_extend(arm: str, work: Path, args) -> None:
+    """Continue an arm's selected model for --extend-steps more steps at a lower learning rate
+    (-> finetune-ARM-long); the default model is trained this way, the ablation table is not."""
+    from napari_tokenunify.training.finetune import finetune
+
+    raw, gt = labeled("train")
+    init = work / f"selected-{arm}"
+    if not (init / "card.json").exists():
+        sys.exit(f"run 'evaluate' first ({init} is missing)")
+    finetune(
+        raw[:, :, :VAL_SPLIT_X], gt[:, :, :VAL_SPLIT_X], init=init, preset="tiny",
+        steps=args.extend_steps, out_dir=work / f"finetune-{arm}-long", patch_shape=PATCH,
+        validation=(raw[:, :, VAL_SPLIT_X:], gt[:, :, VAL_SPLIT_X:]), val_every=args.val_every,
+        batch_size=1, lr=args.extend_lr, device=args.device, seed=args.seed + 1,
+        time_budget_s=args.time_cap, progress=printer(25),
+    )
+
+
 def load_arm(arm: str, work: Path):
     out = work / f"finetune-{arm}"
     if arm == "unet":
@@ -229,7 +247,7 @@ def stage_bundle(work: Path, args) -> None:
     }
     card.metrics = {"medulla-labeled/test": results["test"], "threshold": results["threshold"]}
     BUNDLE.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src / "model.safetensors", BUNDLE / "model.safetensors")
+    shutil.copyfile(src / "model.safetensors", BUNDLE / "model.safetensors")
     (BUNDLE / "card.json").write_text(card.to_json() + "\n")
     size = (BUNDLE / "model.safetensors").stat().st_size / 1e6
     print(f"bundled {BUNDLE} ({size:.1f} MB)")
@@ -264,12 +282,14 @@ def stage_table(work: Path, args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["pretrain", "finetune", "evaluate", "bundle", "table", "all"])
+    p.add_argument("stage", choices=["pretrain", "finetune", "extend", "evaluate", "bundle", "table", "all"])
     p.add_argument("arm", nargs="?", default=None)
     p.add_argument("--work", type=Path, default=Path("/tmp/runs"))
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
     p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
     p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--extend-steps", type=int, default=600)
+    p.add_argument("--extend-lr", type=float, default=3e-4)
     p.add_argument("--time-cap", type=float, default=None, help="seconds per stage (safety stop)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
@@ -284,6 +304,8 @@ def main(argv=None) -> int:
         stage_pretrain(args.arm or "mix", args.work, args)
     elif args.stage == "finetune":
         stage_finetune(args.arm or "mix", args.work, args)
+    elif args.stage == "extend":
+        stage_extend(args.arm or "mix", args.work, args)
     elif args.stage == "evaluate":
         stage_evaluate(args.work, args)
     elif args.stage == "bundle":
