@@ -218,7 +218,10 @@ def _training_info(work: Path, arm: str) -> dict:
     elif (work / f"finetune-{arm}" / "validation.csv").exists():
         rows = (work / f"finetune-{arm}" / "loss.csv").read_text().splitlines()
         info["finetune"] = {"steps": len(rows) - 1, "seconds": float(rows[-1].split(",")[-1])}
-    pre = work / f"pretrain-{arm}" / "model" / "card.json"
+    base = arm.removesuffix("-long")
+    if base != arm:  # an extended run: also record the equal-budget run it continued
+        info["continued_from"] = _training_info(work, base)
+    pre = work / f"pretrain-{base}" / "model" / "card.json"
     if pre.exists():
         info["pretrain"] = json.loads(pre.read_text()).get("training", {})
     return info
@@ -227,8 +230,8 @@ def _training_info(work: Path, arm: str) -> dict:
 def stage_bundle(work: Path, args) -> None:
     from napari_tokenunify.model import ModelCard
 
-    src = work / "selected-mix"
-    results = json.loads((work / "results.json").read_text())["mix"]
+    src = work / f"selected-{args.arm or 'mix'}"
+    results = json.loads((work / "results.json").read_text())[args.arm or "mix"]
     card = ModelCard.from_json((src / "card.json").read_text())
     card.name = "default"
     card.description = (
@@ -239,6 +242,8 @@ def stage_bundle(work: Path, args) -> None:
     card.training = {
         **card.training,
         "pretrain": results["training"].get("pretrain", {}),
+        **({"continued_from": results["training"]["continued_from"]}
+           if "continued_from" in results["training"] else {}),
         "pretrain_data": "medulla-unlabeled/raw.h5 (250^3, uint8)",
         "finetune_data": f"medulla-labeled/train-image.h5 + train-gt.lzf.h5, x < {VAL_SPLIT_X}",
         "validation_data": f"medulla-labeled/train, x >= {VAL_SPLIT_X}",
@@ -258,6 +263,8 @@ LABELS = {
     "random": "EMmamba tiny, random-token pretraining (MAE-like)",
     "mix": "EMmamba tiny, TokenUnify mixture pretraining (= bundled default)",
     "unet": "residual 3D U-Net (superhuman-style), from scratch",
+    "scratch-long": "EMmamba tiny, from scratch, + extended finetuning",
+    "mix-long": "EMmamba tiny, mixture pretraining, + extended finetuning",
 }
 
 
@@ -266,13 +273,17 @@ def stage_table(work: Path, args) -> None:
     results = json.loads((work / "results.json").read_text())
     print("| model | pretrain steps | finetune steps (time) | threshold | VOI split | VOI merge | VOI | ARAND |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for arm in ("scratch", "random", "mix", "unet"):
+    for arm in LABELS:
         if arm not in results:
             continue
         r = results[arm]
         t = r["test"]
         pre = r["training"].get("pretrain", {})
         ft = r["training"].get("finetune", {})
+        before = r["training"].get("continued_from", {}).get("finetune")
+        if before:  # the kept/selected model of the first run, then the extension
+            ft = {"steps": f"{before.get('best_step', before.get('steps'))}+{ft.get('steps')}",
+                  "seconds": before.get("seconds", 0) + ft.get("seconds", 0)}
         pre_txt = f"{pre.get('steps', '-')} ({pre.get('seconds', 0) / 60:.0f} min)" if pre else "0"
         ft_txt = f"{ft.get('steps', '-')} ({ft.get('seconds', 0) / 60:.0f} min)"
         voi = t["voi_split"] + t["voi_merge"]
