@@ -158,3 +158,18 @@ def test_predict_and_segment_on_a_local_cluster(files, tmp_path, capsys):
     assert main(["segment", str(tmp_path / "dist.zarr"), str(tmp_path / "seg.zarr"), "--workers",
                  "1", "--block", "8,24,24", "--context", "2,6,6", "--quiet"]) == 0
     assert "blockwise" in capsys.readouterr().out
+
+
+def test_large_volumes_are_segmented_blockwise_by_themselves(files, tmp_path, monkeypatch, capsys):
+    from napari_tokenunify.cli import cmd_segment
+
+    root, _ = files
+    assert _predict(root, tmp_path / "affs.zarr") == 0
+    monkeypatch.setattr(cmd_segment, "AUTO_BLOCKWISE_VOXELS", 1000)
+    assert main(["segment", str(tmp_path / "affs.zarr"), str(tmp_path / "s.tif"), "--quiet",
+                 "--block", "8,24,24", "--context", "2,6,6"]) == 0
+    captured = capsys.readouterr()
+    assert "segmenting blockwise" in captured.err and "blockwise" in captured.out
+    assert main(["segment", str(tmp_path / "affs.zarr"), str(tmp_path / "s2.tif"),
+                 "--min-size", "5"]) == 1
+    assert "too many to segment in memory" in capsys.readouterr().err

@@ -7,6 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .engine_common import (
     TqdmProgress,
     add_cluster_options,
@@ -19,6 +21,9 @@ from .engine_common import (
     open_image,
     write_output,
 )
+
+#: above this many voxels (~0.5 GB per float32 channel) `segment` goes blockwise by itself
+AUTO_BLOCKWISE_VOXELS = 2**27
 
 
 def _affinities_for(args: argparse.Namespace):
@@ -53,6 +58,15 @@ def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cance
     from ..engine.pipeline import segment
 
     blockwise = bool(args.blockwise)
+    n_voxels = int(np.prod(affs.shape[1:]))
+    if not blockwise and n_voxels > AUTO_BLOCKWISE_VOXELS and args.method == "waterz":
+        if args.min_size or args.fill_holes:
+            raise ValueError(f"the volume has {n_voxels} voxels, too many to segment in memory, "
+                             "and cleanup (--min-size/--fill-holes) needs it in memory; leave "
+                             "cleanup off (it then runs blockwise)")
+        print(f"{n_voxels} voxels: segmenting blockwise (use --blockwise to always do so)",
+              file=sys.stderr)
+        blockwise = True
     client = get_client(getattr(args, "scheduler", None), getattr(args, "workers", None))
     if client is not None:
         blockwise = True
