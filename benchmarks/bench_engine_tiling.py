@@ -9,6 +9,7 @@ bundled default, if installed), by VOI/ARAND of the segmentation against the gro
     python benchmarks/bench_engine_tiling.py [--shape 48 300 300] [--preset tiny] [--threads 1]
                                              [--repeats 2]   # timed A B B A ... to cancel drift
     python benchmarks/bench_engine_tiling.py --count-only    # tiles vs windows over many shapes
+    python benchmarks/bench_engine_tiling.py --per-pass      # one tile: bare model vs our loop
 """
 
 from __future__ import annotations
@@ -91,6 +92,37 @@ def count_table(roi=(16, 160, 160)) -> None:
                       "mean": round(float(ratios.mean()), 2)}))
 
 
+def per_pass(preset: str, repeats: int = 6) -> None:
+    """Seconds per forward pass on one tile: the bare model vs our TilePredictor, interleaved."""
+    import torch
+
+    from napari_tokenunify.engine.predict import TilePredictor
+    from napari_tokenunify.model import build_model
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    roi = tuple(model.card.patch_size)
+    tile = make_synthetic_volume(roi, seed=0).image.astype(np.float32)[None] / 255
+    predictor = TilePredictor(model, device="cpu")
+
+    def bare():
+        with torch.inference_mode():
+            model(torch.from_numpy(tile[:, None]))
+
+    def ours():
+        predictor.predict(tile)
+
+    bare(), ours()
+    times = {"bare": [], "ours": []}
+    for r in range(repeats):
+        for name, fn in ((("bare", bare), ("ours", ours)) if r % 2 == 0 else (("ours", ours), ("bare", bare))):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(round(time.perf_counter() - t0, 3))
+    print(json.dumps({k: {"median_s": float(np.median(v)), "runs": v} for k, v in times.items()}))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--shape", type=int, nargs=3, default=[48, 256, 256])
@@ -99,7 +131,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1, help="timed runs of each, alternating")
     p.add_argument("--count-only", action="store_true")
+    p.add_argument("--per-pass", action="store_true")
     args = p.parse_args()
+    if args.per_pass:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+        per_pass(args.preset)
+        return
     if args.count_only:
         count_table()
         return
