@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-steps", type=int, default=150,
                     help="steps on the train volume when the model is untrained (tiny)")
     ap.add_argument("--out", default=str(REPO / "docs" / "screenshot.png"))
-    ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--threshold", type=float, default=0.2)
+    ap.add_argument("--save-model", default=None, help="also save the finetuned model to this folder")
     args = ap.parse_args(argv)
     test_image = DATA / "test-image.h5"
     if not test_image.exists():
@@ -66,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tokenunify-shot-"))
     os.environ.setdefault("TOKENUNIFY_AUTOSAVE_DIR", str(tmp / "autosave"))
     viewer = napari.Viewer(show=True, title="napari-tokenunify")
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1600, 900)
     app = QApplication.instance()
     widget = TokenUnifyWidget(viewer)
+    widget.setMinimumWidth(430)
     viewer.window.add_dock_widget(widget, name="TokenUnify", area="right")
 
     choice = args.model
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             choice = "tiny"
     if choice == "tiny":
         model = build_model("tiny")
+        widget.panels["Model"].source.value = "tiny (untrained, for trying things out)"
     elif model is None:
         model = load_model(choice, device="cpu")
     widget.panels["Model"].set_model(model)
@@ -100,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         ft.patch_shape = (32, 64, 64)
         _wait(app, ft.start(), f"finetune tiny on train volume ({args.finetune_steps} steps)")
         ft.use()
+        if args.save_model:
+            ft.save_dir.value = args.save_model
+            _wait(app, ft.save(), "save finetuned model")
         viewer.layers.remove(train)
         viewer.layers.remove(gt)
 
