@@ -43,7 +43,7 @@ TOKENS = (4, 16, 16)
 PRETRAIN_STEPS = 800
 FINETUNE_STEPS = 1000
 VAL_SPLIT_X = 136  # train on x < 136 of the train volume, validate on x >= 136
-THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MIXTURES = {"mix": "random=1,next=1,next_all=1", "random": "random=1"}
 
 

@@ -87,7 +87,7 @@ def register(sub) -> None:
     p.add_argument("--val-labels", default=None, help="validation labels")
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--threshold", type=float, nargs="+", default=None,
-                   help="agglomeration threshold(s) tried at validation (default 0.1 ... 0.9, best kept)")
+                   help="agglomeration threshold(s) tried at validation (default 0.02 ... 0.9, best kept)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--no-augment", action="store_true")

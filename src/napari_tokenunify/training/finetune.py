@@ -138,7 +138,7 @@ def _batch(sampler, augment, offsets, rng, batch_size):
     return t[0][:, None], t[1], t[2]
 
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def validate(
