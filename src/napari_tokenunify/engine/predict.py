@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,13 +196,18 @@ class BlockRunner:
         self.out_dtype = out_dtype
         self.volume_box = volume_box
 
-    def run(self, blocks: Sequence[Block]) -> list[np.ndarray]:
+    def read(self, blocks: Sequence[Block]) -> np.ndarray:
+        """Normalised input tiles (N, Z, Y, X) of ``blocks``."""
         tiles = []
         for b in blocks:
             raw = read_padded(self.image, b.tile)
             check_finite(raw, f"the input block at {b.core}")
             tiles.append(self.norm.apply(raw))
-        preds = self.predictor.predict(np.stack(tiles))
+        return np.stack(tiles)
+
+    def run(self, blocks: Sequence[Block], tiles: np.ndarray | None = None) -> list[np.ndarray]:
+        """Output cores of ``blocks`` (``tiles`` when already read)."""
+        preds = self.predictor.predict(self.read(blocks) if tiles is None else tiles)
         results = []
         for b, p in zip(blocks, preds, strict=False):
             core = p[(slice(None),) + b.core_in_tile()]
@@ -359,12 +365,19 @@ def predict_affinities(
     if skipped:
         reporter.advance(skipped, 0.0, skipped=skipped)
     todo = plan.todo
-    i = 0
-    while i < len(todo):
-        check_cancel(cancel)
-        batch = todo[i : i + predictor.batch_size]
-        for b, res in zip(batch, runner.run(batch), strict=False):
-            plan.write(b, res)
-        i += len(batch)
-        reporter.advance(len(batch), float(sum(b.n_core_voxels for b in batch)))
+    # the next batch is read (and normalised) in a thread while the model runs on this one
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-reader") as reader:
+        i = 0
+        batch = todo[: predictor.batch_size]
+        pending = reader.submit(runner.read, batch) if batch else None
+        while i < len(todo):
+            check_cancel(cancel)
+            tiles = pending.result()
+            i += len(batch)
+            upcoming = todo[i : i + predictor.batch_size]
+            pending = reader.submit(runner.read, upcoming) if upcoming else None
+            for b, res in zip(batch, runner.run(batch, tiles), strict=True):
+                plan.write(b, res)
+            reporter.advance(len(batch), float(sum(b.n_core_voxels for b in batch)))
+            batch = upcoming
     return plan.finish()
