@@ -163,3 +163,21 @@ def test_visible_box_follows_the_view(make_napari_viewer):
     assert abs((x0 + x1) / 2 - 150) <= 2 and abs((x1 - x0) - min(300, w / 4)) <= 3
     viewer.dims.ndisplay = 3
     assert visible_box(viewer, layer) == ((0, 40), (0, 200), (0, 300))
+
+
+def test_bundled_default_model_loads_on_first_use(docked, qtbot, tmp_path):
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    viewer, widget = docked
+    vol = make_synthetic_volume((16, 32, 32), seed=5)
+    image = viewer.add_image(vol.image, name="em")
+    assert widget.session.model is None
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "whole volume"
+    panel.store.value = tmp_path / "d.zarr"
+    job = wait_job(qtbot, panel.predict())
+    assert job.error is None
+    assert widget.session.model is not None and widget.session.model.card is not None
+    assert "preset" in widget.panel("Model").card.value
+    assert np.asarray(viewer.layers["em affinities"].data).std() > 0
