@@ -299,3 +299,34 @@ def test_intensity_sample_of_a_large_lazy_volume_reads_only_some_chunks():
     assert len(set(reads)) < 0.25 * big.numblocks[0] * big.numblocks[1] * big.numblocks[2]
     flat = intensity_range(np.full((8, 8, 8), 300, np.uint16))
     assert flat.high > flat.low  # a flat image still maps to a valid range
+
+
+def test_tile_reading_overlaps_the_model():
+    import time
+
+    class SlowArray:
+        """A lazy volume whose every read takes 0.25 s (slow storage)."""
+
+        def __init__(self, data):
+            self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+
+        def __getitem__(self, key):
+            time.sleep(0.25)
+            return self.data[key]
+
+    class SlowNet(ConvNet):
+        def forward(self, x):
+            time.sleep(0.25)
+            return super().forward(x)
+
+    data = np.random.default_rng(0).integers(0, 255, (16, 32, 192), dtype=np.uint8)
+    t0 = time.perf_counter()
+    out = predict_affinities(SlowArray(data), SlowNet(), tile_shape=(16, 32, 32), halo=0,
+                             device="cpu", dtype="float32")
+    elapsed = time.perf_counter() - t0
+    n = 6  # tiles; reading and predicting one after the other would take >= 6 x 0.5 s
+    assert len(out[0, 0, 0]) == 192
+    assert elapsed < n * 0.5 - 0.3
+    ref = predict_affinities(data, ConvNet(), tile_shape=(16, 32, 32), halo=0, device="cpu",
+                             dtype="float32")
+    assert np.allclose(out, ref, atol=1e-6)
