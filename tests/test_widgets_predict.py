@@ -181,3 +181,26 @@ def test_bundled_default_model_loads_on_first_use(docked, qtbot, tmp_path):
     assert widget.session.model is not None and widget.session.model.card is not None
     assert "preset" in widget.panel("Model").card.value
     assert np.asarray(viewer.layers["em affinities"].data).std() > 0
+
+
+def test_current_view_only_predicts_what_is_on_screen(docked, small_volume, qtbot, tmp_path):
+    from napari_tokenunify.model import build_model
+    from napari_tokenunify.widgets.view import camera
+
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    widget.session.model = build_model("tiny")
+    viewer.dims.set_point(0, 2)
+    cam = camera(viewer)
+    cam.center = (8, 8)
+    cam.zoom = 200.0  # a few voxels on screen, near the first corner
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "current view only"
+    panel.tile_shape = (16, 32, 32)
+    panel.store.value = tmp_path / "view.zarr"
+    wait_job(qtbot, panel.predict())
+    n_done, n_blocks = _done(tmp_path / "view.zarr")
+    assert 0 < n_done < n_blocks
+    data = np.asarray(viewer.layers["em affinities"].data)
+    assert data[:, 2, 8, 8].any() and not data[:, :, 40:, 40:].any()
