@@ -40,7 +40,7 @@ from .sampling import PatchSampler, to_unit
 from .targets import TrainingDataError, affinity_targets, balance_weights, check_training_pair
 from .unet import ResidualUNet3D, save_unet
 
-DEFAULT_PATCH = (32, 64, 64)
+DEFAULT_PATCH = (16, 80, 80)
 
 
 def transfer_weights(source: torch.nn.Module, target: torch.nn.Module) -> dict[str, list[str]]:
@@ -187,7 +187,7 @@ def finetune(
     steps: int = 500,
     out_dir: str | Path | None = None,
     offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS,
-    patch_shape: Sequence[int] = DEFAULT_PATCH,
+    patch_shape: Sequence[int] | None = None,
     validation: tuple | None = None,
     val_every: int = 100,
     threshold: float | Sequence[float] = DEFAULT_THRESHOLDS,
@@ -205,6 +205,7 @@ def finetune(
     """Finetune an affinity network on ``raw`` + instance ``labels``; returns the best model.
 
     ``mask`` (1 = train here) and ``box`` (three slices) restrict where the loss counts.
+    ``patch_shape`` defaults to the initial model's card patch size (else 16 × 80 × 80).
     ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``: scored every ``val_every``
     steps and at the end (at the best of ``threshold``, one or several agglomeration thresholds);
     the model with the lowest VOI is returned (without validation, the last one).
@@ -215,6 +216,9 @@ def finetune(
     offsets = [tuple(int(v) for v in o) for o in offsets]
     if out_dir is not None:
         guard_output(out_dir, init)
+    if patch_shape is None:  # the patch the initial model was trained with, when it says
+        card_patch = getattr(getattr(init, "card", None), "patch_size", None)
+        patch_shape = card_patch if card_patch and len(card_patch) == 3 else DEFAULT_PATCH
     patch_shape = tuple(int(p) for p in patch_shape)
     arrays = [raw, labels, mask]
     if box is not None:

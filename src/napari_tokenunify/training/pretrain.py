@@ -30,7 +30,7 @@ from .runtime import Budget, hardware, lr_at, restore_rng, rng_state, seed_every
 from .sampling import PatchSampler
 from .tokens import DEFAULT_TOKEN_SHAPE, TokenGrid
 
-DEFAULT_PATCH = (32, 64, 64)
+DEFAULT_PATCH = (16, 80, 80)
 
 
 def _open_volumes(volumes: Sequence) -> list:
