@@ -30,3 +30,15 @@ def synthetic_small():
     from napari_tokenunify.synthetic import make_synthetic_volume
 
     return make_synthetic_volume((32, 64, 64), seed=0)
+
+
+@pytest.fixture
+def single_torch_thread():
+    """Run a test with one torch thread: tiny tensors gain nothing from two, and OpenMP
+    spinning on busy cores is slow. Use with ``pytest.mark.usefixtures("single_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

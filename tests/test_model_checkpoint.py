@@ -20,14 +20,7 @@ from napari_tokenunify.model import (
     save_model,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors gain nothing from 2 threads, and OpenMP spinning on busy cores is slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 FIXTURE = Path(__file__).parent / "data" / "segmamba_base_keys.json"
 

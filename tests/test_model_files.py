@@ -9,14 +9,7 @@ import torch
 
 from napari_tokenunify.model import ModelCard, ModelFileError, build_model, load_model, save_model
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors gain nothing from 2 threads, and OpenMP spinning on busy cores is slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def test_save_load_round_trip_identical_outputs(tmp_path):

@@ -14,12 +14,7 @@ monai_unetr = pytest.importorskip("monai.networks.blocks.unetr_block")
 monai_dyn = pytest.importorskip("monai.networks.blocks.dynunet_block")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class MonaiSegMamba(nn.Module):

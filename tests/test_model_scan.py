@@ -14,14 +14,7 @@ from napari_tokenunify.model.scan import (
     selective_scan_ref,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors gain nothing from 2 threads, and OpenMP spinning on busy cores is slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _inputs(L, b=2, d=6, n=4, groups=None, seed=0, dt_shift=0.0, requires_grad=False):
