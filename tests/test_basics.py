@@ -3,7 +3,7 @@ import pytest
 
 from napari_tokenunify.cli import main
 from napari_tokenunify.devices import resolve_device
-from napari_tokenunify.progress import CancelToken, Cancelled, ProgressReporter
+from napari_tokenunify.progress import Cancelled, CancelToken, ProgressReporter
 from napari_tokenunify.synthetic import make_synthetic_volume
 
 

@@ -18,7 +18,7 @@ NEAREST_OFFSETS: tuple[tuple[int, int, int], ...] = ((1, 0, 0), (0, 1, 0), (0, 0
 def _shifted_pairs(shape: tuple[int, ...], offset: Sequence[int]):
     """Slices (here, there) so that ``a[here]`` and ``a[there]`` are voxel v and v - offset."""
     here, there = [], []
-    for size, o in zip(shape, offset):
+    for size, o in zip(shape, offset, strict=True):
         o = int(o)
         if o >= 0:
             here.append(slice(o, size))

@@ -66,7 +66,7 @@ def _paint_neurites(labels, n_tubes, anisotropy, rng) -> None:
         cz, cy, cx = (np.interp(ts, t, p) for p in (pz, py, px))
         mask = np.zeros(shape, dtype=bool)
         r_pix = int(np.ceil(radius)) + 1
-        for z0, y0, x0 in zip(cz, cy, cx):
+        for z0, y0, x0 in zip(cz, cy, cx, strict=True):
             zi = int(round(z0))
             if not 0 <= zi < shape[0]:
                 continue
