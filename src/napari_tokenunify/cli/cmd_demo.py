@@ -1,8 +1,10 @@
 """``tokenunify demo OUT``: the whole pipeline on the bundled sample, with its scores.
 
-The sample is a synthetic EM volume from :mod:`napari_tokenunify.synthetic` (always there,
-deterministic, with dense ground truth, so VOI/ARAND can be printed); ``--sample medulla``
-uses a crop of the real FIB-SEM test volume in ../shared/data instead, when it is present.
+The sample (``--sample auto``, the default) is a crop of the real FIB-SEM test volume in
+../shared/data when it is present — the default model was trained on that kind of data and never
+on this volume — and otherwise the synthetic EM volume from :mod:`napari_tokenunify.synthetic`
+(always there, deterministic); both have dense ground truth, so VOI/ARAND are printed.
+The agglomeration threshold defaults to the one the model card recommends.
 The model is the bundled ``default``; while none is bundled, a freshly built ``tiny`` model
 (random weights) stands in with a clear warning, so the command still runs end to end.
 """
@@ -26,8 +28,16 @@ def medulla_path() -> Path:
     return root / "medulla-labeled"
 
 
+def resolve_sample(which: str) -> str:
+    """``auto`` → ``medulla`` when the real data is present, else ``synthetic``."""
+    if which != "auto":
+        return which
+    return "medulla" if (medulla_path() / "test-image.h5").exists() else "synthetic"
+
+
 def load_sample(which: str):
     """(image, ground truth, voxel size nm) of the demo sample."""
+    which = resolve_sample(which)
     if which == "medulla":
         folder = medulla_path()
         if not (folder / "test-image.h5").exists():
@@ -62,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if labels_path.exists() and not args.overwrite:
         raise FileExistsError(f"{labels_path} already exists; use --overwrite to run again")
     out.mkdir(parents=True, exist_ok=True)
+    args.sample = resolve_sample(args.sample)
     image, gt, voxel = load_sample(args.sample)
     for name, data, kind in (("image.zarr", image, "image"), ("ground_truth.zarr", gt, "labels")):
         if not (out / name).exists() or args.overwrite:
@@ -75,7 +86,11 @@ def run(args: argparse.Namespace) -> int:
                                       voxel_size=voxel, overwrite=args.overwrite, progress=bar,
                                       cancel=token)
             t_pred = time.perf_counter() - t0
-            result = segment(affs, threshold=args.threshold, voxel_size=voxel, cancel=token)
+            threshold = args.threshold
+            if threshold is None:
+                card = getattr(model, "card", None)
+                threshold = card.recommended_threshold if card is not None else 0.5
+            result = segment(affs, threshold=threshold, voxel_size=voxel, cancel=token)
         except Cancelled:
             bar.close()
             print(f"cancelled: completed blocks are kept in {out / 'affinities.zarr'}; run "
@@ -88,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"sample: {args.sample} {tuple(image.shape)} voxels at {voxel} nm")
     print(f"model: {source or 'tiny (random weights: no bundled model installed)'}")
     print(f"time: {timing}")
-    print(f"result: {labels_path} ({int(result.labels.max())} segments)")
+    print(f"result: {labels_path} ({int(result.labels.max())} segments at threshold {threshold:g})")
     print(f"also written: {out / 'image.zarr'}, {out / 'ground_truth.zarr'}, {out / 'affinities.zarr'}")
     print_metrics(metrics)
     print(f"view: napari {out / 'image.zarr'} {labels_path}")
@@ -98,11 +113,13 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample and score it")
     p.add_argument("output", help="folder for the image, affinities, labels and ground truth")
-    p.add_argument("--sample", choices=["synthetic", "medulla"], default="synthetic",
-                   help="synthetic volume (default) or a crop of the real FIB-SEM test volume")
+    p.add_argument("--sample", choices=["auto", "synthetic", "medulla"], default="auto",
+                   help="auto (default): a crop of the real FIB-SEM test volume in "
+                        "../shared/data when present, else the synthetic volume")
     p.add_argument("--model", default=None, help="model to use instead of the bundled default")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="agglomeration threshold (default: the model card's recommendation)")
     p.add_argument("--overwrite", action="store_true", help="run again over an existing result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

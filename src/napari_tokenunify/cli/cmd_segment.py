@@ -19,6 +19,7 @@ from .engine_common import (
     is_affinity_store,
     open_affinities,
     open_image,
+    recommended_threshold,
     write_output,
 )
 
@@ -80,9 +81,14 @@ def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cance
     direct = name.endswith(".zarr") and not name.endswith(".ome.zarr")
     target = out if direct else out.with_name(out.name + ".partial.zarr")
     offsets = _offsets_of(affs) if args.method == "mutex" else None
+    threshold = args.threshold
+    if threshold is None:
+        threshold = recommended_threshold(affs)
+        print(f"threshold {threshold:g} (the model card's; set --threshold to change it)",
+              file=sys.stderr)
     try:
         result = segment(
-            affs, threshold=args.threshold, method=args.method, offsets=offsets, blockwise=blockwise,
+            affs, threshold=threshold, method=args.method, offsets=offsets, blockwise=blockwise,
             block_shape=args.block, context=args.context, anisotropic=args.anisotropic,
             voxel_size=voxel, min_size=args.min_size, fill_holes=args.fill_holes,
             out=target if blockwise else None, overwrite=True, client=client,
@@ -132,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import Cancelled
 
     out = check_output(args.output, args.overwrite)
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     affs, voxel = _affinities_for(args)
     bar = TqdmProgress(not args.quiet)

@@ -91,7 +91,9 @@ def add_cluster_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_segment_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float, default=0.5, help="waterz merge threshold (0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="waterz merge threshold (default: the one the model card recommends, "
+                        "recorded with the affinities; 0.5 when there is none)")
     p.add_argument("--method", default="waterz", choices=["waterz", "mutex"])
     p.add_argument("--blockwise", action="store_true", help="segment block by block (large volumes)")
     p.add_argument("--block", type=_ints, default=(64, 256, 256), metavar="Z,Y,X")
@@ -210,3 +212,17 @@ def print_metrics(metrics: dict[str, float]) -> None:
     print(f"VOI split {metrics['voi_split']:.4f}  merge {metrics['voi_merge']:.4f}  "
           f"total {metrics['voi']:.4f}  ARAND {metrics['arand']:.4f}  "
           f"({metrics['n_voxels']} voxels)")
+
+
+def recommended_threshold(affs) -> float:
+    """The threshold recommended by the card of the model that predicted ``affs`` (recorded in
+    the affinity store's settings by ``predict``), or 0.5."""
+    from ..model.card import ModelCard
+
+    try:
+        import zarr
+
+        settings = zarr.open_group(affs.store, mode="r").attrs.get("settings", {})
+        return ModelCard.from_json(settings["model"]).recommended_threshold
+    except Exception:  # noqa: BLE001 - affinities from elsewhere carry no card
+        return 0.5

@@ -50,6 +50,15 @@ class ModelCard:
         if self.voxel_size_nm is not None:
             self.voxel_size_nm = [float(v) for v in self.voxel_size_nm]
 
+    @property
+    def recommended_threshold(self) -> float:
+        """The agglomeration threshold chosen at validation (``training.segmentation_threshold``,
+        else ``metrics.threshold``), or waterz's usual 0.5 when the card names none."""
+        for value in (self.training.get("segmentation_threshold"), self.metrics.get("threshold")):
+            if isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0:
+                return float(value)
+        return 0.5
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
