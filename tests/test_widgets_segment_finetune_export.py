@@ -178,3 +178,22 @@ def test_export_refuses_existing_and_unwritable_paths(docked, small_volume, tmp_
     panel.path.value = tmp_path / "seg.png"
     assert panel.export() is None
     assert notes.has("unknown format")
+
+
+def test_slider_starts_at_the_model_cards_threshold(docked, small_volume, qtbot):
+    from napari_tokenunify.model import build_model
+
+    viewer, widget = docked
+    panel = widget.panel("Segment")
+    model = build_model("tiny")
+    model.card.training["segmentation_threshold"] = 0.2
+    widget.events.model_changed.emit(model)
+    assert panel.threshold.value == pytest.approx(0.2)
+    # once something is segmented, a new model leaves the user's threshold alone
+    affs = viewer.add_image(_soft_affinities(small_volume.labels), name="em affinities")
+    pick(panel.affinities, affs)
+    panel.threshold.value = 0.6
+    wait_job(qtbot, panel.segment())
+    model.card.training["segmentation_threshold"] = 0.3
+    widget.events.model_changed.emit(model)
+    assert panel.threshold.value == pytest.approx(0.6)

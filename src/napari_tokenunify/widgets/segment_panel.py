@@ -29,8 +29,18 @@ class SegmentPanel(Panel):
         self.form.extend([self.affinities, self.threshold, self.min_size, self.segment_btn, self.status])
         self.segment_btn.changed.connect(self.segment)
         self.threshold.changed.connect(self._threshold_moved)
+        events.model_changed.connect(self._use_card_threshold)
         self._pending: float | None = None
         self.labels_layer: Any = None
+
+    def _use_card_threshold(self, model: Any) -> None:
+        """Start the slider at the threshold the model's card recommends, until something is
+        segmented (after that the slider stays where the user put it)."""
+        card = getattr(model, "card", None)
+        if card is None or self.session.agglomerators:
+            return
+        self.threshold.value = min(max(card.recommended_threshold, self.threshold.min),
+                                   self.threshold.max)
 
     def _key(self, layer: Any) -> str:
         return f"{layer.name}:{id(layer)}"
