@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .training_common import add_runtime_options, run_resumable, runtime_kwargs
 
 
 def _read(path: str | None, dataset: str | None):
@@ -17,9 +18,7 @@ def _read(path: str | None, dataset: str | None):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..progress import Cancelled
     from ..training.finetune import finetune
-    from .engine_common import TqdmProgress, cancel_on_ctrl_c
 
     raw = _read(args.raw, args.raw_dataset)
     labels = np.asarray(_read(args.labels, args.labels_dataset))
@@ -31,26 +30,18 @@ def run(args: argparse.Namespace) -> int:
         validation = (_read(args.val_raw, args.raw_dataset), np.asarray(_read(args.val_labels, args.labels_dataset)))
     init = None if args.init in (None, "scratch") else args.init
     offsets = [tuple(int(v) for v in o.split(",")) for o in args.offsets] if args.offsets else None
-    bar = TqdmProgress(not args.quiet)
-    with cancel_on_ctrl_c() as token:
-        try:
-            model = finetune(
-                raw, labels, mask=None if mask is None else np.asarray(mask), init=init,
-                preset=args.preset, steps=args.steps, out_dir=args.out,
-                **({"offsets": offsets} if offsets else {}),
-                patch_shape=args.patch, validation=validation, val_every=args.val_every,
-                **({"threshold": args.threshold} if args.threshold else {}),
-                batch_size=args.batch_size, lr=args.lr,
-                augment=not args.no_augment, device=args.device, seed=args.seed,
-                time_budget_s=args.time_budget, checkpoint_every=args.checkpoint_every,
-                resume=not args.restart, progress=bar, cancel=token,
-            )
-        except Cancelled:
-            bar.close()
-            print(f"cancelled: the last checkpoint is in {args.out}/checkpoints; run the same "
-                  "command again to resume", file=sys.stderr)
-            return 130
-    bar.close()
+    model, status = run_resumable(
+        args, finetune,
+        raw, labels, mask=None if mask is None else np.asarray(mask), init=init,
+        preset=args.preset, steps=args.steps, out_dir=args.out,
+        **({"offsets": offsets} if offsets else {}),
+        patch_shape=args.patch, validation=validation, val_every=args.val_every,
+        **({"threshold": args.threshold} if args.threshold else {}),
+        batch_size=args.batch_size, lr=args.lr, augment=not args.no_augment,
+        **runtime_kwargs(args),
+    )
+    if status:
+        return status
     history = getattr(model, "validation_history", [])
     if history:
         best = min(history, key=lambda h: h["voi"])
@@ -91,10 +82,5 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_options(p)
     p.set_defaults(func=run)

@@ -3,34 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .training_common import add_runtime_options, run_resumable, runtime_kwargs
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..progress import Cancelled
     from ..training.pretrain import pretrain
     from ..training.tokens import TokenGrid
-    from .engine_common import TqdmProgress, cancel_on_ctrl_c, open_image
+    from .engine_common import open_image
 
     TokenGrid(tuple(args.patch), tuple(args.token))  # check shapes before reading anything
     volumes = [open_image(p, args.dataset).data for p in args.data]
-    bar = TqdmProgress(not args.quiet)
-    with cancel_on_ctrl_c() as token:
-        try:
-            pretrain(
-                volumes, preset=args.preset, steps=args.steps, out_dir=args.out,
-                weights=args.mixture, patch_shape=args.patch, token_shape=args.token,
-                mask_ratio=args.mask_ratio, fill=args.fill, batch_size=args.batch_size, lr=args.lr,
-                device=args.device, seed=args.seed, time_budget_s=args.time_budget,
-                checkpoint_every=args.checkpoint_every, resume=not args.restart,
-                progress=bar, cancel=token,
-            )
-        except Cancelled:
-            bar.close()
-            print(f"cancelled: the last checkpoint is in {args.out}/checkpoints; run the same "
-                  "command again to resume", file=sys.stderr)
-            return 130
-    bar.close()
+    _, status = run_resumable(
+        args, pretrain,
+        volumes, preset=args.preset, steps=args.steps, out_dir=args.out,
+        weights=args.mixture, patch_shape=args.patch, token_shape=args.token,
+        mask_ratio=args.mask_ratio, fill=args.fill, batch_size=args.batch_size, lr=args.lr,
+        **runtime_kwargs(args),
+    )
+    if status:
+        return status
     print(f"pretrained model: {args.out}/model (loss log {args.out}/loss.csv, plot {args.out}/loss.png)")
     return 0
 
@@ -56,10 +48,5 @@ def register(sub) -> None:
     p.add_argument("--fill", choices=["noise", "zeros"], default="noise")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_options(p)
     p.set_defaults(func=run)
