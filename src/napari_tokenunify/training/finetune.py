@@ -31,11 +31,20 @@ from .checkpoints import (
     export_model,
     find_resume,
     guard_output,
-    load_checkpoint,
     save_checkpoint,
 )
 from .logs import LossLog, plot_losses
-from .runtime import Budget, hardware, lr_at, restore_rng, rng_state, seed_everything, set_lr
+from .runtime import (
+    Budget,
+    check_input_divisor,
+    hardware,
+    lr_at,
+    optimizer_step,
+    resume_state,
+    rng_state,
+    seed_everything,
+    set_lr,
+)
 from .sampling import PatchSampler, to_unit
 from .targets import TrainingDataError, affinity_targets, balance_weights, check_training_pair
 from .unet import ResidualUNet3D, save_unet
@@ -229,10 +238,7 @@ def finetune(
     rng, gen = seed_everything(seed)
     model, init_note = prepare_model(init, len(offsets), preset)
     model = model.to(dev)
-    div = getattr(model, "input_divisor", 1)
-    div = div if isinstance(div, (tuple, list)) else (div,) * 3
-    if any(p % d for p, d in zip(patch_shape, div, strict=False)):
-        raise ValueError(f"patch shape {patch_shape} must be a multiple of the model's input divisor {div}")
+    check_input_divisor(model, patch_shape)
     augment = EMAugment() if augment is True else (augment or None)
     sampler = PatchSampler(
         [raw], patch_shape, labels=[labels], masks=[mask], seed=rng, min_labelled=0.05
@@ -246,10 +252,7 @@ def finetune(
     history: list[dict] = []
     ckpt = find_resume(out) if (resume and out is not None) else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, map_location=dev)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"], rng, gen)
+        state = resume_state(ckpt, dev, model, optimizer, rng, gen)
         step, elapsed = int(state["step"]), float(state["elapsed"])
         best = state["best"]
         history = state["history"]
@@ -308,15 +311,7 @@ def finetune(
         loss = F.binary_cross_entropy(
             pred.clamp(1e-6, 1 - 1e-6), target.to(dev), weight=weight.to(dev), reduction="sum"
         ) / weight.to(dev).gt(0).sum().clamp_min(1)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"finetuning loss became {loss.item()} at step {step}; lower the learning rate "
-                f"(now {lr}) and rerun (the last checkpoint is intact)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, model.parameters(), step=step, lr=lr, what="finetuning")
         step += 1
         if log is not None:
             log.write(step, "affinity_bce", loss.item(), lr_now, budget.elapsed)

@@ -22,11 +22,21 @@ import torch
 
 from ..devices import resolve_device
 from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressReporter, check_cancel
-from .checkpoints import LAST, export_model, find_resume, load_checkpoint, save_checkpoint
+from .checkpoints import LAST, export_model, find_resume, save_checkpoint
 from .logs import LossLog, plot_losses
 from .objectives import MixtureSchedule, NextTokenHead, make_objective_batch, objective_loss
 from .perturb import Perturbation
-from .runtime import Budget, hardware, lr_at, restore_rng, rng_state, seed_everything, set_lr
+from .runtime import (
+    Budget,
+    check_input_divisor,
+    hardware,
+    lr_at,
+    optimizer_step,
+    resume_state,
+    rng_state,
+    seed_everything,
+    set_lr,
+)
 from .sampling import PatchSampler
 from .tokens import DEFAULT_TOKEN_SHAPE, TokenGrid
 
@@ -101,12 +111,7 @@ def pretrain(
     rng, gen = seed_everything(seed)
 
     model = build_model(preset, out_channels=1, **(model_overrides or {})).to(dev)
-    divisor = getattr(model, "input_divisor", 1)
-    div = divisor if isinstance(divisor, (tuple, list)) else (divisor,) * 3
-    if any(p % d for p, d in zip(grid.patch_shape, div, strict=False)):
-        raise ValueError(
-            f"patch shape {grid.patch_shape} must be a multiple of the model's input divisor {div}"
-        )
+    check_input_divisor(model, grid.patch_shape)
     head = NextTokenHead().to(dev)
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -116,11 +121,8 @@ def pretrain(
     step, elapsed = 0, 0.0
     ckpt_path = find_resume(out_dir) if resume else None
     if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path, map_location=dev)
-        model.load_state_dict(state["model"])
+        state = resume_state(ckpt_path, dev, model, optimizer, rng, gen)
         head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"], rng, gen)
         step, elapsed = int(state["step"]), float(state["elapsed"])
         log.truncate_after(step)
 
@@ -174,15 +176,7 @@ def pretrain(
         set_lr(optimizer, lr_now)
         recon = model(batch.inputs.to(dev))
         loss = objective_loss(_to(batch, dev), recon, head)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"pretraining loss became {loss.item()} at step {step}; lower the learning rate "
-                f"(now {lr}) and rerun (the last checkpoint is intact)"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, params, step=step, lr=lr, what="pretraining")
         step += 1
         log.write(step, objective, loss.item(), lr_now, budget.elapsed)
         reporter.advance(1, voxels, loss=loss.item(), objective=objective)

@@ -1,5 +1,6 @@
 """Pieces both training loops share: learning-rate schedule, RNG state for exact resume, the
-budget (steps and optional wall-clock seconds) and a description of the hardware for model cards."""
+budget (steps and optional wall-clock seconds), a description of the hardware for model cards,
+the patch-shape check, resuming from a checkpoint and the clipped optimizer step."""
 
 from __future__ import annotations
 
@@ -70,3 +71,42 @@ def seed_everything(seed: int) -> tuple[np.random.Generator, torch.Generator]:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     return np.random.default_rng(seed), gen
+
+
+def check_input_divisor(model: torch.nn.Module, patch_shape: tuple[int, ...]) -> None:
+    """Refuse a patch shape that is not a multiple of the model's ``input_divisor`` on every axis."""
+    div = getattr(model, "input_divisor", 1)
+    div = div if isinstance(div, (tuple, list)) else (div,) * 3
+    if any(p % d for p, d in zip(patch_shape, div, strict=False)):
+        raise ValueError(f"patch shape {patch_shape} must be a multiple of the model's input divisor {div}")
+
+
+def resume_state(
+    path: Any, device: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator, gen: torch.Generator,
+) -> dict[str, Any]:
+    """Load the checkpoint at ``path`` into ``model``, ``optimizer`` and the RNGs; returns the
+    whole state (for ``step``, ``elapsed`` and whatever else the loop saved)."""
+    from .checkpoints import load_checkpoint
+
+    state = load_checkpoint(path, map_location=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng(state["rng"], rng, gen)
+    return state
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: Any, *, step: int, lr: float, what: str
+) -> None:
+    """Backpropagate ``loss``, clip the gradient norm of ``params`` to 1 and step; a loss that is
+    not finite stops training (``what``: e.g. ``"pretraining"``, for the message)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"{what} loss became {loss.item()} at step {step}; lower the learning rate "
+            f"(now {lr}) and rerun (the last checkpoint is intact)"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
