@@ -76,13 +76,14 @@ def stage_pretrain(arm: str, work: Path, args) -> None:
 
     raw = read_h5(DATA / "medulla-unlabeled" / "raw.h5", "raw")
     pretrain(
-        [raw], preset="tiny", steps=args.pretrain_steps, out_dir=work / f"pretrain-{arm}",
-        weights=MIXTURES[arm], patch_shape=PATCH, token_shape=TOKENS, batch_size=1, lr=1e-3,
+        [raw], preset=args.preset, steps=args.pretrain_steps, out_dir=work / f"pretrain-{arm}",
+        weights=MIXTURES[arm], patch_shape=args.patch, token_shape=TOKENS,
+        batch_size=args.batch_size, lr=args.lr,
         device=args.device, seed=args.seed, time_budget_s=args.time_cap, progress=printer(25),
     )
 
 
-def build_init(arm: str, work: Path):
+def build_init(arm: str, work: Path, args):
     if arm in ("mix", "random"):
         init = work / f"pretrain-{arm}" / "model"
         if not (init / "card.json").exists():
@@ -95,7 +96,7 @@ def build_init(arm: str, work: Path):
         from napari_tokenunify.training.unet import ResidualUNet3D
 
         net = ResidualUNet3D(out_channels=3)
-        net.card = ModelCard(preset="unet", patch_size=list(PATCH), config=net.config, name="residual-unet")
+        net.card = ModelCard(preset="unet", patch_size=list(args.patch), config=net.config, name="residual-unet")
         return net
     sys.exit(f"unknown arm {arm!r}")
 
@@ -106,10 +107,10 @@ def stage_finetune(arm: str, work: Path, args) -> None:
     raw, gt = labeled("train")
     out = work / f"finetune-{arm}"
     finetune(
-        raw[:, :, :VAL_SPLIT_X], gt[:, :, :VAL_SPLIT_X], init=build_init(arm, work), preset="tiny",
-        steps=args.finetune_steps, out_dir=out, patch_shape=PATCH,
+        raw[:, :, :VAL_SPLIT_X], gt[:, :, :VAL_SPLIT_X], init=build_init(arm, work, args),
+        preset=args.preset, steps=args.finetune_steps, out_dir=out, patch_shape=args.patch,
         validation=(raw[:, :, VAL_SPLIT_X:], gt[:, :, VAL_SPLIT_X:]), val_every=args.val_every,
-        batch_size=1, lr=1e-3, device=args.device, seed=args.seed, time_budget_s=args.time_cap,
+        batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed, time_budget_s=args.time_cap,
         progress=printer(25),
     )
 
@@ -124,35 +125,35 @@ def stage_extend(arm: str, work: Path, args) -> None:
     if not (init / "card.json").exists():
         sys.exit(f"run 'evaluate' first ({init} is missing)")
     finetune(
-        raw[:, :, :VAL_SPLIT_X], gt[:, :, :VAL_SPLIT_X], init=init, preset="tiny",
-        steps=args.extend_steps, out_dir=work / f"finetune-{arm}-long", patch_shape=PATCH,
+        raw[:, :, :VAL_SPLIT_X], gt[:, :, :VAL_SPLIT_X], init=init, preset=args.preset,
+        steps=args.extend_steps, out_dir=work / f"finetune-{arm}-long", patch_shape=args.patch,
         validation=(raw[:, :, VAL_SPLIT_X:], gt[:, :, VAL_SPLIT_X:]), val_every=args.val_every,
-        batch_size=1, lr=args.extend_lr, device=args.device, seed=args.seed + 1,
+        batch_size=args.batch_size, lr=args.extend_lr, device=args.device, seed=args.seed + 1,
         time_budget_s=args.time_cap, progress=printer(25),
     )
 
 
-def load_arm(arm: str, work: Path):
+def load_arm(arm: str, work: Path, patch=PATCH):
     out = work / f"finetune-{arm}"
     if arm == "unet":
         from napari_tokenunify.model import ModelCard
         from napari_tokenunify.training.unet import load_unet
 
         net = load_unet(out / "unet.pt")
-        net.card = ModelCard(preset="unet", patch_size=list(PATCH), config=net.config)
+        net.card = ModelCard(preset="unet", patch_size=list(patch), config=net.config)
         return net
     from napari_tokenunify.model import load_model
 
     return load_model(out / "model", device="cpu")
 
 
-def candidates(arm: str, work: Path):
+def candidates(arm: str, work: Path, patch=PATCH):
     """The model finetune kept (best by its validation) and the final state of the run."""
     import copy
 
     from napari_tokenunify.training.checkpoints import load_checkpoint
 
-    kept = load_arm(arm, work)
+    kept = load_arm(arm, work, patch)
     yield "kept", kept
     last = copy.deepcopy(kept)
     last.load_state_dict(load_checkpoint(work / f"finetune-{arm}" / "checkpoints" / "last.pt")["model"])
@@ -178,7 +179,7 @@ def stage_evaluate(work: Path, args) -> None:
         t0 = time.perf_counter()
         val = {}
         models = {}
-        for name, model in candidates(arm, work):
+        for name, model in candidates(arm, work, args.patch):
             val[name] = validate(model, val_raw, val_gt, device=args.device, threshold=THRESHOLDS)
             models[name] = model
         choice = min(val, key=lambda k: val[k]["voi"])
@@ -304,6 +305,10 @@ def main(argv=None) -> int:
     p.add_argument("--time-cap", type=float, default=None, help="seconds per stage (safety stop)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
+    p.add_argument("--preset", default="tiny", help="EMmamba preset of every EMmamba arm")
+    p.add_argument("--patch", type=int, nargs=3, default=list(PATCH), metavar=("Z", "Y", "X"))
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", nargs="+", default=["scratch", "random", "mix", "unet"])
     args = p.parse_args(argv)

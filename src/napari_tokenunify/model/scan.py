@@ -36,6 +36,8 @@ _MAX_CHUNK_LOG_DECAY_GRAD = 60.0
 _DEFAULT_CHUNK = 64
 # elements of one (B, D, block, N) working tensor; bounds memory and keeps work cache-sized.
 _BLOCK_ELEMENTS = 1 << 21
+# on accelerators the cost is kernel launches per block, not cache misses: fewer, larger blocks
+_BLOCK_ELEMENTS_ACCEL = 1 << 25
 
 
 def mamba_kernels_status() -> tuple[bool, str]:
@@ -201,6 +203,8 @@ def _cumsum_t(x: torch.Tensor, inplace: bool) -> torch.Tensor:
     """Cumulative sum over axis 3: in place without autograd, else through :class:`_CumsumT`."""
     if x.shape[3] == 1:
         return x
+    if x.device.type != "cpu":  # one fused kernel on accelerators; the slice loop is a CPU fix
+        return x.copy_(torch.cumsum(x, dim=3)) if inplace else torch.cumsum(x, dim=3)
     return _cumsum_t_(x) if inplace else _CumsumT.apply(x)
 
 
@@ -300,7 +304,8 @@ def selective_scan_chunked(
     batch, d, L = u.shape
     n = A.shape[1]
     if block_tokens is None:
-        block_tokens = max(chunk, (_BLOCK_ELEMENTS // max(1, batch * d * n)) // chunk * chunk)
+        elements = _BLOCK_ELEMENTS if u.device.type in ("cpu", "meta") else _BLOCK_ELEMENTS_ACCEL
+        block_tokens = max(chunk, (elements // max(1, batch * d * n)) // chunk * chunk)
     amax = A.detach().abs().amax(dim=1)
     symbolic = u.device.type == "meta"  # shape tracing: no data-dependent decisions
     h = u.new_zeros(batch, d, n)

@@ -33,7 +33,7 @@ def rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any], rng: np.random.Generator, gen: torch.Generator) -> None:
     rng.bit_generator.state = state["numpy"]
-    gen.set_state(state["torch"])
+    gen.set_state(state["torch"].cpu())  # a checkpoint mapped to CUDA holds it there
 
 
 class Budget:
