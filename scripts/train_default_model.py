@@ -93,7 +93,7 @@ def build_init(arm: str, work: Path, args):
         return None
     if arm == "unet":
         from napari_tokenunify.model import ModelCard
-        from napari_tokenunify.training.unet import ResidualUNet3D
+        from napari_tokenunify.model.unet import ResidualUNet3D
 
         net = ResidualUNet3D(out_channels=3)
         net.card = ModelCard(preset="unet", patch_size=list(args.patch), config=net.config, name="residual-unet")
@@ -135,7 +135,7 @@ def stage_extend(arm: str, work: Path, args) -> None:
 
 def load_arm(arm: str, work: Path, patch=PATCH):
     out = work / f"finetune-{arm}"
-    if arm == "unet":
+    if arm == "unet" and (out / "unet.pt").exists():  # runs made before U-Nets had model cards
         from napari_tokenunify.model import ModelCard
         from napari_tokenunify.training.unet import load_unet
 
@@ -199,10 +199,9 @@ def stage_evaluate(work: Path, args) -> None:
             "eval_seconds": round(time.perf_counter() - t0, 1),
             "training": _training_info(work, arm),
         }
-        if arm != "unet":
-            card = model.card
-            card.metrics = {**card.metrics, "validation": val[choice]}
-            export_model(model, work / f"selected-{arm}", card)
+        card = model.card
+        card.metrics = {**card.metrics, "validation": val[choice]}
+        export_model(model, work / f"selected-{arm}", card)
         print(arm, choice, "threshold", th, json.dumps(scores), flush=True)
     path = work / "results.json"
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -228,35 +227,47 @@ def _training_info(work: Path, arm: str) -> dict:
     return info
 
 
+DESCRIPTIONS = {
+    "mix": "EMmamba tiny, TokenUnify mixture pretraining on medulla-unlabeled (FIB-SEM, 10 nm), "
+           "finetuned on medulla-labeled train; see docs/results.md",
+    "unet": "residual 3D U-Net (superhuman-style), trained from scratch on medulla-labeled train "
+            "(FIB-SEM, 10 nm); the ablation's baseline, see docs/results.md",
+}
+BUNDLE_NAMES = {"mix": "default", "unet": "unet"}
+
+
 def stage_bundle(work: Path, args) -> None:
+    """Copy an arm's selected model into the package: mix -> ``default``, unet -> ``unet``."""
     from napari_tokenunify.model import ModelCard
 
-    src = work / f"selected-{args.arm or 'mix'}"
-    results = json.loads((work / "results.json").read_text())[args.arm or "mix"]
+    arm = args.arm or "mix"
+    if arm not in BUNDLE_NAMES:
+        sys.exit(f"only {', '.join(BUNDLE_NAMES)} are bundled, not {arm!r}")
+    src = work / f"selected-{arm}"
+    results = json.loads((work / "results.json").read_text())[arm]
     card = ModelCard.from_json((src / "card.json").read_text())
-    card.name = "default"
-    card.description = (
-        "EMmamba tiny, TokenUnify mixture pretraining on medulla-unlabeled (FIB-SEM, 10 nm), "
-        "finetuned on medulla-labeled train; see docs/results.md"
-    )
+    card.name = BUNDLE_NAMES[arm]
+    card.description = DESCRIPTIONS[arm]
     card.voxel_size_nm = [10.0, 10.0, 10.0]
     card.training = {
         **card.training,
-        "pretrain": results["training"].get("pretrain", {}),
+        **({"pretrain": results["training"]["pretrain"]} if "pretrain" in results["training"] else {}),
         **({"continued_from": results["training"]["continued_from"]}
            if "continued_from" in results["training"] else {}),
-        "pretrain_data": "medulla-unlabeled/raw.h5 (250^3, uint8)",
+        **({"pretrain_data": "medulla-unlabeled/raw.h5 (250^3, uint8)"} if arm == "mix" else {}),
         "finetune_data": f"medulla-labeled/train-image.h5 + train-gt.lzf.h5, x < {VAL_SPLIT_X}",
         "validation_data": f"medulla-labeled/train, x >= {VAL_SPLIT_X}",
         "script": "scripts/train_default_model.py",
         "segmentation_threshold": results["threshold"],
     }
-    card.metrics = {"medulla-labeled/test": results["test"], "threshold": results["threshold"]}
-    BUNDLE.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "model.safetensors", BUNDLE / "model.safetensors")
-    (BUNDLE / "card.json").write_text(card.to_json() + "\n")
-    size = (BUNDLE / "model.safetensors").stat().st_size / 1e6
-    print(f"bundled {BUNDLE} ({size:.1f} MB)")
+    card.metrics = {"medulla-labeled/test": results["test"], "threshold": results["threshold"],
+                    "validation": results["validation"][results["chosen"]]}
+    dest = BUNDLE.parent / BUNDLE_NAMES[arm]
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "model.safetensors", dest / "model.safetensors")
+    (dest / "card.json").write_text(card.to_json() + "\n")
+    size = (dest / "model.safetensors").stat().st_size / 1e6
+    print(f"bundled {dest} ({size:.1f} MB)")
 
 
 LABELS = {

@@ -3,6 +3,7 @@ crashes resume, the initial model is never overwritten, bad input fails before t
 
 from __future__ import annotations
 
+import json
 import hashlib
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_tokenunify.model import ModelFileError
 from napari_tokenunify.training.finetune import finetune, prepare_model, transfer_weights
 from napari_tokenunify.training.logs import read_log
 from napari_tokenunify.training.pretrain import pretrain
@@ -201,3 +203,27 @@ def test_cli_pretrain_and_finetune(tmp_path, volume):
     rc = main(["finetune", "--raw", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "short.tif"),
                "--init", "scratch", "--out", str(tmp_path / "bad"), "--steps", "1", "--quiet"])
     assert rc == 1 and not (tmp_path / "bad").exists()
+
+
+def test_unet_saves_and_loads_as_a_model_card(volume, tmp_path):
+    """A finetuned U-Net is written like EMmamba (safetensors + card with preset "unet") and
+    ``load_model`` rebuilds it with identical outputs."""
+    from napari_tokenunify.model import load_model
+    from napari_tokenunify.model.unet import ResidualUNet3D
+
+    init = ResidualUNet3D(out_channels=3, widths=(4, 8, 16))
+    trained = finetune(volume.image, volume.labels, init=init, steps=2, patch_shape=PATCH,
+                       out_dir=tmp_path / "run")
+    folder = tmp_path / "run" / "model"
+    card = json.loads((folder / "card.json").read_text())
+    assert card["preset"] == "unet" and card["config"]["widths"] == [4, 8, 16]
+    loaded = load_model(folder, device="cpu")
+    assert isinstance(loaded, ResidualUNet3D) and not loaded.training
+    x = torch.rand(1, 1, *PATCH)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trained.eval()(x))
+    # a card that does not describe the weights is refused with the reason
+    card["config"]["widths"] = [4, 8, 32]
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="does not match the U-Net"):
+        load_model(folder, device="cpu")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_tokenunify.widgets.autosave import SUFFIX, autosave_path
-from napari_tokenunify.widgets.model_panel import SOURCES
+from napari_tokenunify.widgets.model_panel import FILE, SOURCES, TINY
 from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
 
 pytestmark = pytest.mark.gui
@@ -18,7 +18,7 @@ def test_a_file_that_is_not_a_model_is_reported(docked, qtbot, tmp_path, notes):
     panel = widget.panel("Model")
     bogus = tmp_path / "notes.safetensors"
     bogus.write_text("this is not a model")
-    panel.source.value = SOURCES[2]
+    panel.source.value = FILE
     panel.path.value = bogus
     job = wait_job(qtbot, panel.load())
     assert job.error is not None and widget.session.model is None
@@ -36,7 +36,7 @@ def test_unavailable_device_is_reported(docked, qtbot, notes):
         pytest.skip("this machine has CUDA")
     panel = widget.panel("Model")
     panel.device.value = "cuda"
-    panel.source.value = SOURCES[2]
+    panel.source.value = FILE
     panel.path.value = __file__
     wait_job(qtbot, panel.load())
     assert widget.session.device == "cuda"
@@ -46,10 +46,20 @@ def test_unavailable_device_is_reported(docked, qtbot, notes):
 def test_tiny_model_card_is_shown(docked, qtbot):
     viewer, widget = docked
     panel = widget.panel("Model")
-    panel.source.value = SOURCES[1]
+    panel.source.value = TINY
     wait_job(qtbot, panel.load())
     text = panel.card.value
     assert "preset: tiny" in text and "parameters:" in text and "voxel size" in text
+
+
+def test_bundled_unet_can_be_chosen_and_its_card_is_shown(docked, qtbot):
+    viewer, widget = docked
+    panel = widget.panel("Model")
+    assert "unet (bundled)" in SOURCES and panel.source.choices[0] == "default (bundled)"
+    panel.source.value = "unet (bundled)"
+    wait_job(qtbot, panel.load())
+    assert type(widget.session.model).__name__ == "ResidualUNet3D"
+    assert "preset: unet (unet)" in panel.card.value
 
 
 def test_autosave_writes_changed_labels_at_intervals(docked, small_volume, qtbot, tmp_path):

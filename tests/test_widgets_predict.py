@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_tokenunify.progress import Cancelled
-from napari_tokenunify.widgets.model_panel import SOURCES
+from napari_tokenunify.widgets.model_panel import FILE, SOURCES, TINY
 from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
 
 pytestmark = pytest.mark.gui
@@ -32,7 +32,7 @@ class SlowCounter:
 
 def _tiny_model(widget, qtbot):
     panel = widget.panel("Model")
-    panel.source.value = SOURCES[1]
+    panel.source.value = TINY
     wait_job(qtbot, panel.load())
     assert widget.session.model is not None
     assert "parameters" in panel.card.value

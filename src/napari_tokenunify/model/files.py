@@ -19,6 +19,7 @@ from .presets import ModelConfig, get_preset
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "card.json"
 PTH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+UNET_PRESET = "unet"  # cards with this preset describe the residual U-Net, not EMmamba
 
 
 def build_model(preset: str = "tiny", out_channels: int = 3, **overrides: Any) -> EMMamba:
@@ -61,7 +62,11 @@ def save_model(model: EMMamba, directory: str | Path, card: ModelCard | None = N
     directory.mkdir(parents=True, exist_ok=True)
     card = card or getattr(model, "card", None) or ModelCard(preset=getattr(model, "preset", None) or "custom")
     config = getattr(model, "config", None)
-    if config is not None:
+    if isinstance(config, dict):  # the U-Net: its constructor arguments
+        card.config = dict(config)
+        card.in_channels = int(config["in_channels"])
+        card.out_channels = int(config["out_channels"])
+    elif config is not None:
         card.config = config.to_dict()
         card.in_channels = config.in_channels
         card.out_channels = config.out_channels
@@ -142,9 +147,31 @@ def _load_safetensors(weights: Path, card_path: Path) -> EMMamba:
             card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
         except (ValueError, TypeError) as err:
             raise ModelFileError(f"{card_path} is not a valid model card: {err}") from err
+    if card is not None and card.preset == UNET_PRESET:
+        return _load_unet(state, card, weights)
     config = _config_for(state, card)
     model = _from_config(config, card.preset if card else preset_for(config), card)
     load_state_strict(model, state, str(weights))
+    return model
+
+
+def _load_unet(state: dict[str, torch.Tensor], card: ModelCard, weights: Path) -> torch.nn.Module:
+    """The residual U-Net a card with ``preset: "unet"`` describes, with the weights loaded."""
+    from .unet import unet_from_config
+
+    try:
+        model = unet_from_config(card.config)
+    except ValueError as err:
+        raise ModelFileError(f"the model card beside {weights} describes no usable U-Net: {err}") from err
+    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    wrong = [k for k in model.state_dict().keys() & state.keys() if model.state_dict()[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise ModelFileError(
+            f"{weights} does not match the U-Net its card describes: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}, wrong shape {sorted(wrong)[:5]}"
+        )
+    model.load_state_dict(state, strict=True)
+    model.card = card
     return model
 
 

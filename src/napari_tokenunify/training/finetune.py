@@ -47,7 +47,6 @@ from .runtime import (
 )
 from .sampling import PatchSampler, to_unit
 from .targets import TrainingDataError, affinity_targets, balance_weights, check_training_pair
-from .unet import ResidualUNet3D, save_unet
 
 DEFAULT_PATCH = (16, 80, 80)
 
@@ -218,8 +217,8 @@ def finetune(
     ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``: scored every ``val_every``
     steps and at the end (at the best of ``threshold``, one or several agglomeration thresholds);
     the model with the lowest VOI is returned (without validation, the last one).
-    With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best; ``unet.pt`` for the U-Net
-    baseline), ``loss.csv``, ``loss.png``, ``validation.csv``.
+    With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best), ``loss.csv``, ``loss.png``,
+    ``validation.csv``.
     """
     check_training_pair(raw, labels, mask)
     offsets = [tuple(int(v) for v in o) for o in offsets]
@@ -344,11 +343,7 @@ def finetune(
     if out is not None:
         plot_losses(out / "loss.csv", out / "loss.png")
         card = _card(model, preset, offsets, patch_shape, training, best.get("scores"))
-        if isinstance(model, ResidualUNet3D):  # the ablation baseline: not an EMmamba file
-            model.card = card
-            save_unet(model, out / "unet.pt")
-        else:
-            export_model(model, out / "model", card)
+        export_model(model, out / "model", card)
     return model
 
 
@@ -369,6 +364,10 @@ def _card(model, preset, offsets, patch_shape, training, scores):
 
     from ..model import ModelCard
 
+    if isinstance(getattr(model, "config", None), dict):  # the residual U-Net
+        from ..model.files import UNET_PRESET
+
+        preset = UNET_PRESET
     fields = {
         "preset": preset,
         "in_channels": 1,

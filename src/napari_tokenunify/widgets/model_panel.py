@@ -11,22 +11,36 @@ from napari_tokenunify.devices import DEVICE_CHOICES, available_devices
 
 from .base import Panel
 
-SOURCES = ("default (bundled)", "tiny (untrained, for trying things out)", "model file…")
+BUNDLED_SUFFIX = " (bundled)"
+DEFAULT = "default" + BUNDLED_SUFFIX
+TINY = "tiny (untrained, for trying things out)"
+FILE = "model file…"
+
+
+def model_sources() -> list[str]:
+    """The choices: the bundled default first, the other bundled models, untrained tiny, a file."""
+    from napari_tokenunify.model.bundled import bundled_names
+
+    others = [n + BUNDLED_SUFFIX for n in bundled_names() if n != "default"]
+    return [DEFAULT, *others, TINY, FILE]
+
+
+SOURCES = tuple(model_sources())
 
 
 def load_model_source(source: str, path: str | Path | None, device: str) -> Any:
-    """Load the chosen model (runs in a worker): bundled default, untrained tiny, or a file."""
+    """Load the chosen model (runs in a worker): a bundled model, untrained tiny, or a file."""
     from napari_tokenunify.model import build_model, load_model
 
-    if source == SOURCES[1]:
+    if source == TINY:
         model = build_model("tiny")
         model.eval()
         return model
-    if source == SOURCES[2]:
+    if source == FILE:
         if not path or str(path) in ("", "."):
             raise ValueError("choose a model file (.safetensors with card.json, a model folder or a TokenUnify .pth)")
         return load_model(str(path), device=device)
-    return load_model("default", device=device)
+    return load_model(source.removesuffix(BUNDLED_SUFFIX), device=device)
 
 
 def describe(model: Any) -> str:
@@ -54,7 +68,7 @@ class ModelPanel(Panel):
     def __init__(self, viewer, session, events) -> None:
         super().__init__(viewer, session, events)
         found = available_devices()
-        self.source = ComboBox(label="model", choices=list(SOURCES), value=SOURCES[0])
+        self.source = ComboBox(label="model", choices=list(SOURCES), value=DEFAULT)
         self.path = FileEdit(label="model file", mode="r", filter="*.safetensors *.pth *.pt *.json")
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self.found = Label(value=f"found: {', '.join(found)}")
