@@ -3,8 +3,8 @@ crashes resume, the initial model is never overwritten, bad input fails before t
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_tokenunify.progress import Cancelled
-from napari_tokenunify.widgets.model_panel import FILE, SOURCES, TINY
+from napari_tokenunify.widgets.model_panel import TINY
 from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
 
 pytestmark = pytest.mark.gui
