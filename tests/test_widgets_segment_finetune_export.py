@@ -85,6 +85,23 @@ def test_finetune_emmamba_tiny_on_edited_regions_loss_falls(docked, small_volume
     _finetune_on_edits(widget, viewer, small_volume, qtbot, notes, build_model("tiny"))
 
 
+def test_finetune_bundled_unet_then_save_and_reload(docked, small_volume, qtbot, tmp_path, notes):
+    """The bundled U-Net finetunes from the widget like EMmamba and saves as a model card."""
+    viewer, widget = docked
+    from napari_tokenunify.model import load_model
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    panel = _finetune_on_edits(widget, viewer, small_volume, qtbot, notes, load_model("unet", device="cpu"))
+    panel.save_dir.value = tmp_path / "my-unet"
+    wait_job(qtbot, panel.save())
+    reloaded = load_model(tmp_path / "my-unet", device="cpu")
+    assert type(reloaded).__name__ == "ResidualUNet3D" and reloaded.card.preset == "unet"
+    x = torch.rand(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), widget.session.finetuned.eval()(x))
+
+
 def test_save_use_and_compare_new_model(docked, small_volume, qtbot, tmp_path, notes):
     viewer, widget = docked
     from napari_tokenunify.model import build_model, load_model
