@@ -38,6 +38,17 @@ def test_bundled_model_files_and_card():
     assert y.shape == (1, 3, *card.patch_size) and torch.isfinite(y).all()
 
 
+def _test_crop(shared_data) -> tuple[np.ndarray, np.ndarray]:
+    """The test volume's raw data and ground truth inside ``CROP``."""
+    import h5py
+
+    with h5py.File(shared_data / "medulla-labeled" / "test-image.h5", "r") as f:
+        raw = f["stack"][CROP]
+    with h5py.File(shared_data / "medulla-labeled" / "test-gt.lzf.h5", "r") as f:
+        gt = f["stack"][CROP].astype(np.uint32)
+    return raw, gt
+
+
 def _voi(model, raw, gt, threshold):
     from napari_tokenunify.engine.agglomerate import segment_affinities
     from napari_tokenunify.engine.evaluate import evaluate
@@ -50,14 +61,9 @@ def _voi(model, raw, gt, threshold):
 
 @pytest.mark.shared_data
 def test_bundled_model_beats_untrained_on_real_test_crop(shared_data):
-    import h5py
-
     from napari_tokenunify.model import build_model, load_model
 
-    with h5py.File(shared_data / "medulla-labeled" / "test-image.h5", "r") as f:
-        raw = f["stack"][CROP]
-    with h5py.File(shared_data / "medulla-labeled" / "test-gt.lzf.h5", "r") as f:
-        gt = f["stack"][CROP].astype(np.uint32)
+    raw, gt = _test_crop(shared_data)
     model = load_model("default", device="cpu")
     threshold = float(model.card.training.get("segmentation_threshold", 0.5))
     trained, scores = _voi(model, raw, gt, threshold)
@@ -94,14 +100,9 @@ def test_bundled_unet_loads_as_a_model():
 
 @pytest.mark.shared_data
 def test_bundled_unet_meets_the_quality_targets_on_a_real_test_crop(shared_data):
-    import h5py
-
     from napari_tokenunify.model import load_model
 
-    with h5py.File(shared_data / "medulla-labeled" / "test-image.h5", "r") as f:
-        raw = f["stack"][CROP]
-    with h5py.File(shared_data / "medulla-labeled" / "test-gt.lzf.h5", "r") as f:
-        gt = f["stack"][CROP].astype(np.uint32)
+    raw, gt = _test_crop(shared_data)
     model = load_model("unet", device="cpu")
     voi, scores = _voi(model, raw, gt, model.card.recommended_threshold)
     assert voi < UNET_VOI_BOUND and scores["arand"] < UNET_ARAND_BOUND, scores
