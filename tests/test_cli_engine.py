@@ -146,6 +146,44 @@ def test_ctrl_c_cancels_cleanly_and_the_next_run_resumes(files, tmp_path, monkey
     assert np.array_equal(a, b)
 
 
+def test_ctrl_c_in_blockwise_segment_keeps_blocks_and_the_next_run_resumes(files, tmp_path, monkeypatch,
+                                                                           capsys):
+    import zarr
+
+    from napari_tokenunify.cli import engine_common
+
+    root, _ = files
+    assert _predict(root, tmp_path / "affs.zarr", "--dtype", "float32") == 0
+    seg = ["segment", str(tmp_path / "affs.zarr"), "--blockwise", "--block", "8,24,24",
+           "--context", "2,6,6", "--threshold", "0.5"]
+    assert main([*seg[:2], str(tmp_path / "ref.zarr"), *seg[2:]]) == 0
+    calls = {"n": 0}
+    original = engine_common.TqdmProgress.__call__
+
+    def interrupt_after_three(self, p):
+        original(self, p)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(engine_common.TqdmProgress, "__call__", interrupt_after_three)
+    out = str(tmp_path / "seg.zarr")
+    assert main([*seg[:2], out, *seg[2:]]) == 130
+    assert "finished blocks are kept in" in capsys.readouterr().err
+    counts = np.asarray(zarr.open_group(out, mode="r")["fragment_counts"][...])
+    assert 0 < (counts >= 0).sum() < counts.size
+    monkeypatch.setattr(engine_common.TqdmProgress, "__call__", original)
+    # another threshold does not silently mix with the kept blocks
+    assert main([*seg[:2], out, *seg[2:-1], "0.3"]) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert main([*seg[:2], out, *seg[2:]]) == 0
+    a = zarr.open_group(out, mode="r")["labels"][...]
+    b = zarr.open_group(str(tmp_path / "ref.zarr"), mode="r")["labels"][...]
+    assert np.array_equal(a, b)
+    assert main([*seg[:2], out, *seg[2:]]) == 1  # complete now: refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+
+
 def test_predict_and_segment_on_a_local_cluster(files, tmp_path, capsys):
     import zarr
 

@@ -135,6 +135,35 @@ def test_blockwise_agrees_with_in_memory(sample, tmp_path):
         segment_blockwise(affs, tmp_path / "seg.zarr", block_shape=(12, 40, 40))
 
 
+@pytest.mark.parametrize("step", ["fragments", "agglomerating", "relabelling"])
+def test_blockwise_resumes_after_a_cancel_in_each_step(sample, tmp_path, step):
+    """A cancelled blockwise run keeps its finished block tasks; the same call resumes it, runs
+    only what is left and gives exactly the uninterrupted result."""
+    from napari_tokenunify.progress import Cancelled, CancelToken
+
+    vol, affs = sample
+    kw = {"block_shape": (12, 40, 40), "context": (4, 10, 10)}
+    full = np.asarray(segment_blockwise(affs, tmp_path / "full.zarr", **kw)[...])
+    out = tmp_path / "seg.zarr"
+    token = CancelToken()
+
+    def stop_after_two(p):
+        if p.message == step and p.done >= 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        segment_blockwise(affs, out, progress=stop_after_two, cancel=token, **kw)
+    with pytest.raises(FileExistsError, match="other settings"):
+        segment_blockwise(affs, out, threshold=0.3, **kw)
+    totals: dict[str, int] = {}
+    resumed = segment_blockwise(affs, out, progress=lambda p: totals.__setitem__(p.message, p.total), **kw)
+    n_blocks = int(np.prod([-(-s // b) for s, b in zip(affs.shape[1:], kw["block_shape"], strict=True)]))
+    assert totals[step] == n_blocks - 2  # the two finished tasks of that step were not run again
+    assert np.array_equal(np.asarray(resumed[...]), full)
+    with pytest.raises(FileExistsError, match="complete"):
+        segment_blockwise(affs, out, **kw)
+
+
 def test_blockwise_joins_a_neuron_cut_by_block_faces():
     labels = np.zeros((8, 40, 40), dtype=np.uint32)
     labels[:, 5:35, 5:35] = 1  # one object crossing every block face

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .cmd_predict import predict_to
-from .cmd_segment import segment_to
+from .cmd_segment import segment_to, unfinished_blockwise
 from .engine_common import (
     TqdmProgress,
     add_cluster_options,
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.store import BlockStore
     from ..progress import Cancelled
 
-    out = check_output(args.output, args.overwrite)
+    out = check_output(args.output, args.overwrite, resumable=unfinished_blockwise(args.output))
     affs_out = Path(args.affinities_out) if args.affinities_out else affinities_path(out)
     bar = TqdmProgress(not args.quiet)
     with cancel_on_ctrl_c() as token:
@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 _, affs, voxel = predict_to(_predict_args(args), affs_out, bar, token)
             labels, timings = segment_to(args, affs, voxel, out, bar, token)
-        except Cancelled:
+        except Cancelled as err:
             bar.close()
-            print(f"cancelled: completed blocks are kept in {affs_out}; run the same command "
+            kept = ", ".join(str(p) for p in (affs_out, getattr(err, "kept", None)) if p)
+            print(f"cancelled: completed blocks are kept in {kept}; run the same command "
                   "again to resume", file=sys.stderr)
             return 130
     bar.close()

@@ -86,14 +86,20 @@ def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cance
         threshold = recommended_threshold(affs)
         print(f"threshold {threshold:g} (the model card's; set --threshold to change it)",
               file=sys.stderr)
+    from ..progress import Cancelled
+
     try:
         result = segment(
             affs, threshold=threshold, method=args.method, offsets=offsets, blockwise=blockwise,
             block_shape=args.block, context=args.context, anisotropic=args.anisotropic,
             voxel_size=voxel, min_size=args.min_size, fill_holes=args.fill_holes,
-            out=target if blockwise else None, overwrite=True, client=client,
+            out=target if blockwise else None, overwrite=bool(args.overwrite), client=client,
             progress=progress, cancel=cancel,
         )
+    except Cancelled as err:
+        if blockwise:  # the finished block tasks stay in the store: the same command resumes
+            err.kept = target
+        raise
     finally:
         close_client(client)
     labels = result.labels
@@ -128,6 +134,16 @@ def _offsets_of(affs):
                      "watershed needs them (write the affinities with `tokenunify predict`)")
 
 
+def unfinished_blockwise(path: str) -> bool:
+    """Whether ``path`` is a blockwise segmentation store that a cancelled run left unfinished."""
+    from ..engine.store import BlockStore, is_store
+
+    if not path or not is_store(Path(path).expanduser(), "labels"):
+        return False
+    store = BlockStore.open(Path(path).expanduser(), "labels", mode="r")
+    return not store.complete and bool((store.attrs.get("settings") or {}).get("blockwise"))
+
+
 def _reopen(out: Path, labels):
     from ..io import open_volume
 
@@ -137,7 +153,7 @@ def _reopen(out: Path, labels):
 def run(args: argparse.Namespace) -> int:
     from ..progress import Cancelled
 
-    out = check_output(args.output, args.overwrite)
+    out = check_output(args.output, args.overwrite, resumable=unfinished_blockwise(args.output))
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     affs, voxel = _affinities_for(args)
@@ -145,9 +161,12 @@ def run(args: argparse.Namespace) -> int:
     with cancel_on_ctrl_c() as token:
         try:
             labels, timings = segment_to(args, affs, voxel, out, bar, token)
-        except Cancelled:
+        except Cancelled as err:
             bar.close()
-            print("cancelled; nothing was written", file=sys.stderr)
+            kept = getattr(err, "kept", None)
+            print("cancelled; " + (f"the finished blocks are kept in {kept}: run the same command "
+                                   "again to resume" if kept else "nothing was written"),
+                  file=sys.stderr)
             return 130
     bar.close()
     times = ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())

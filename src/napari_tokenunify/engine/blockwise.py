@@ -11,6 +11,10 @@
 
 Each step is a list of independent block tasks (here, or on dask.distributed workers that read
 and write the same Zarr store).
+
+With an output store every finished block task is recorded there (``fragment_counts``,
+``links/<block>`` + ``links_done``, and the store's ``done`` for the relabelling), so a run that
+was cancelled or crashed resumes where it stopped when called again with the same settings.
 """
 
 from __future__ import annotations
@@ -181,56 +185,110 @@ def segment_blockwise(
     if out is None:
         if client is not None:
             raise ValueError("blockwise segmentation on a cluster needs an output path (.zarr)")
-        fragments = np.zeros(shape, dtype=np.uint64)
-        labels_target = None
-        group = None
-    else:
-        import zarr
-
-        from .store import BlockStore
-
-        store = BlockStore.create(
-            out, "labels", shape=shape, chunks=block_shape, dtype="uint64", grid_shape=grid_shape,
-            settings={"blockwise": True, "threshold": threshold, "block": list(block_shape),
-                      "context": list(context), "shape": list(shape)},
-            attrs={"kind": "labels", "voxel_size": list(voxel_size) if voxel_size else None},
-            overwrite=overwrite, resume=False,
+        return _segment_in_memory(
+            affinities, shape, blocks, threshold=threshold, anisotropic=anisotropic,
+            voxel_size=voxel_size, scoring=scoring, discretize_queue=discretize_queue,
+            progress=progress, cancel=cancel,
         )
-        group = store.group
-        fragments = group.create_array("fragments", shape=shape, chunks=block_shape, dtype="uint64",
-                                       fill_value=0, overwrite=True)
-        labels_target = store
-        del zarr
+    from .store import BlockStore
 
-    numbered = list(zip(blocks, range(len(blocks)), strict=False))
+    store = BlockStore.create(
+        out, "labels", shape=shape, chunks=block_shape, dtype="uint64", grid_shape=grid_shape,
+        settings={"blockwise": True, "threshold": threshold, "block": list(block_shape),
+                  "context": list(context), "shape": list(shape), "scoring": scoring,
+                  "anisotropic": anisotropic, "discretize_queue": discretize_queue},
+        attrs={"kind": "labels", "voxel_size": list(voxel_size) if voxel_size else None},
+        overwrite=overwrite, resume=True,
+    )
+    rec = _Records(store.group, shape, block_shape, grid_shape)
+    todo = [(b, i) for i, b in enumerate(blocks) if rec.counts[b.index] < 0]
+    run_tasks(
+        _fragments_task, todo, client=client, progress=progress, cancel=cancel,
+        message="fragments", affinities=affinities, fragments_out=rec.fragments,
+        anisotropic=anisotropic, voxel_size=voxel_size,
+        on_result=lambda item, n: rec.counts.__setitem__(item[0].index, n),
+    )
+    counts = [int(rec.counts[b.index]) for b in blocks]
+    todo = [(b, i) for i, b in enumerate(blocks) if not rec.links_done[b.index]]
+    run_tasks(
+        _links_task, todo, client=client, progress=progress, cancel=cancel,
+        message="agglomerating", affinities=affinities, fragments=rec.fragments,
+        threshold=threshold, scoring=scoring, discretize_queue=discretize_queue,
+        on_result=lambda item, pairs: rec.save_links(item[0], item[1], pairs),
+    )
+    links = [rec.load_links(i) for i in range(len(blocks))]
+    luts, n_ids = global_lookup(counts, links)
+    dtype = str(label_dtype(n_ids))
+    labels = store.group["labels"]
+    if np.dtype(labels.dtype) != np.dtype(dtype):
+        # the final dtype is known only now: recreate the labels array with it (no block of it
+        # was written yet, or they were written with this dtype and it is not recreated)
+        labels = store.group.create_array("labels", shape=shape, chunks=block_shape, dtype=dtype,
+                                          fill_value=0, overwrite=True)
+        store.done[...] = 0
+    todo = [(b, lut) for b, lut in zip(blocks, luts, strict=False) if not store.is_done(b.index)]
+    run_tasks(
+        block_relabel, todo, client=client, progress=progress, cancel=cancel,
+        message="relabelling", fragments=rec.fragments, labels_out=labels, dtype=dtype,
+        on_result=lambda item, _: store.mark_done(item[0].index),
+    )
+    store.finish(n_ids=n_ids)
+    return store.group["labels"]
+
+
+def _segment_in_memory(affinities, shape, blocks, *, threshold, anisotropic, voxel_size, scoring,
+                       discretize_queue, progress, cancel) -> np.ndarray:
+    """The three steps with numpy arrays (no store: nothing to resume)."""
+    fragments = np.zeros(shape, dtype=np.uint64)
     counts = run_tasks(
-        _fragments_task, numbered, client=client, progress=progress, cancel=cancel,
-        message="fragments", affinities=affinities, fragments_out=fragments,
+        _fragments_task, list(zip(blocks, range(len(blocks)), strict=False)), progress=progress,
+        cancel=cancel, message="fragments", affinities=affinities, fragments_out=fragments,
         anisotropic=anisotropic, voxel_size=voxel_size,
     )
     links = run_tasks(
-        block_links, blocks, client=client, progress=progress, cancel=cancel,
-        message="agglomerating", affinities=affinities, fragments=fragments,
-        threshold=threshold, scoring=scoring, discretize_queue=discretize_queue,
+        block_links, blocks, progress=progress, cancel=cancel, message="agglomerating",
+        affinities=affinities, fragments=fragments, threshold=threshold, scoring=scoring,
+        discretize_queue=discretize_queue,
     )
     luts, n_ids = global_lookup(counts, links)
     dtype = str(label_dtype(n_ids))
-    if labels_target is None:
-        labels = np.zeros(shape, dtype=dtype)
-    else:
-        # the final dtype is known only now: recreate the labels array with it
-        labels = group.create_array("labels", shape=shape, chunks=block_shape, dtype=dtype,
-                                    fill_value=0, overwrite=True)
+    labels = np.zeros(shape, dtype=dtype)
     run_tasks(
-        block_relabel, list(zip(blocks, luts, strict=False)), client=client, progress=progress, cancel=cancel,
+        block_relabel, list(zip(blocks, luts, strict=False)), progress=progress, cancel=cancel,
         message="relabelling", fragments=fragments, labels_out=labels, dtype=dtype,
     )
-    if labels_target is not None:
-        for b in blocks:
-            labels_target.mark_done(b.index)
-        labels_target.finish(n_ids=n_ids)
-        return group["labels"]
     return labels
+
+
+class _Records:
+    """What a blockwise store keeps between runs: fragments, their counts and the links."""
+
+    def __init__(self, group, shape, block_shape, grid_shape) -> None:
+        def array(name, dtype, fill, array_shape, chunks):
+            if name in group:
+                return group[name]
+            return group.create_array(name, shape=array_shape, chunks=chunks, dtype=dtype,
+                                      fill_value=fill)
+
+        one = (1,) * len(grid_shape)
+        self.fragments = array("fragments", "uint64", 0, shape, block_shape)
+        self.counts = array("fragment_counts", "int64", -1, grid_shape, one)  # -1: not done
+        self.links_done = array("links_done", "uint8", 0, grid_shape, one)
+        self.links = group.require_group("links")
+
+    def save_links(self, block: Block, number: int, pairs: np.ndarray) -> None:
+        pairs = np.asarray(pairs, dtype=np.uint64).reshape(-1, 2)
+        self.links.create_array(str(number), shape=pairs.shape, chunks=(max(1, len(pairs)), 2),
+                                dtype="uint64", fill_value=0, overwrite=True)[...] = pairs
+        self.links_done[block.index] = 1  # only once the pairs are stored
+
+    def load_links(self, number: int) -> np.ndarray:
+        return np.asarray(self.links[str(number)][...], dtype=np.uint64).reshape(-1, 2)
+
+
+def _links_task(item, **kwargs) -> np.ndarray:
+    block, _ = item
+    return block_links(block, **kwargs)
 
 
 def _fragments_task(item, **kwargs) -> int:
