@@ -13,7 +13,6 @@ from pathlib import Path
 
 import h5py
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
