@@ -46,6 +46,38 @@ def test_segment_and_rethreshold(docked, small_volume, qtbot):
     assert not np.asarray(layer.data).any()  # everything is smaller than a million voxels
 
 
+def test_volumes_over_the_memory_limit_segment_blockwise_into_a_store(docked, small_volume, qtbot,
+                                                                      tmp_path, monkeypatch, notes):
+    """Above the in-memory limit Segment runs blockwise into a Zarr store (which a cancelled run
+    resumes: tested in test_engine_segment) and the layer shows that store."""
+    import zarr
+
+    from napari_tokenunify.engine.agglomerate import segment_affinities
+    from napari_tokenunify.engine.evaluate import evaluate
+    from napari_tokenunify.widgets.segment_panel import blockwise_store
+
+    monkeypatch.setenv("TOKENUNIFY_IN_MEMORY_VOXELS", "1000")
+    monkeypatch.setenv("TOKENUNIFY_CACHE_DIR", str(tmp_path))
+    viewer, widget = docked
+    soft = _soft_affinities(small_volume.labels)
+    affs = viewer.add_image(soft, name="em affinities")
+    panel = widget.panel("Segment")
+    pick(panel.affinities, affs)
+    panel.min_size.value = 5
+    job = wait_job(qtbot, panel.segment())
+    assert job.error is None, notes.messages
+    assert notes.has("blockwise", "minimum size")
+    layer = viewer.layers["segmentation"]
+    store = blockwise_store(affs, panel.threshold.value)
+    assert store.parent == tmp_path / "segmentations" and store.exists()
+    assert isinstance(layer.data, zarr.Array)
+    seg = np.asarray(layer.data[...])
+    mem = segment_affinities(soft, panel.threshold.value)
+    assert evaluate(seg, mem, ignore_label=None)["voi"] <= 0.05
+    assert "segments at threshold" in panel.status.value and not panel.status.value.startswith("0 ")
+    assert not widget.session.agglomerators  # nothing was kept in memory for the slider
+
+
 def _finetune_on_edits(widget, viewer, small_volume, qtbot, notes, model):
     image = viewer.add_image(small_volume.image, name="em")
     labels = viewer.add_labels(np.array(small_volume.labels), name="seg")

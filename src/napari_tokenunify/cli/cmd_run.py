@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .cmd_predict import predict_to
-from .cmd_segment import segment_to, unfinished_blockwise
+from .cmd_segment import segment_to
 from .engine_common import (
     TqdmProgress,
     add_cluster_options,
@@ -32,7 +32,7 @@ def affinities_path(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.store import BlockStore
+    from ..engine.store import BlockStore, unfinished_blockwise
     from ..progress import Cancelled
 
     out = check_output(args.output, args.overwrite, resumable=unfinished_blockwise(args.output))

@@ -23,8 +23,8 @@ from .engine_common import (
     write_output,
 )
 
-#: above this many voxels (~0.5 GB per float32 channel) `segment` goes blockwise by itself
-AUTO_BLOCKWISE_VOXELS = 2**27
+#: above this many voxels `segment` goes blockwise by itself (None: the engine's in-memory limit)
+AUTO_BLOCKWISE_VOXELS: int | None = None
 
 
 def _affinities_for(args: argparse.Namespace):
@@ -57,10 +57,12 @@ def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cance
     """Segment ``affs`` into ``out`` (any I/O format); returns the labels array."""
     from ..engine.distributed import close_client, get_client
     from ..engine.pipeline import segment
+    from ..engine.store import IN_MEMORY_MAX_VOXELS
 
     blockwise = bool(args.blockwise)
     n_voxels = int(np.prod(affs.shape[1:]))
-    if not blockwise and n_voxels > AUTO_BLOCKWISE_VOXELS and args.method == "waterz":
+    limit = AUTO_BLOCKWISE_VOXELS or IN_MEMORY_MAX_VOXELS
+    if not blockwise and n_voxels > limit and args.method == "waterz":
         if args.min_size or args.fill_holes:
             raise ValueError(f"the volume has {n_voxels} voxels, too many to segment in memory, "
                              "and cleanup (--min-size/--fill-holes) needs it in memory; leave "
@@ -134,16 +136,6 @@ def _offsets_of(affs):
                      "watershed needs them (write the affinities with `tokenunify predict`)")
 
 
-def unfinished_blockwise(path: str) -> bool:
-    """Whether ``path`` is a blockwise segmentation store that a cancelled run left unfinished."""
-    from ..engine.store import BlockStore, is_store
-
-    if not path or not is_store(Path(path).expanduser(), "labels"):
-        return False
-    store = BlockStore.open(Path(path).expanduser(), "labels", mode="r")
-    return not store.complete and bool((store.attrs.get("settings") or {}).get("blockwise"))
-
-
 def _reopen(out: Path, labels):
     from ..io import open_volume
 
@@ -151,6 +143,7 @@ def _reopen(out: Path, labels):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.store import unfinished_blockwise
     from ..progress import Cancelled
 
     out = check_output(args.output, args.overwrite, resumable=unfinished_blockwise(args.output))

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 DONE = "done"
+#: above this many voxels (~0.5 GB per float32 channel) the CLI and the widget segment blockwise
+IN_MEMORY_MAX_VOXELS = 2**27
 
 
 def _zarr():
@@ -133,6 +135,14 @@ class BlockStore:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.group.attrs)
+
+
+def unfinished_blockwise(path: str | Path | None) -> bool:
+    """Whether ``path`` is a blockwise segmentation store that a cancelled run left unfinished."""
+    if not path or not is_store(Path(path).expanduser(), "labels"):
+        return False
+    store = BlockStore.open(Path(path).expanduser(), "labels", mode="r")
+    return not store.complete and bool((store.attrs.get("settings") or {}).get("blockwise"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,8 +1,15 @@
 """Segment section: affinities → neuron labels; the threshold slider re-agglomerates from the kept
-fragments and merge history (the engine's ``Agglomerator``), so moving it is fast."""
+fragments and merge history (the engine's ``Agglomerator``), so moving it is fast.
+
+Volumes above the engine's in-memory limit are segmented blockwise into a Zarr store beside the
+affinities (resumed if a cancelled run left one), shown lazily; the slider then only sets the
+threshold for the next Segment, since every threshold is a new blockwise run."""
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +21,26 @@ from .notify import reporting, show_info
 from .state import edit_log_for
 
 LABELS_NAME = "segmentation"
+
+
+def in_memory_limit() -> int:
+    """Voxels above which Segment goes blockwise (``TOKENUNIFY_IN_MEMORY_VOXELS`` overrides)."""
+    from napari_tokenunify.engine.store import IN_MEMORY_MAX_VOXELS
+
+    return int(os.environ.get("TOKENUNIFY_IN_MEMORY_VOXELS", IN_MEMORY_MAX_VOXELS))
+
+
+def blockwise_store(affs_layer: Any, threshold: float) -> Path:
+    """Where a blockwise segmentation of ``affs_layer`` goes: beside its affinity store, else in
+    the user's cache folder (as predictions do)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", affs_layer.name).strip("_") or "affinities"
+    store = (affs_layer.metadata.get("tokenunify") or {}).get("store")
+    if store:
+        base = Path(store).parent
+    else:
+        env = os.environ.get("TOKENUNIFY_CACHE_DIR")
+        base = (Path(env) if env else Path.home() / ".napari-tokenunify") / "segmentations"
+    return base / f"{name}-labels-t{threshold:.2f}.zarr"
 
 
 class SegmentPanel(Panel):
@@ -54,6 +81,9 @@ class SegmentPanel(Panel):
             threshold, min_size = float(self.threshold.value), int(self.min_size.value)
             agg = self.session.agglomerators.get(key)
 
+            if int(np.prod(affs.shape[1:])) > in_memory_limit():
+                return self._segment_blockwise(layer, affs, threshold, min_size)
+
             def work(progress=None, cancel=None):
                 from napari_tokenunify.engine.agglomerate import Agglomerator
                 from napari_tokenunify.engine.cleanup import remove_small
@@ -70,6 +100,28 @@ class SegmentPanel(Panel):
             return self.run(work, "Segment", on_result=lambda r: self._show(layer, key, *r))
         return None
 
+    def _segment_blockwise(self, layer: Any, affs: Any, threshold: float, min_size: int):
+        """Too large for memory: blockwise into a Zarr store, resumed when a run was cancelled."""
+        if min_size > 0:
+            show_info(f"'{layer.name}' is segmented blockwise: the minimum size is not applied "
+                      "(use `tokenunify segment` with cleanup on a machine with enough memory)")
+        out = blockwise_store(layer, threshold)
+        voxel = tuple(float(v) for v in layer.scale[-3:])
+
+        def work(progress=None, cancel=None):
+            from napari_tokenunify.engine.blockwise import segment_blockwise
+            from napari_tokenunify.engine.store import unfinished_blockwise
+
+            # resume what a cancelled run left; anything else there is replaced
+            labels = segment_blockwise(
+                affs, out, threshold=threshold, voxel_size=voxel, overwrite=not unfinished_blockwise(str(out)),
+                progress=progress, cancel=cancel,
+            )
+            return None, labels, threshold
+
+        self.status.value = f"segmenting blockwise into {out}…"
+        return self.run(work, "Segment", on_result=lambda r: self._show(layer, None, *r))
+
     def _threshold_moved(self, value: float) -> None:
         layer = self.affinities.value
         if layer is None or self._key(layer) not in self.session.agglomerators:
@@ -79,8 +131,9 @@ class SegmentPanel(Panel):
             return
         self.segment()
 
-    def _show(self, affs_layer: Any, key: str, agg: Any, labels: np.ndarray, threshold: float) -> None:
-        self.session.agglomerators[key] = agg
+    def _show(self, affs_layer: Any, key: str | None, agg: Any, labels: Any, threshold: float) -> None:
+        if key is not None:
+            self.session.agglomerators[key] = agg
         target = self.labels_layer
         if target is not None and target in self.viewer.layers and len(edit_log_for(self.session, target)):
             show_info(
@@ -96,7 +149,10 @@ class SegmentPanel(Panel):
             target.data = labels
         target.metadata["tokenunify"] = {"kind": "labels", "threshold": threshold}
         self.labels_layer = target
-        n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+        if isinstance(labels, np.ndarray):
+            n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+        else:  # a blockwise store: it counted its ids
+            n = int(getattr(labels, "attrs", {}).get("n_ids", 0) or 0)
         self.status.value = f"{n} segments at threshold {threshold:.2f}"
         if self._pending is not None and abs(self._pending - threshold) > 1e-9:
             self._pending = None
