@@ -84,6 +84,31 @@ def test_autosave_writes_changed_labels_at_intervals(docked, small_volume, qtbot
     np.testing.assert_array_equal(back, np.asarray(layer.data))
 
 
+def test_store_backed_labels_are_edited_in_place_and_not_copied_by_autosave(docked, small_volume, qtbot,
+                                                                            tmp_path):
+    """A labels layer backed by a Zarr store (a blockwise segmentation) keeps its edits in that
+    store, so autosave does not copy the volume into memory."""
+    import zarr
+
+    viewer, widget = docked
+    z = zarr.open_array(str(tmp_path / "seg.zarr"), mode="w", shape=small_volume.labels.shape,
+                        chunks=(8, 32, 32), dtype="uint32")
+    z[...] = small_volume.labels
+    layer = viewer.add_labels(z, name="seg")
+    proof = widget.panel("Proofread")
+    pick(proof.labels, layer)
+    label_id = int(np.unique(small_volume.labels)[1])
+    layer.selected_label = label_id
+    proof.delete()
+    saver = widget.autosaver
+    assert saver.pending == 1
+    assert saver.save_changed() is None and saver.pending == 0 and id(layer) not in saver.saved
+    on_disk = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")[...]
+    assert not (on_disk == label_id).any()  # the edit is in the store itself
+    layer.undo()
+    assert (zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")[...] == label_id).any()
+
+
 def test_autosave_goes_beside_the_data(make_napari_viewer, small_volume, tmp_path):
     from napari_tokenunify.io import write_volume
 

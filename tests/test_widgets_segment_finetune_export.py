@@ -197,6 +197,25 @@ def test_export_and_read_back(docked, small_volume, qtbot, tmp_path, suffix):
         assert (tmp_path / "seg-affinities.zarr").exists()
 
 
+def test_export_streams_a_store_backed_labels_layer(docked, small_volume, qtbot, tmp_path):
+    import zarr
+
+    from napari_tokenunify.io import open_volume
+
+    viewer, widget = docked
+    z = zarr.open_array(str(tmp_path / "blockwise.zarr"), mode="w", shape=small_volume.labels.shape,
+                        chunks=(8, 32, 32), dtype="uint32")
+    z[...] = small_volume.labels
+    seg = viewer.add_labels(z, name="seg")
+    panel = widget.panel("Export")
+    pick(panel.labels, seg)
+    pick(panel.affinities, None)
+    panel.path.value = tmp_path / "out.tif"
+    job = wait_job(qtbot, panel.export())
+    assert job.error is None
+    np.testing.assert_array_equal(np.asarray(open_volume(tmp_path / "out.tif").data), small_volume.labels)
+
+
 def test_export_refuses_existing_and_unwritable_paths(docked, small_volume, tmp_path, notes):
     viewer, widget = docked
     seg = viewer.add_labels(np.array(small_volume.labels), name="seg")

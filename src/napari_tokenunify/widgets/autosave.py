@@ -94,6 +94,11 @@ class Autosaver(QObject):
         items = []
         for key, layer in list(self._dirty.items()):
             data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+            if not isinstance(data, np.ndarray):
+                # a layer backed by a store (e.g. a blockwise segmentation in Zarr): every edit
+                # is written into that store already, and copying a volume of that size into
+                # memory is what the store avoids
+                continue
             items.append((self.path_for(layer), np.array(data, copy=True), key))
         self._dirty.clear()
         return items
@@ -103,6 +108,8 @@ class Autosaver(QObject):
         if not self._dirty or (self._job is not None and not self._job.finished):
             return None
         items = self._snapshot()
+        if not items:  # only store-backed layers changed: their edits are on disk already
+            return None
 
         def save(progress=None, cancel=None):
             return [(key, write_labels_copy(path, data)) for path, data, key in items]

@@ -89,7 +89,9 @@ class ExportPanel(Panel):
                 affs = require_affinities(affs_layer, tuple(labels.shape))
                 aff_path = sibling(path, "affinities")
                 check_target(aff_path, overwrite)
-            data = np.array(labels, copy=True)
+            # an in-memory layer is copied (the user may keep editing while it is written); a
+            # store-backed one (e.g. a blockwise segmentation) is streamed chunk by chunk
+            data = np.array(labels, copy=True) if isinstance(labels, np.ndarray) else labels
             voxel = _voxel_size(layer)
             model = self.session.model
             card = getattr(model, "card", None) if model is not None else None
@@ -103,7 +105,7 @@ class ExportPanel(Panel):
                 ]
                 if affs is not None:
                     written.append(
-                        write_volume(aff_path, np.asarray(affs), kind="affinities",
+                        write_volume(aff_path, affs, kind="affinities",
                                      voxel_size=voxel, overwrite=overwrite, cancel=cancel)
                     )
                 if card is not None:

@@ -92,7 +92,10 @@ class ProofreadPanel(Panel):
     # -- helpers -----------------------------------------------------------------------------
     def _labels(self) -> tuple[Any, np.ndarray]:
         layer = self.labels.value
-        return layer, require_labels(layer, action="proofreading")
+        data = require_labels(layer, action="proofreading")
+        # a store-backed layer (e.g. a blockwise segmentation in Zarr) is read for the edit's
+        # computation; the edit itself is written back into the store through the layer
+        return layer, data if isinstance(data, np.ndarray) else np.asarray(data[...])
 
     def _apply(self, layer, edit: pr.Edit, what: str) -> None:
         n = apply_edit_to_layer(layer, edit)
