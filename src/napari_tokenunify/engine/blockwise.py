@@ -37,7 +37,6 @@ from .agglomerate import (
 )
 from .executor import run_tasks
 from .fragments import as_float_affinities, check_affinities, fragments_from_affinities
-from .store import IN_MEMORY_MAX_VOXELS, unfinished_blockwise  # noqa: F401 (re-exported)
 from .tiling import Block
 
 LOCAL_BITS = 32
@@ -236,7 +235,6 @@ def segment_blockwise(
     labels.attrs.update({"n_ids": n_ids})
     store.finish(n_ids=n_ids)
     return store.group["labels"]
-
 
 
 def _segment_in_memory(affinities, shape, blocks, *, threshold, anisotropic, voxel_size, scoring,
