@@ -12,7 +12,10 @@ except by ``bundle``):
   evaluate       per arm, the kept (best-validation) or final model and the agglomeration
                  threshold are chosen on the held-out train part; then VOI/ARAND on test-*
                  -> WORK/results.json, WORK/selected-ARM
-  bundle         copy the mix arm into src/napari_tokenunify/model/bundled/default (card filled in)
+  pseudo         self-training of the bundled default: the bundled U-Net segments the unlabeled
+                 cube (pseudo-labels), the default finetunes on them (-> finetune-pseudo)
+  bundle ARM     copy an arm's selected model into the package (mix or pseudo -> default,
+                 unet -> unet; card filled in)
   all            everything in order (one process)
 
 Example (what docs/results.md reports; two processes at a time on the 2-core machine):
@@ -133,6 +136,38 @@ def stage_extend(arm: str, work: Path, args) -> None:
     )
 
 
+def stage_pseudo(work: Path, args) -> None:
+    """Self-training: the bundled U-Net (teacher) segments medulla-unlabeled at its card's
+    threshold; the bundled default (EMmamba, mixture-pretrained and finetuned) is finetuned on
+    those pseudo-labels, validated on the held-out part of the train cube as every arm is."""
+    from napari_tokenunify.engine.agglomerate import Agglomerator
+    from napari_tokenunify.engine.predict import predict_affinities
+    from napari_tokenunify.model import load_model
+    from napari_tokenunify.model.bundled import bundled_path
+    from napari_tokenunify.training.finetune import finetune
+
+    raw = read_h5(DATA / "medulla-unlabeled" / "raw.h5", "raw")
+    labels_path = work / "pseudo-labels.npy"
+    if labels_path.exists():
+        pseudo = np.load(labels_path)
+    else:
+        teacher = load_model(args.teacher, device=args.device)
+        threshold = teacher.card.recommended_threshold
+        affs = predict_affinities(raw, teacher, device=args.device, dtype="float32")
+        pseudo = Agglomerator(affs, max_threshold=threshold).segment(threshold).astype(np.uint32)
+        np.save(labels_path, pseudo)
+        print(f"pseudo-labels: {len(np.unique(pseudo))} ids from {args.teacher} at {threshold}", flush=True)
+    train_raw, train_gt = labeled("train")
+    init = args.init or str(bundled_path("default"))
+    finetune(
+        raw, pseudo, init=init, preset=args.preset, steps=args.finetune_steps,
+        out_dir=work / "finetune-pseudo", patch_shape=args.patch,
+        validation=(train_raw[:, :, VAL_SPLIT_X:], train_gt[:, :, VAL_SPLIT_X:]),
+        val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, device=args.device,
+        seed=args.seed, time_budget_s=args.time_cap, progress=printer(50),
+    )
+
+
 def load_arm(arm: str, work: Path, patch=PATCH):
     out = work / f"finetune-{arm}"
     if arm == "unet" and (out / "unet.pt").exists():  # runs made before U-Nets had model cards
@@ -232,8 +267,11 @@ DESCRIPTIONS = {
            "finetuned on medulla-labeled train; see docs/results.md",
     "unet": "residual 3D U-Net (superhuman-style), trained from scratch on medulla-labeled train "
             "(FIB-SEM, 10 nm); the ablation's baseline, see docs/results.md",
+    "pseudo": "EMmamba tiny, TokenUnify mixture pretraining on medulla-unlabeled (FIB-SEM, 10 nm), "
+              "finetuned on medulla-labeled train, then self-trained on medulla-unlabeled with "
+              "pseudo-labels from the bundled U-Net; see docs/results.md",
 }
-BUNDLE_NAMES = {"mix": "default", "unet": "unet"}
+BUNDLE_NAMES = {"mix": "default", "pseudo": "default", "unet": "unet"}
 
 
 def stage_bundle(work: Path, args) -> None:
@@ -260,6 +298,23 @@ def stage_bundle(work: Path, args) -> None:
         "script": "scripts/train_default_model.py",
         "segmentation_threshold": results["threshold"],
     }
+    if arm == "pseudo":  # the default it continued: its pretraining and finetuning records
+        from napari_tokenunify.model.bundled import bundled_path
+
+        before = json.loads((Path(args.init or bundled_path("default")) / "card.json").read_text())
+        earlier = before.get("training", {})
+        card.training = {
+            **card.training,
+            "pretrain": earlier.get("pretrain", {}),
+            "pretrain_data": earlier.get("pretrain_data"),
+            "continued_from": {k: v for k, v in earlier.items() if k not in ("pretrain", "pretrain_data")},
+            "init": "the bundled default before self-training (the mixture arm; git history of "
+                    "src/napari_tokenunify/model/bundled/default)",
+            "finetune_data": f"medulla-labeled/train-image.h5 + train-gt.lzf.h5, x < {VAL_SPLIT_X} "
+                             "(the finetuning it continued, see continued_from)",
+            "self_training_data": "medulla-unlabeled/raw.h5 with pseudo-labels from the bundled unet "
+                                  "(this stage: steps, seconds, lr, best_step)",
+        }
     card.metrics = {"medulla-labeled/test": results["test"], "threshold": results["threshold"],
                     "validation": results["validation"][results["chosen"]]}
     dest = BUNDLE.parent / BUNDLE_NAMES[arm]
@@ -277,6 +332,7 @@ LABELS = {
     "unet": "residual 3D U-Net (superhuman-style), from scratch",
     "scratch-long": "EMmamba tiny, from scratch, + extended finetuning",
     "mix-long": "EMmamba tiny, mixture pretraining, + extended finetuning",
+    "pseudo": "EMmamba tiny, mixture (bundled default) + self-training on U-Net pseudo-labels",
 }
 
 
@@ -305,7 +361,8 @@ def stage_table(work: Path, args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["pretrain", "finetune", "extend", "evaluate", "bundle", "table", "all"])
+    p.add_argument("stage", choices=["pretrain", "finetune", "extend", "pseudo", "evaluate", "bundle", "table",
+                                      "all"])
     p.add_argument("arm", nargs="?", default=None)
     p.add_argument("--work", type=Path, default=Path("/tmp/runs"))
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
@@ -320,6 +377,8 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, nargs=3, default=list(PATCH), metavar=("Z", "Y", "X"))
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--teacher", default="unet", help="pseudo: the model that labels the unlabeled cube")
+    p.add_argument("--init", default=None, help="pseudo: the model to self-train (default: bundled)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", nargs="+", default=["scratch", "random", "mix", "unet"])
     args = p.parse_args(argv)
@@ -333,6 +392,8 @@ def main(argv=None) -> int:
         stage_finetune(args.arm or "mix", args.work, args)
     elif args.stage == "extend":
         stage_extend(args.arm or "mix", args.work, args)
+    elif args.stage == "pseudo":
+        stage_pseudo(args.work, args)
     elif args.stage == "evaluate":
         stage_evaluate(args.work, args)
     elif args.stage == "bundle":
