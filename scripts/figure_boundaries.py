@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """docs/boundaries.png: one test section, its ground-truth boundaries and the boundary maps
-(1 - mean in-plane affinity) of the bundled default, a GPU-trained EMmamba and the bundled U-Net.
+(1 - mean in-plane affinity) of the previous default (before self-training; a model folder made
+from the git history), the bundled default, a GPU-trained EMmamba and the bundled U-Net.
 
-    python scripts/figure_boundaries.py [--emmamba /tmp/gpu0/selected-scratch] [--z 25]
+    python scripts/figure_boundaries.py [--previous DIR] [--emmamba /tmp/gpu0/selected-scratch]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     from napari_tokenunify.model import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--previous", default="/tmp/pseudo/old-default", help="the default before self-training")
     p.add_argument("--emmamba", default="/tmp/gpu0/selected-scratch", help="an extra EMmamba model folder")
     p.add_argument("--z", type=int, default=25)
     p.add_argument("--out", type=Path, default=REPO / "docs" / "boundaries.png")
@@ -34,7 +36,10 @@ def main() -> None:
         raw = f["stack"][...]
     with h5py.File(DATA / "medulla-labeled" / "test-gt.lzf.h5", "r") as f:
         gt = f["stack"][args.z]
-    models = {"bundled default (EMmamba, CPU-trained)": "default"}
+    models = {}
+    if Path(args.previous).exists():
+        models["previous default (mixture arm)"] = args.previous
+    models["bundled default (+ self-training)"] = "default"
     if Path(args.emmamba).exists():
         models["EMmamba scratch (GPU, seed 0)"] = args.emmamba
     models["bundled unet (residual U-Net, GPU)"] = "unet"
