@@ -8,7 +8,7 @@ import pytest
 
 from napari_tokenunify.widgets.autosave import SUFFIX, autosave_path
 from napari_tokenunify.widgets.model_panel import FILE, SOURCES, TINY
-from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
+from widget_support import docked, notes, pick, small_volume, wait_job, zarr_labels  # noqa: F401
 
 pytestmark = pytest.mark.gui
 
@@ -91,10 +91,7 @@ def test_store_backed_labels_are_edited_in_place_and_not_copied_by_autosave(dock
     import zarr
 
     viewer, widget = docked
-    z = zarr.open_array(str(tmp_path / "seg.zarr"), mode="w", shape=small_volume.labels.shape,
-                        chunks=(8, 32, 32), dtype="uint32")
-    z[...] = small_volume.labels
-    layer = viewer.add_labels(z, name="seg")
+    layer = viewer.add_labels(zarr_labels(tmp_path / "seg.zarr", small_volume.labels), name="seg")
     proof = widget.panel("Proofread")
     pick(proof.labels, layer)
     label_id = int(np.unique(small_volume.labels)[1])

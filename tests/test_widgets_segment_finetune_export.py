@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_tokenunify.affinities import labels_to_affinities
-from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
+from widget_support import docked, notes, pick, small_volume, wait_job, zarr_labels  # noqa: F401
 
 pytestmark = pytest.mark.gui
 
@@ -198,15 +198,11 @@ def test_export_and_read_back(docked, small_volume, qtbot, tmp_path, suffix):
 
 
 def test_export_streams_a_store_backed_labels_layer(docked, small_volume, qtbot, tmp_path):
-    import zarr
 
     from napari_tokenunify.io import open_volume
 
     viewer, widget = docked
-    z = zarr.open_array(str(tmp_path / "blockwise.zarr"), mode="w", shape=small_volume.labels.shape,
-                        chunks=(8, 32, 32), dtype="uint32")
-    z[...] = small_volume.labels
-    seg = viewer.add_labels(z, name="seg")
+    seg = viewer.add_labels(zarr_labels(tmp_path / "blockwise.zarr", small_volume.labels), name="seg")
     panel = widget.panel("Export")
     pick(panel.labels, seg)
     pick(panel.affinities, None)

@@ -64,3 +64,12 @@ def add_image_and_truth(viewer, vol):
     image = viewer.add_image(vol.image, name="em")
     truth = viewer.add_labels(np.asarray(vol.labels), name="truth")
     return image, truth
+
+
+def zarr_labels(path, labels):
+    """A Zarr array on disk holding ``labels``: the kind of store a blockwise segmentation makes."""
+    import zarr
+
+    z = zarr.open_array(str(path), mode="w", shape=labels.shape, chunks=(8, 32, 32), dtype="uint32")
+    z[...] = labels
+    return z
