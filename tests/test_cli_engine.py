@@ -118,21 +118,30 @@ def test_bad_inputs_get_clear_messages(files, tmp_path, capsys):
     assert main(["evaluate", str(root / "image.tif"), str(tmp_path / "two.zarr")]) == 1
 
 
+def _ctrl_c_after(monkeypatch, n: int):
+    """Make the CLI's progress bar press Ctrl-C (a real SIGINT to this process) at its n-th
+    report; returns the original ``__call__`` to put back."""
+    from napari_tokenunify.cli import engine_common
+
+    calls = {"n": 0}
+    original = engine_common.TqdmProgress.__call__
+
+    def interrupt(self, p):
+        original(self, p)
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(engine_common.TqdmProgress, "__call__", interrupt)
+    return original
+
+
 def test_ctrl_c_cancels_cleanly_and_the_next_run_resumes(files, tmp_path, monkeypatch, capsys):
     from napari_tokenunify.cli import engine_common
 
     root, _ = files
     assert _predict(root, tmp_path / "ref.zarr") == 0
-    calls = {"n": 0}
-    original = engine_common.TqdmProgress.__call__
-
-    def interrupt_after_two(self, p):
-        original(self, p)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this process
-
-    monkeypatch.setattr(engine_common.TqdmProgress, "__call__", interrupt_after_two)
+    original = _ctrl_c_after(monkeypatch, 2)
     assert _predict(root, tmp_path / "affs.zarr") == 130
     assert "run the same command again to resume" in capsys.readouterr().err
     import zarr
@@ -157,16 +166,7 @@ def test_ctrl_c_in_blockwise_segment_keeps_blocks_and_the_next_run_resumes(files
     seg = ["segment", str(tmp_path / "affs.zarr"), "--blockwise", "--block", "8,24,24",
            "--context", "2,6,6", "--threshold", "0.5"]
     assert main([*seg[:2], str(tmp_path / "ref.zarr"), *seg[2:]]) == 0
-    calls = {"n": 0}
-    original = engine_common.TqdmProgress.__call__
-
-    def interrupt_after_three(self, p):
-        original(self, p)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(engine_common.TqdmProgress, "__call__", interrupt_after_three)
+    original = _ctrl_c_after(monkeypatch, 3)
     out = str(tmp_path / "seg.zarr")
     assert main([*seg[:2], out, *seg[2:]]) == 130
     assert "finished blocks are kept in" in capsys.readouterr().err
