@@ -159,6 +159,7 @@ def stage_pseudo(work: Path, args) -> None:
         print(f"pseudo-labels: {len(np.unique(pseudo))} ids from {args.teacher} at {threshold}", flush=True)
     train_raw, train_gt = labeled("train")
     init = args.init or str(bundled_path("default"))
+    init = None if init == "scratch" else init  # --init scratch: a fresh network
     finetune(
         raw, pseudo, init=init, preset=args.preset, steps=args.finetune_steps,
         out_dir=work / "finetune-pseudo", patch_shape=args.patch,
@@ -378,7 +379,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--teacher", default="unet", help="pseudo: the model that labels the unlabeled cube")
-    p.add_argument("--init", default=None, help="pseudo: the model to self-train (default: bundled)")
+    p.add_argument("--init", default=None,
+                   help="pseudo: the model to self-train (default: the bundled default; 'scratch': none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", nargs="+", default=["scratch", "random", "mix", "unet"])
     args = p.parse_args(argv)
