@@ -329,7 +329,7 @@ def stage_bundle(work: Path, args) -> None:
 LABELS = {
     "scratch": "EMmamba tiny, from scratch",
     "random": "EMmamba tiny, random-token pretraining (MAE-like)",
-    "mix": "EMmamba tiny, TokenUnify mixture pretraining (= bundled default)",
+    "mix": "EMmamba tiny, TokenUnify mixture pretraining",
     "unet": "residual 3D U-Net (superhuman-style), from scratch",
     "scratch-long": "EMmamba tiny, from scratch, + extended finetuning",
     "mix-long": "EMmamba tiny, mixture pretraining, + extended finetuning",
