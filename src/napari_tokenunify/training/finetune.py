@@ -45,10 +45,8 @@ from .runtime import (
     seed_everything,
     set_lr,
 )
-from .sampling import PatchSampler, to_unit
+from .sampling import DEFAULT_PATCH, PatchSampler, to_unit
 from .targets import TrainingDataError, affinity_targets, balance_weights, check_training_pair
-
-DEFAULT_PATCH = (16, 80, 80)
 
 
 def transfer_weights(source: torch.nn.Module, target: torch.nn.Module) -> dict[str, list[str]]:

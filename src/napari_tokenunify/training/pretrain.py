@@ -37,10 +37,8 @@ from .runtime import (
     seed_everything,
     set_lr,
 )
-from .sampling import PatchSampler
+from .sampling import DEFAULT_PATCH, PatchSampler
 from .tokens import DEFAULT_TOKEN_SHAPE, TokenGrid
-
-DEFAULT_PATCH = (16, 80, 80)
 
 
 def _open_volumes(volumes: Sequence) -> list:
