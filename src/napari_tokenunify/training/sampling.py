@@ -15,6 +15,7 @@ import numpy as np
 #: the training patch (z, y, x) of pretraining and finetuning unless a model card names one
 DEFAULT_PATCH = (16, 80, 80)
 
+
 def to_unit(raw) -> np.ndarray:
     """Raw intensities as float32 in [0, 1] (integers scaled by their dtype's range)."""
     a = np.asarray(raw)
