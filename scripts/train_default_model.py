@@ -108,13 +108,13 @@ def stage_finetune(arm: str, work: Path, args) -> None:
     from napari_tokenunify.training.finetune import finetune
 
     raw, gt = labeled("train")
-    out = work / f"finetune-{arm}"
+    out = work / f"finetune-{arm}{args.tag}"
     finetune(
         raw[:, :, :VAL_SPLIT_X], gt[:, :, :VAL_SPLIT_X], init=build_init(arm, work, args),
         preset=args.preset, steps=args.finetune_steps, out_dir=out, patch_shape=args.patch,
         validation=(raw[:, :, VAL_SPLIT_X:], gt[:, :, VAL_SPLIT_X:]), val_every=args.val_every,
         batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed, time_budget_s=args.time_cap,
-        progress=printer(25),
+        ema=args.ema, head_steps=args.head_steps, progress=printer(25),
     )
 
 
@@ -165,7 +165,8 @@ def stage_pseudo(work: Path, args) -> None:
         out_dir=work / "finetune-pseudo", patch_shape=args.patch,
         validation=(train_raw[:, :, VAL_SPLIT_X:], train_gt[:, :, VAL_SPLIT_X:]),
         val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, device=args.device,
-        seed=args.seed, time_budget_s=args.time_cap, progress=printer(50),
+        seed=args.seed, time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
+        progress=printer(50),
     )
 
 
@@ -382,6 +383,10 @@ def main(argv=None) -> int:
     p.add_argument("--init", default=None,
                    help="pseudo: the model to self-train (default: the bundled default; 'scratch': none)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="finetune: suffix of the output folder (finetune-ARMTAG)")
+    p.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights (decay)")
+    p.add_argument("--head-steps", type=int, default=0,
+                   help="train only the re-initialised output layer first for this many steps (LP-FT)")
     p.add_argument("--arms", nargs="+", default=["scratch", "random", "mix", "unet"])
     args = p.parse_args(argv)
     import torch

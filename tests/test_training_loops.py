@@ -147,6 +147,48 @@ def test_finetune_validation_keeps_best_and_resumes(tmp_path, volume):
     assert (tmp_path / "validation.csv").exists()
 
 
+def test_finetune_ema_returns_the_average_and_resumes_exactly(tmp_path, volume):
+    kw = dict(init=None, steps=4, patch_shape=PATCH, seed=3, augment=False, lr=3e-3, checkpoint_every=1)
+    raw_model = finetune(volume.image, volume.labels, out_dir=tmp_path / "raw", **kw)
+    ema_model = finetune(volume.image, volume.labels, out_dir=tmp_path / "ema", ema=0.5, **kw)
+    # the same seed gives the same raw weights; the EMA ones lag behind them
+    last = torch.load(tmp_path / "ema" / "checkpoints" / "last.pt", weights_only=False)
+    for k, v in raw_model.state_dict().items():
+        assert torch.equal(last["model"][k], v)
+    diffs = [(ema_model.state_dict()[k] - v).abs().max().item() for k, v in raw_model.state_dict().items()
+             if v.is_floating_point()]
+    assert max(diffs) > 0
+    assert ema_model.card.training["ema"] == 0.5
+    # exact resume: a crash after step 2 and a rerun give the same averaged weights
+    with pytest.raises(Crash):
+        finetune(volume.image, volume.labels, out_dir=tmp_path / "ema2", ema=0.5, progress=crash_at(2), **kw)
+    resumed = finetune(volume.image, volume.labels, out_dir=tmp_path / "ema2", ema=0.5, **kw)
+    for k, v in ema_model.state_dict().items():
+        assert torch.allclose(resumed.state_dict()[k], v, atol=1e-6)
+    with pytest.raises(ValueError, match="without ema"):  # a run without ema cannot resume with it
+        finetune(volume.image, volume.labels, out_dir=tmp_path / "raw", ema=0.5, **{**kw, "steps": 6})
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        finetune(volume.image, volume.labels, ema=1.5, **kw)
+
+
+def test_finetune_head_steps_train_the_new_output_layer_first(pretrained, volume):
+    from napari_tokenunify.model import load_model
+
+    init = load_model(pretrained / "model", device="cpu")  # one output channel: the head is new
+    kw = dict(init=init, patch_shape=PATCH, seed=0, augment=False, lr=3e-3)
+    probed = finetune(volume.image, volume.labels, steps=3, head_steps=3, **kw)
+    start = init.state_dict()
+    new = {k for k in probed.state_dict() if k not in start or start[k].shape != probed.state_dict()[k].shape}
+    changed = {k for k, v in probed.state_dict().items() if k not in new and not torch.equal(v, start[k])}
+    assert new and not changed  # only the re-initialised output layer moved
+    assert all(p.requires_grad for p in probed.parameters())  # returned trainable
+    assert probed.training_info["head_steps"] == 3
+    full = finetune(volume.image, volume.labels, steps=5, head_steps=3, **kw)
+    assert any(not torch.equal(v, start[k]) for k, v in full.state_dict().items() if k in start and k not in new)
+    with pytest.raises(ValueError, match="re-initialises nothing"):
+        finetune(volume.image, volume.labels, steps=1, head_steps=1, patch_shape=PATCH)
+
+
 def test_finetune_in_memory_with_box_and_unet(volume):
     from napari_tokenunify.training.unet import ResidualUNet3D
 

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         **({"offsets": offsets} if offsets else {}),
         patch_shape=args.patch, validation=validation, val_every=args.val_every,
         **({"threshold": args.threshold} if args.threshold else {}),
-        batch_size=args.batch_size, lr=args.lr, augment=not args.no_augment,
+        batch_size=args.batch_size, lr=args.lr, augment=not args.no_augment, ema=args.ema,
         **runtime_kwargs(args),
     )
     if status:
@@ -82,5 +82,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights (e.g. 0.999)")
     add_runtime_options(p)
     p.set_defaults(func=run)

@@ -200,6 +200,8 @@ def finetune(
     batch_size: int = 1,
     lr: float = 1e-3,
     augment: EMAugment | bool = True,
+    ema: float | None = None,
+    head_steps: int = 0,
     device: str = "auto",
     seed: int = 0,
     time_budget_s: float | None = None,
@@ -215,6 +217,11 @@ def finetune(
     ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``: scored every ``val_every``
     steps and at the end (at the best of ``threshold``, one or several agglomeration thresholds);
     the model with the lowest VOI is returned (without validation, the last one).
+    ``ema`` (e.g. 0.999): validate, keep and return an exponential moving average of the
+    weights instead of the raw ones; it smooths the step-to-step noise of small-batch training.
+    ``head_steps``: train only the layers that were re-initialised (the output layer of a
+    pretrained network) for this many steps before training everything ("LP-FT": a fresh head
+    on pretrained features first, so its early random gradients do not distort those features).
     With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best), ``loss.csv``, ``loss.png``,
     ``validation.csv``.
     """
@@ -235,12 +242,15 @@ def finetune(
     rng, gen = seed_everything(seed)
     model, init_note = prepare_model(init, len(offsets), preset)
     model = model.to(dev)
+    head = _head_parameters(model, init_note, head_steps)
     check_input_divisor(model, patch_shape)
     augment = EMAugment() if augment is True else (augment or None)
     sampler = PatchSampler(
         [raw], patch_shape, labels=[labels], masks=[mask], seed=rng, min_labelled=0.05
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    averaged = _ema_model(model, ema)
+    scored = model if averaged is None else averaged.module  # the weights that are validated and kept
     out = Path(out_dir) if out_dir is not None else None
     log = LossLog(out / "loss.csv", resume=resume) if out is not None else None
 
@@ -250,6 +260,13 @@ def finetune(
     ckpt = find_resume(out) if (resume and out is not None) else None
     if ckpt is not None:
         state = resume_state(ckpt, dev, model, optimizer, rng, gen)
+        if averaged is not None:
+            if "ema" not in state:
+                raise ValueError(
+                    f"the checkpoint in {out} was written without ema; resume without ema, "
+                    "or start a new run in another folder"
+                )
+            averaged.load_state_dict(state["ema"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         best = state["best"]
         history = state["history"]
@@ -271,6 +288,7 @@ def finetune(
                 "elapsed": budget.elapsed,
                 "best": best,
                 "history": history,
+                **({"ema": averaged.state_dict()} if averaged is not None else {}),
             },
         )
 
@@ -279,12 +297,12 @@ def finetune(
             return
         v_raw, v_labels = validation[0], validation[1]
         v_mask = validation[2] if len(validation) > 2 else None
-        scores = validate(model, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=threshold)
+        scores = validate(scored, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=threshold)
         history.append({"step": step, **scores})
         if scores["voi"] < best["voi"]:
             best.update(
                 voi=scores["voi"],
-                state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                state={k: v.detach().cpu().clone() for k, v in scored.state_dict().items()},
                 step=step,
                 scores=scores,
             )
@@ -304,11 +322,15 @@ def finetune(
         x, target, weight = _batch(sampler, augment, offsets, rng, batch_size)
         lr_now = lr_at(step, steps, lr)
         set_lr(optimizer, lr_now)
+        if head:
+            _freeze_all_but(model, head if step < head_steps else None)
         pred = model(x.to(dev))
         loss = F.binary_cross_entropy(
             pred.clamp(1e-6, 1 - 1e-6), target.to(dev), weight=weight.to(dev), reduction="sum"
         ) / weight.to(dev).gt(0).sum().clamp_min(1)
         optimizer_step(optimizer, loss, model.parameters(), step=step, lr=lr, what="finetuning")
+        if averaged is not None:
+            averaged.update_parameters(model)
         step += 1
         if log is not None:
             log.write(step, "affinity_bce", loss.item(), lr_now, budget.elapsed)
@@ -320,8 +342,12 @@ def finetune(
     if validation is not None and (not history or history[-1]["step"] != step):
         run_validation()
     checkpoint()
+    if head:
+        _freeze_all_but(model, None)
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    elif averaged is not None:
+        model.load_state_dict(averaged.module.state_dict())
     model.eval()
     training = {
         "objective": "affinity_bce_balanced",
@@ -334,6 +360,8 @@ def finetune(
         "lr": lr,
         "seed": seed,
         "augment": augment is not None,
+        **({"ema": ema} if averaged is not None else {}),
+        **({"head_steps": int(head_steps)} if head else {}),
         "hardware": hardware(),
     }
     model.training_info = training
@@ -343,6 +371,39 @@ def finetune(
         card = _card(model, preset, offsets, patch_shape, training, best.get("scores"))
         export_model(model, out / "model", card)
     return model
+
+
+def _head_parameters(model: torch.nn.Module, init_note: dict, head_steps: int) -> set[str]:
+    """Names of the re-initialised parameters trained alone during the first ``head_steps``."""
+    if not head_steps:
+        return set()
+    if int(head_steps) < 0:
+        raise ValueError(f"head_steps must be 0 or more, got {head_steps}")
+    fresh = set(init_note.get("reinitialised") or ())
+    names = {n for n, _ in model.named_parameters() if n in fresh}
+    if not names:
+        raise ValueError(
+            "head_steps needs a pretrained init whose output layer is re-initialised (a model with "
+            f"another number of output channels); this init re-initialises nothing ({init_note.get('init')})"
+        )
+    return names
+
+
+def _freeze_all_but(model: torch.nn.Module, names: set[str] | None) -> None:
+    """Train only the parameters in ``names`` (all of them when ``names`` is None)."""
+    for n, p in model.named_parameters():
+        p.requires_grad_(names is None or n in names)
+
+
+def _ema_model(model: torch.nn.Module, decay: float | None):
+    """A torch ``AveragedModel`` keeping the exponential moving average of ``model``'s weights."""
+    if decay is None:
+        return None
+    if not 0.0 < float(decay) < 1.0:
+        raise ValueError(f"ema must be a decay between 0 and 1 (e.g. 0.999), got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
