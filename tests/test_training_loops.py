@@ -239,8 +239,10 @@ def test_cli_pretrain_and_finetune(tmp_path, volume):
     assert rc == 0 and (tmp_path / "pre" / "model" / "card.json").exists()
     rc = main(["finetune", "--raw", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "labels.tif"),
                "--init", str(tmp_path / "pre" / "model"), "--out", str(tmp_path / "ft"), "--steps", "2",
-               "--patch", "16", "32", "32", "--quiet"])
+               "--patch", "16", "32", "32", "--head-steps", "1", "--ema", "0.9", "--quiet"])
     assert rc == 0 and (tmp_path / "ft" / "model" / "card.json").exists()
+    training = json.loads((tmp_path / "ft" / "model" / "card.json").read_text())["training"]
+    assert training["head_steps"] == 1 and training["ema"] == 0.9
     tifffile.imwrite(tmp_path / "short.tif", volume.labels[:, :-1])
     rc = main(["finetune", "--raw", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "short.tif"),
                "--init", "scratch", "--out", str(tmp_path / "bad"), "--steps", "1", "--quiet"])

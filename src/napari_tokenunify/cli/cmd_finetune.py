@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         patch_shape=args.patch, validation=validation, val_every=args.val_every,
         **({"threshold": args.threshold} if args.threshold else {}),
         batch_size=args.batch_size, lr=args.lr, augment=not args.no_augment, ema=args.ema,
+        head_steps=args.head_steps,
         **runtime_kwargs(args),
     )
     if status:
@@ -82,6 +83,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--head-steps", type=int, default=0, metavar="N",
+                   help="train only the re-initialised output layer for the first N steps (LP-FT)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights (e.g. 0.999)")
     add_runtime_options(p)
