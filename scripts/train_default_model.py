@@ -258,7 +258,7 @@ def _training_info(work: Path, arm: str) -> dict:
     base = arm.removesuffix("-long")
     if base != arm:  # an extended run: also record the equal-budget run it continued
         info["continued_from"] = _training_info(work, base)
-    pre = work / f"pretrain-{base}" / "model" / "card.json"
+    pre = work / f"pretrain-{base.split('-')[0]}" / "model" / "card.json"  # mix-lpft: pretrain-mix
     if pre.exists():
         info["pretrain"] = json.loads(pre.read_text()).get("training", {})
     return info
