@@ -106,6 +106,27 @@ def test_store_backed_labels_are_edited_in_place_and_not_copied_by_autosave(dock
     assert (zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")[...] == label_id).any()
 
 
+def test_a_store_too_big_for_free_memory_is_refused_unchanged(docked, small_volume, tmp_path, notes,
+                                                              monkeypatch):
+    import zarr
+
+    from napari_tokenunify.widgets import checks
+
+    viewer, widget = docked
+    layer = viewer.add_labels(zarr_labels(tmp_path / "seg.zarr", small_volume.labels), name="seg")
+    proof = widget.panel("Proofread")
+    pick(proof.labels, layer)
+    label_id = int(np.unique(small_volume.labels)[1])
+    layer.selected_label = label_id
+    monkeypatch.setattr(checks, "free_memory_bytes", lambda: layer.data.nbytes)  # 30 % of it is too little
+    proof.delete()
+    assert notes.has("Delete label", "GiB is free: nothing was changed")
+    on_disk = zarr.open_array(str(tmp_path / "seg.zarr"), mode="r")[...]
+    np.testing.assert_array_equal(on_disk, small_volume.labels)
+    proof.add_selected()  # needs no read of the volume
+    assert proof.ids.value == str(label_id)
+
+
 def test_autosave_goes_beside_the_data(make_napari_viewer, small_volume, tmp_path):
     from napari_tokenunify.io import write_volume
 

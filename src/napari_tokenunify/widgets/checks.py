@@ -58,6 +58,34 @@ def require_labels(layer: Any, like: Any = None, action: str = "this") -> np.nda
     return arr
 
 
+# an edit computes masks and a copy beside the labels: keep the labels under this share of free RAM
+EDIT_MEMORY_SHARE = 0.3
+
+
+def free_memory_bytes() -> int:
+    """Memory this machine can still give (psutil's 'available')."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def labels_in_memory(layer: Any, data: Any, action: str = "proofreading") -> np.ndarray:
+    """``data`` (a labels layer's array) as numpy, reading a store-backed array (Zarr, dask)
+    only when it fits comfortably in free memory; otherwise a :class:`LayerError` saying why."""
+    if isinstance(data, np.ndarray):
+        return data
+    need = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+    free = free_memory_bytes()
+    if need > EDIT_MEMORY_SHARE * free:
+        raise LayerError(
+            f"labels layer '{layer.name}' is {need / 2**30:.1f} GiB on disk and {action} reads it "
+            f"into memory, but only {free / 2**30:.1f} GiB is free: nothing was changed. Close "
+            "other programs, or proofread a crop of the volume (open a region of it as its own "
+            "labels layer)"
+        )
+    return np.asarray(data[...])
+
+
 def require_affinities(layer: Any, shape: tuple[int, ...] | None = None) -> Any:
     """An affinity image layer (channels, z, y, x) matching ``shape`` (z, y, x) when given."""
     if layer is None:

@@ -15,7 +15,7 @@ from magicgui.widgets import Label, LineEdit, PushButton, SpinBox
 from napari_tokenunify import proofread as pr
 
 from .base import Panel, is_affinity_layer, is_volume_layer, layer_combo
-from .checks import LayerError, layer_array, require_affinities, require_labels
+from .checks import LayerError, labels_in_memory, layer_array, require_affinities, require_labels
 from .notify import reporting, show_info
 from .view import go_to
 
@@ -94,8 +94,9 @@ class ProofreadPanel(Panel):
         layer = self.labels.value
         data = require_labels(layer, action="proofreading")
         # a store-backed layer (e.g. a blockwise segmentation in Zarr) is read for the edit's
-        # computation; the edit itself is written back into the store through the layer
-        return layer, data if isinstance(data, np.ndarray) else np.asarray(data[...])
+        # computation when it fits in memory; the edit is written back into the store through
+        # the layer
+        return layer, labels_in_memory(layer, data)
 
     def _apply(self, layer, edit: pr.Edit, what: str) -> None:
         n = apply_edit_to_layer(layer, edit)
@@ -132,7 +133,8 @@ class ProofreadPanel(Panel):
 
     def add_selected(self, *_: Any) -> None:
         with reporting("Add selected label"):
-            layer, _ = self._labels()
+            layer = self.labels.value
+            require_labels(layer, action="proofreading")
             self.add_id(int(layer.selected_label))
 
     def _selected(self, layer) -> int:
