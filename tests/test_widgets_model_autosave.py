@@ -84,18 +84,23 @@ def test_autosave_writes_changed_labels_at_intervals(docked, small_volume, qtbot
     np.testing.assert_array_equal(back, np.asarray(layer.data))
 
 
+def _store_labels_selected(docked, small_volume, tmp_path):
+    """A Zarr-backed labels layer chosen in Proofread, with one of its ids selected."""
+    viewer, widget = docked
+    layer = viewer.add_labels(zarr_labels(tmp_path / "seg.zarr", small_volume.labels), name="seg")
+    proof = widget.panel("Proofread")
+    pick(proof.labels, layer)
+    layer.selected_label = int(np.unique(small_volume.labels)[1])
+    return widget, layer, proof, layer.selected_label
+
+
 def test_store_backed_labels_are_edited_in_place_and_not_copied_by_autosave(docked, small_volume, qtbot,
                                                                             tmp_path):
     """A labels layer backed by a Zarr store (a blockwise segmentation) keeps its edits in that
     store, so autosave does not copy the volume into memory."""
     import zarr
 
-    viewer, widget = docked
-    layer = viewer.add_labels(zarr_labels(tmp_path / "seg.zarr", small_volume.labels), name="seg")
-    proof = widget.panel("Proofread")
-    pick(proof.labels, layer)
-    label_id = int(np.unique(small_volume.labels)[1])
-    layer.selected_label = label_id
+    widget, layer, proof, label_id = _store_labels_selected(docked, small_volume, tmp_path)
     proof.delete()
     saver = widget.autosaver
     assert saver.pending == 1
@@ -112,12 +117,7 @@ def test_a_store_too_big_for_free_memory_is_refused_unchanged(docked, small_volu
 
     from napari_tokenunify.widgets import checks
 
-    viewer, widget = docked
-    layer = viewer.add_labels(zarr_labels(tmp_path / "seg.zarr", small_volume.labels), name="seg")
-    proof = widget.panel("Proofread")
-    pick(proof.labels, layer)
-    label_id = int(np.unique(small_volume.labels)[1])
-    layer.selected_label = label_id
+    widget, layer, proof, label_id = _store_labels_selected(docked, small_volume, tmp_path)
     monkeypatch.setattr(checks, "free_memory_bytes", lambda: layer.data.nbytes)  # 30 % of it is too little
     proof.delete()
     assert notes.has("Delete label", "GiB is free: nothing was changed")
