@@ -31,4 +31,5 @@ for s in $SEEDS; do
   [ $((s % 2)) -eq 1 ] && wait
 done
 wait
+python scripts/train_default_model.py seeds --work "$WORK" | tee "$WORK/seeds.md"
 echo "[$(date +%T)] done"

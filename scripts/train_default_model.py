@@ -335,6 +335,8 @@ LABELS = {
     "scratch-long": "EMmamba tiny, from scratch, + extended finetuning",
     "mix-long": "EMmamba tiny, mixture pretraining, + extended finetuning",
     "pseudo": "EMmamba tiny, mixture (bundled default) + self-training on U-Net pseudo-labels",
+    "random-lpft": "EMmamba tiny, random-token pretraining, LP-FT finetuning",
+    "mix-lpft": "EMmamba tiny, TokenUnify mixture pretraining, LP-FT finetuning",
 }
 
 
@@ -361,10 +363,31 @@ def stage_table(work: Path, args) -> None:
               f"{t['voi_merge']:.3f} | {voi:.3f} | {t['arand']:.3f} |")
 
 
+def stage_seeds(work: Path, args) -> None:
+    """Print per-arm scores over the seeds of a multi-seed run (WORK/s<seed>/results.json, as
+    written by scripts/ablation_cpu.sh): held-out and test VOI per seed, then the means."""
+    by_arm: dict[str, dict[str, dict]] = {}
+    for path in sorted(work.glob("s*/results.json")):
+        for arm, r in json.loads(path.read_text()).items():
+            by_arm.setdefault(arm, {})[path.parent.name[1:]] = r
+    print("| model | seeds | held-out VOI | test VOI | test ARAND | mean test VOI | mean test ARAND |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for arm in [a for a in LABELS if a in by_arm]:
+        runs = by_arm[arm]
+        seeds = sorted(runs)
+        held = [runs[s]["validation"][runs[s]["chosen"]]["voi"] for s in seeds]
+        voi = [runs[s]["test"]["voi_split"] + runs[s]["test"]["voi_merge"] for s in seeds]
+        arand = [runs[s]["test"]["arand"] for s in seeds]
+        fmt = " / ".join
+        print(f"| {LABELS[arm]} | {', '.join(seeds)} | {fmt(f'{v:.2f}' for v in held)} | "
+              f"{fmt(f'{v:.2f}' for v in voi)} | {fmt(f'{v:.2f}' for v in arand)} | "
+              f"**{np.mean(voi):.2f}** | {np.mean(arand):.2f} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["pretrain", "finetune", "extend", "pseudo", "evaluate", "bundle", "table",
-                                      "all"])
+                                      "seeds", "all"])
     p.add_argument("arm", nargs="?", default=None)
     p.add_argument("--work", type=Path, default=Path("/tmp/runs"))
     p.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
@@ -407,6 +430,8 @@ def main(argv=None) -> int:
         stage_bundle(args.work, args)
     elif args.stage == "table":
         stage_table(args.work, args)
+    elif args.stage == "seeds":
+        stage_seeds(args.work, args)
     else:
         for arm in ("mix", "random"):
             stage_pretrain(arm, args.work, args)
