@@ -310,8 +310,8 @@ def stage_bundle(work: Path, args) -> None:
             "pretrain": earlier.get("pretrain", {}),
             "pretrain_data": earlier.get("pretrain_data"),
             "continued_from": {k: v for k, v in earlier.items() if k not in ("pretrain", "pretrain_data")},
-            "init": "the bundled default before self-training (the mixture arm; git history of "
-                    "src/napari_tokenunify/model/bundled/default)",
+            "init": "the bundled default it continued (git history of "
+                    "src/napari_tokenunify/model/bundled/default; its training is continued_from)",
             "finetune_data": f"medulla-labeled/train-image.h5 + train-gt.lzf.h5, x < {VAL_SPLIT_X} "
                              "(the finetuning it continued, see continued_from)",
             "self_training_data": "medulla-unlabeled/raw.h5 with pseudo-labels from the bundled unet "
