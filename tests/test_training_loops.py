@@ -189,6 +189,20 @@ def test_finetune_head_steps_train_the_new_output_layer_first(pretrained, volume
         finetune(volume.image, volume.labels, steps=1, head_steps=1, patch_shape=PATCH)
 
 
+def test_validation_predicts_with_the_tiles_of_the_exported_model(tmp_path, volume, monkeypatch):
+    """EMmamba's output depends on the tile it is predicted in, so validation during training must
+    tile like the exported model (its card's patch), not like the preset's default patch."""
+    import napari_tokenunify.training.finetune as ft
+
+    seen = []
+    real = ft.validate
+    monkeypatch.setattr(ft, "validate", lambda model, *a, **k: seen.append(list(model.card.patch_size))
+                        or real(model, *a, **k))
+    model = finetune(volume.image, volume.labels, init=None, steps=1, patch_shape=PATCH, out_dir=tmp_path,
+                     validation=(volume.image[:, :, :32], volume.labels[:, :, :32]), val_every=1)
+    assert seen == [list(PATCH)] and model.card.patch_size == list(PATCH)
+
+
 def test_finetune_in_memory_with_box_and_unet(volume):
     from napari_tokenunify.training.unet import ResidualUNet3D
 

@@ -241,6 +241,7 @@ def finetune(
     dev = resolve_device(device)
     rng, gen = seed_everything(seed)
     model, init_note = prepare_model(init, len(offsets), preset)
+    _card_patch(model, patch_shape)
     model = model.to(dev)
     head = _head_parameters(model, init_note, head_steps)
     check_input_divisor(model, patch_shape)
@@ -371,6 +372,16 @@ def finetune(
         card = _card(model, preset, offsets, patch_shape, training, best.get("scores"))
         export_model(model, out / "model", card)
     return model
+
+
+def _card_patch(model: torch.nn.Module, patch_shape: Sequence[int]) -> None:
+    """Give the network in training the card patch size it will be exported with: prediction
+    tiles follow it, and EMmamba's output depends on the tile, so validation must use the same."""
+    from dataclasses import replace
+
+    card = getattr(model, "card", None)
+    if card is not None and list(getattr(card, "patch_size", None) or []) != list(patch_shape):
+        model.card = replace(card, patch_size=list(patch_shape))
 
 
 def _head_parameters(model: torch.nn.Module, init_note: dict, head_steps: int) -> set[str]:
