@@ -270,8 +270,8 @@ DESCRIPTIONS = {
     "unet": "residual 3D U-Net (superhuman-style), trained from scratch on medulla-labeled train "
             "(FIB-SEM, 10 nm); the ablation's baseline, see docs/results.md",
     "pseudo": "EMmamba tiny, TokenUnify mixture pretraining on medulla-unlabeled (FIB-SEM, 10 nm), "
-              "finetuned on medulla-labeled train, then self-trained on medulla-unlabeled with "
-              "pseudo-labels from the bundled U-Net; see docs/results.md",
+              "finetuned on medulla-labeled train (LP-FT), then self-trained on medulla-unlabeled "
+              "with pseudo-labels from the bundled U-Net; see docs/results.md",
 }
 BUNDLE_NAMES = {"mix": "default", "pseudo": "default", "unet": "unet"}
 
@@ -303,15 +303,27 @@ def stage_bundle(work: Path, args) -> None:
     if arm == "pseudo":  # the default it continued: its pretraining and finetuning records
         from napari_tokenunify.model.bundled import bundled_path
 
-        before = json.loads((Path(args.init or bundled_path("default")) / "card.json").read_text())
-        earlier = before.get("training", {})
+        init_dir = Path(args.init or bundled_path("default"))
+        earlier = json.loads((init_dir / "card.json").read_text()).get("training", {})
+        pretrain, continued = earlier.get("pretrain", {}), dict(earlier)
+        if args.init:  # an ablation arm's selected model (WORK/selected-ARM): find its pretraining
+            pre_card = init_dir.parent / f"pretrain-{init_dir.name.removeprefix('selected-').split('-')[0]}" / "model" / "card.json"
+            if not pretrain and pre_card.exists():
+                pretrain = json.loads(pre_card.read_text()).get("training", {})
+            arm_results = init_dir.parent / "results.json"
+            if arm_results.exists():
+                chosen = json.loads(arm_results.read_text()).get(init_dir.name.removeprefix("selected-"), {})
+                run = init_dir.parent / init_dir.name.replace("selected-", "finetune-", 1)
+                continued["selected"] = f"the {chosen.get('chosen')} model of {run} (by held-out VOI)"
+            continued.setdefault("finetune_data", f"medulla-labeled/train-image.h5 + train-gt.lzf.h5, x < {VAL_SPLIT_X}")
         card.training = {
             **card.training,
-            "pretrain": earlier.get("pretrain", {}),
-            "pretrain_data": earlier.get("pretrain_data"),
-            "continued_from": {k: v for k, v in earlier.items() if k not in ("pretrain", "pretrain_data")},
-            "init": "the bundled default it continued (git history of "
-                    "src/napari_tokenunify/model/bundled/default; its training is continued_from)",
+            "pretrain": pretrain,
+            "pretrain_data": earlier.get("pretrain_data") or ("medulla-unlabeled/raw.h5 (250^3, uint8)" if pretrain else None),
+            "continued_from": {k: v for k, v in continued.items() if k not in ("pretrain", "pretrain_data")},
+            "init": (f"{args.init} (its training is continued_from)" if args.init else
+                     "the bundled default it continued (git history of "
+                     "src/napari_tokenunify/model/bundled/default; its training is continued_from)"),
             "finetune_data": f"medulla-labeled/train-image.h5 + train-gt.lzf.h5, x < {VAL_SPLIT_X} "
                              "(the finetuning it continued, see continued_from)",
             "self_training_data": "medulla-unlabeled/raw.h5 with pseudo-labels from the bundled unet "
