@@ -65,6 +65,17 @@ def test_cluster_prediction_equals_single_process(client, inputs):
     assert group.attrs["complete"] and np.asarray(group["done"][...]).all()
 
 
+def test_cluster_prediction_with_flips_equals_single_process(client, inputs):
+    root, vol, image_path, model, model_dir = inputs
+    torch.set_num_threads(1)
+    kw = dict(tile_shape=(16, 32, 32), halo=(2, 4, 4), device="cpu", dtype="float32", tta="yx")
+    single = predict_affinities(vol.image, model, **kw)
+    assert not np.allclose(single, predict_affinities(vol.image, model, **{**kw, "tta": "none"}), atol=1e-4)
+    out = predict_affinities_distributed(VolumeRef(str(image_path)), model, root / "affs-tta.zarr",
+                                         client=client, model_source=model_dir, **kw)
+    assert np.allclose(np.asarray(out[...]), single, atol=1e-5)
+
+
 def test_cluster_run_cancels_and_resumes(client, inputs):
     root, vol, image_path, model, model_dir = inputs
     kw = dict(tile_shape=(16, 32, 32), halo=(2, 4, 4), device="cpu", dtype="float32")

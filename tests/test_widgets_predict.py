@@ -204,3 +204,33 @@ def test_current_view_only_predicts_what_is_on_screen(docked, small_volume, qtbo
     assert 0 < n_done < n_blocks
     data = np.asarray(viewer.layers["em affinities"].data)
     assert data[:, 2, 8, 8].any() and not data[:, :, 40:, 40:].any()
+
+
+def test_test_time_flips_are_chosen_in_the_panel(docked, small_volume, qtbot, notes, tmp_path):
+    import zarr
+
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    model = _tiny_model(widget, qtbot)
+    counter = SlowCounter(model, delay_s=0.0)
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "region only"
+    panel.region.value = "0:8, 0:24, 0:24"
+    panel.tile_shape = (16, 32, 32)
+    store = tmp_path / "flips.zarr"
+    panel.store.value = store
+    assert panel.tta.value == "none"
+    panel.tta.value = "yx"
+    assert widget.session.tta == "yx"
+    wait_job(qtbot, panel.predict())
+    n_done, _ = _done(store)
+    assert counter.tiles == 4 * n_done  # each tile and its three in-plane mirror images
+    assert zarr.open_group(str(store), mode="r").attrs["settings"]["tta"] == "yx"
+    # the same store with other flips is a different run: refused with a message, kept intact
+    panel.tta.value = "none"
+    job = panel.predict()
+    if job is not None:
+        wait_job(qtbot, job)
+    assert notes.has("other settings")
+    assert _done(store)[0] == n_done

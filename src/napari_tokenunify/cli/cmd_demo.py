@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             affs = predict_affinities(image, model, out=out / "affinities.zarr", device=args.device,
                                       voxel_size=voxel, overwrite=args.overwrite, progress=bar,
-                                      cancel=token)
+                                      cancel=token, tta=args.tta)
             t_pred = time.perf_counter() - t0
             threshold = args.threshold
             if threshold is None:
@@ -120,6 +120,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--threshold", type=float, default=None,
                    help="agglomeration threshold (default: the model card's recommendation)")
+    p.add_argument("--tta", default="none", choices=["none", "yx", "zyx"],
+                   help="average each tile over its mirror images (4 or 8 times slower)")
     p.add_argument("--overwrite", action="store_true", help="run again over an existing result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -42,7 +42,8 @@ def predict_to(args: argparse.Namespace, out: Path, progress, cancel):
     crop = parse_box(args.roi, vol.shape) if getattr(args, "roi", None) else None
     common = dict(tile_shape=args.tile, halo=args.halo, batch_size=args.batch, device=args.device,
                   dtype=args.dtype, crop=crop, voxel_size=vol.voxel_size,
-                  overwrite=args.overwrite, progress=progress, cancel=cancel)
+                  overwrite=args.overwrite, progress=progress, cancel=cancel,
+                  tta=getattr(args, "tta", "none"))
     from ..engine.distributed import close_client, get_client
 
     client = get_client(args.scheduler, args.workers)

@@ -76,22 +76,23 @@ def _cached(key, make):
         return _CACHE[key]
 
 
-def _worker_predictor(model_source: str, device: str, tile_batch: int | None) -> TilePredictor:
+def _worker_predictor(model_source: str, device: str, tile_batch: int | None,
+                      tta: str = "none") -> TilePredictor:
     def make():
         from ..model import load_model
 
         return TilePredictor(load_model(model_source, device="cpu"), device=device,
-                             batch_size=tile_batch)
+                             batch_size=tile_batch, tta=tta)
 
-    return _cached(("model", model_source, device, tile_batch), make)
+    return _cached(("model", model_source, device, tile_batch, tta), make)
 
 
 def predict_blocks_task(blocks: Sequence[Block], *, image: VolumeRef, model_source: str,
                         device: str, tile_batch: int | None, grid, norm, offsets, dtype,
-                        volume_box, target, done) -> int:
+                        volume_box, target, done, tta: str = "none") -> int:
     """One task: predict ``blocks`` and write their cores and done records into the store."""
     data = _cached(("image", image), image.open)
-    predictor = _worker_predictor(model_source, device, tile_batch)
+    predictor = _worker_predictor(model_source, device, tile_batch, tta)
     runner = BlockRunner(data, predictor, grid, norm, offsets, dtype, volume_box)
     for b, res in zip(blocks, runner.run(list(blocks)), strict=False):
         rel = tuple(slice(a - o, z - o) for (a, z), o in zip(b.core, grid.origin, strict=False))
@@ -129,13 +130,18 @@ def predict_affinities_distributed(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    tta: str = "none",
 ):
     """Like :func:`~napari_tokenunify.engine.predict.predict_affinities` into the Zarr ``out``,
     with the blocks predicted by the workers of ``client`` (resumable in the same way)."""
+    from .predict import model_offsets
+    from .tta import check_tta
+
+    check_tta(tta, model_offsets(model))  # here, not first on a worker
     data = image.open()
     plan = plan_prediction(
         data, model, out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
-        roi_only=roi_only, crop=crop, voxel_size=voxel_size, overwrite=overwrite,
+        roi_only=roi_only, crop=crop, voxel_size=voxel_size, overwrite=overwrite, tta=tta,
     )
     source = model_path_for_workers(model, model_source)
     n = max(1, int(batch_size or 1))
@@ -146,6 +152,6 @@ def predict_affinities_distributed(
         amount=lambda bs: sum(b.n_core_voxels for b in bs),
         image=image, model_source=source, device=device, tile_batch=batch_size, grid=plan.grid,
         norm=plan.norm, offsets=plan.offsets, dtype=plan.dtype, volume_box=plan.volume_box,
-        target=plan.store.array, done=plan.store.done,
+        target=plan.store.array, done=plan.store.done, tta=tta,
     )
     return plan.finish()

@@ -107,12 +107,18 @@ def _is_oom(err: BaseException) -> bool:
 
 
 class TilePredictor:
-    """Runs the model on batches of tiles: normalisation, device, autocast and OOM back-off."""
+    """Runs the model on batches of tiles: normalisation, device, autocast and OOM back-off;
+    ``tta`` ("none", "yx", "zyx") averages each tile over its mirror images (see ``engine.tta``)."""
 
     def __init__(
         self, model: torch.nn.Module, *, device: str | torch.device = "auto",
-        batch_size: int | None = None, autocast: bool = True,
+        batch_size: int | None = None, autocast: bool = True, tta: str = "none",
     ) -> None:
+        from .tta import check_tta
+
+        self.offsets = model_offsets(model)
+        check_tta(tta, self.offsets)
+        self.tta = tta
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             configure_cpu_threads()
@@ -135,7 +141,12 @@ class TilePredictor:
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(tiles[:, None])).to(self.device)
         with torch.inference_mode(), self._autocast_ctx():
-            y = self.model(x)
+            if self.tta == "none":
+                y = self.model(x)
+            else:
+                from .tta import flip_average
+
+                y = flip_average(self.model, x, self.offsets, self.tta)
         return y.float().cpu().numpy()
 
     def predict(self, tiles: np.ndarray, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -162,6 +173,15 @@ class TilePredictor:
             if on_batch is not None:
                 on_batch(n)
         return np.concatenate(outputs, axis=0)
+
+
+def resolve_tta(tta: str | None, predictor: TilePredictor | None) -> str:
+    """The test-time augmentation of a run: the predictor's, or ``tta`` (default "none")."""
+    if predictor is None:
+        return "none" if tta is None else tta
+    if tta is not None and tta != predictor.tta:
+        raise ValueError(f"tta={tta!r} differs from the given predictor's {predictor.tta!r}")
+    return predictor.tta
 
 
 def _to_out_dtype(pred: np.ndarray, dtype: str) -> np.ndarray:
@@ -230,7 +250,7 @@ def as_3d(image):
     return image
 
 
-def prediction_settings(model, shape, tile, halo, crop, dtype, norm) -> dict[str, Any]:
+def prediction_settings(model, shape, tile, halo, crop, dtype, norm, tta: str = "none") -> dict[str, Any]:
     card = model_card(model)
     card_id = None
     if card is not None and hasattr(card, "to_json"):
@@ -244,6 +264,8 @@ def prediction_settings(model, shape, tile, halo, crop, dtype, norm) -> dict[str
         "crop": [list(c) for c in crop], "dtype": dtype, "offsets": [list(o) for o in model_offsets(model)],
         "intensity": [norm.low, norm.high], "model": card_id or type(model).__name__,
         "n_parameters": n_params,
+        # only when used, so stores written before test-time flips existed still resume
+        **({"tta": tta} if tta != "none" else {}),
     }
 
 
@@ -278,7 +300,7 @@ class PredictionPlan:
 
 def plan_prediction(
     image, model, *, out=None, tile_shape=None, halo=None, dtype="float16", roi=None,
-    roi_only=False, crop=None, voxel_size=None, overwrite=False,
+    roi_only=False, crop=None, voxel_size=None, overwrite=False, tta="none",
 ) -> PredictionPlan:
     """Check the inputs, lay out the tiles and open (or resume) the output."""
     if dtype not in OUT_DTYPES:
@@ -300,7 +322,7 @@ def plan_prediction(
         blocks = [b for b in blocks if boxes_intersect(b.core, roi)]
     store = None
     if out is not None:
-        settings = prediction_settings(model, shape, tile, halo, crop, dtype, norm)
+        settings = prediction_settings(model, shape, tile, halo, crop, dtype, norm, tta)
         store = BlockStore.create(
             out, ARRAY_NAME, shape=(n_ch,) + region, chunks=(n_ch,) + grid.core_shape,
             dtype=dtype, grid_shape=grid.grid_shape, settings=settings, overwrite=overwrite,
@@ -338,6 +360,7 @@ def predict_affinities(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     predictor: TilePredictor | None = None,
+    tta: str | None = None,
 ):
     """Predict affinities (C, Z, Y, X) for ``image`` (z, y, x) tile by tile.
 
@@ -350,14 +373,17 @@ def predict_affinities(
       the context around it is still read from the image).
     - a 2D image is predicted as a single section: the output is (C, 1, Y, X).
     - ``cancel`` is checked before every batch of tiles (one tile on CPU by default).
+    - ``tta``: "none" (default), "yx" or "zyx": average each tile over its 4 or 8 mirror images
+      (4 or 8 times the compute; a given ``predictor`` carries its own).
     """
     image = as_3d(image)
+    tta = resolve_tta(tta, predictor)
     plan = plan_prediction(
         image, model, out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
-        roi_only=roi_only, crop=crop, voxel_size=voxel_size, overwrite=overwrite,
+        roi_only=roi_only, crop=crop, voxel_size=voxel_size, overwrite=overwrite, tta=tta,
     )
     if predictor is None:
-        predictor = TilePredictor(model, device=device, batch_size=batch_size)
+        predictor = TilePredictor(model, device=device, batch_size=batch_size, tta=tta)
     runner = BlockRunner(image, predictor, plan.grid, plan.norm, plan.offsets, plan.dtype,
                          plan.volume_box)
     reporter = ProgressReporter(len(plan.blocks), progress, "predicting affinities", "voxels/s")

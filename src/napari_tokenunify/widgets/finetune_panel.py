@@ -206,12 +206,12 @@ class FinetunePanel(Panel):
             image_layer = self.image.value
             image = require_image(image_layer, "re-prediction")
             box = visible_box(self.viewer, image_layer)
-            device = self.session.device
+            device, tta = self.session.device, self.session.tta
 
             def work(progress=None, cancel=None):
                 from napari_tokenunify.engine.predict import TilePredictor, predict_affinities
 
-                predictor = TilePredictor(model, device=device)
+                predictor = TilePredictor(model, device=device, tta=tta)
                 limit_torch_threads()
                 return predict_affinities(
                     image, model, crop=box, device=device, progress=progress, cancel=cancel,

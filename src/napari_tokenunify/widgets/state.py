@@ -17,6 +17,7 @@ class Session:
     model: Any = None
     model_source: str = "default"
     device: str = "auto"
+    tta: str = "none"  # test-time flips of every prediction (engine.tta): none | yx | zyx
     finetuned: Any = None
     # id(labels layer) -> EditLog of the regions a person corrected in that layer
     edit_logs: dict[int, EditLog] = field(default_factory=dict)
