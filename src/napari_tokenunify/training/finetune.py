@@ -148,13 +148,15 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.
 
 
 def validate(
-    model, raw, labels, *, mask=None, device="cpu", threshold: float | Sequence[float] = DEFAULT_THRESHOLDS
+    model, raw, labels, *, mask=None, device="cpu", threshold: float | Sequence[float] = DEFAULT_THRESHOLDS,
+    tta: str = "none",
 ) -> dict[str, float]:
     """Predict, segment and score one validation volume with the engine (VOI/ARAND).
 
     With several thresholds the agglomeration runs once and the threshold with the lowest VOI
     (split + merge) is reported (``threshold`` in the result): the merge threshold that suits a
-    network changes as it trains, so a fixed one would rank checkpoints unfairly.
+    network changes as it trains, so a fixed one would rank checkpoints unfairly. ``tta``: the
+    test-time flips of the prediction (``engine.tta``).
     """
     from ..engine.agglomerate import Agglomerator
     from ..engine.evaluate import evaluate
@@ -167,7 +169,7 @@ def validate(
     model.eval()
     try:
         with torch.no_grad():
-            affs = predict_affinities(raw, model, device=device, dtype="float32")
+            affs = predict_affinities(raw, model, device=device, dtype="float32", tta=tta)
     finally:
         model.train(was_training)
     agg = Agglomerator(np.asarray(affs), max_threshold=max(thresholds))
