@@ -162,6 +162,25 @@ def test_edit_log(blocks):
     assert log.bounding_box() is None
 
 
+def test_edit_log_forgets_undone_edits_until_they_are_redone(blocks):
+    log = pr.EditLog(blocks.shape)
+    first, second = object(), object()
+    log.record(pr.delete_label(blocks, 2), token=first)
+    log.record(pr.delete_label(blocks, 1), token=second)
+    log.mark((slice(0, 1), slice(0, 1), slice(0, 1)))  # no token: always counts
+    log.sync(lambda t: t is first)  # 'second' undone
+    assert len(log) == 2 and log.n_recorded == 3
+    assert not log.mask()[blocks == 1].any() and log.mask()[blocks == 2].all()
+    only = pr.EditLog(blocks.shape)
+    only.record(pr.delete_label(blocks, 2))
+    only.mark((slice(0, 1), slice(0, 1), slice(0, 1)))
+    assert log.bounding_box() == only.bounding_box()
+    log.sync(lambda t: False)
+    assert log.regions() == [(slice(0, 1), slice(0, 1), slice(0, 1))]
+    log.sync(lambda t: True)  # redone
+    assert len(log) == 3
+
+
 def test_uncertainty_ranking_finds_the_undecided_block():
     rng = np.random.default_rng(0)
     affs = (rng.random((3, 16, 64, 64)) > 0.5).astype(np.float32) * 0.98 + 0.01

@@ -47,6 +47,45 @@ def test_merge_is_one_undo_step_and_is_tracked(proof):
     assert not (layer.data == 3).any()
 
 
+def test_undone_edits_leave_the_finetuning_mask_and_are_autosaved(proof, qtbot, notes):
+    viewer, widget, panel, layer = proof
+    finetune = widget.panel("Finetune")
+    image = viewer.add_image(np.random.default_rng(0).random(layer.data.shape, dtype=np.float32), name="em")
+    pick(finetune.image, image)
+    pick(finetune.labels, layer)
+    finetune.region.value = "edited regions"
+    panel.ids.value = "2, 3"
+    panel.merge()
+    layer.selected_label = 1
+    panel.delete()
+    log = widget.session.edit_logs[id(layer)]
+    assert len(log) == 2
+    saver = widget.autosaver
+    wait_job(qtbot, saver.save_changed())
+    assert saver.pending == 0
+
+    from app_model.types import KeyBinding, KeyCode, KeyMod
+
+    ctrl_z = type(layer).class_keymap[KeyBinding.from_int(KeyMod.CtrlCmd | KeyCode.KeyZ)]
+    ctrl_z(layer)  # the function napari binds to Ctrl+Z: the delete is taken back
+    assert (layer.data == 1).any()
+    assert len(log) == 1 and log.bounding_box()[2] == slice(16, 30)
+    mask, _ = finetune._mask(layer, layer.data.shape)
+    assert mask[:, 5, 5].sum() == 0 and mask[:, 15, 20].all()  # label 1's box no longer trains
+    assert saver.pending == 1  # the undo itself is autosaved, not only edits
+    layer.undo()
+    assert len(log) == 0 and log.n_recorded == 2
+    finetune.start()
+    assert notes.has("no edited regions")
+    layer.redo()
+    assert len(log) == 1 and not (layer.data == 3).any()
+    # a new edit after an undo drops the redo stack: the undone delete never comes back
+    panel.ids.value = "1, 2"
+    panel.merge()
+    layer.redo()
+    assert len(log) == 2 and log.n_recorded == 3
+
+
 def test_split_with_seed_points_then_delete_and_new_id(proof, notes):
     viewer, widget, panel, layer = proof
     truth = _blocks()

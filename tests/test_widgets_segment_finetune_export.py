@@ -87,13 +87,16 @@ def _finetune_on_edits(widget, viewer, small_volume, qtbot, notes, model):
     pick(panel.labels, labels)
     panel.start()
     assert notes.has("no edited regions")
-    # A proofreading edit marks its region for finetuning (an undo keeps it marked as looked at).
+    # A proofreading edit marks its region for finetuning; an undo takes it back out (the region
+    # holds the model's own labels again), a redo puts it back.
     proof = widget.panel("Proofread")
     pick(proof.labels, labels)
     ids = [int(i) for i in np.unique(small_volume.labels)[1:3]]
     proof.ids.value = f"{ids[0]}, {ids[1]}"
     proof.merge()
     labels.undo()
+    assert len(widget.session.edit_logs[id(labels)]) == 0
+    labels.redo()
     assert len(widget.session.edit_logs[id(labels)]) == 1
     panel.steps.value = 15
     panel.lr.value = 3e-3

@@ -12,8 +12,9 @@ values in [0, 1], channel ``c`` linking voxel v and v - offsets[c].
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -243,15 +244,23 @@ def revert_edit(labels: np.ndarray, edit: Edit) -> np.ndarray:
 
 @dataclass
 class EditLog:
-    """The regions a person corrected, for finetuning on them and for autosave bookkeeping."""
+    """The regions a person corrected, for finetuning on them and for autosave bookkeeping.
+
+    A region may carry a ``token`` (the widgets pass the undo-history entry of the edit); after an
+    undo, :meth:`sync` with the tokens still applied drops it from :meth:`regions` and
+    :meth:`mask` (a redo brings it back), so finetuning never trains on a correction that was
+    taken back. Regions without a token always count.
+    """
 
     shape: tuple[int, int, int]
     _regions: list[Region] = field(default_factory=list)
+    _tokens: list[Any] = field(default_factory=list)
+    _undone: set[int] = field(default_factory=set)
 
-    def record(self, edit: Edit) -> None:
-        self.mark(edit.region)
+    def record(self, edit: Edit, token: Any = None) -> None:
+        self.mark(edit.region, token)
 
-    def mark(self, region: Sequence[slice]) -> None:
+    def mark(self, region: Sequence[slice], token: Any = None) -> None:
         """Record a changed box (e.g. from a paint stroke), clipped to the volume."""
         box = tuple(
             slice(max(int(s.start or 0), 0), min(int(n if s.stop is None else s.stop), n))
@@ -259,26 +268,37 @@ class EditLog:
         )
         if all(s.stop > s.start for s in box):
             self._regions.append(box)  # type: ignore[arg-type]
+            self._tokens.append(token)
+
+    def sync(self, is_applied: Callable[[Any], bool]) -> None:
+        """Re-read which tokened edits are in effect (after an undo or redo)."""
+        self._undone = {i for i, t in enumerate(self._tokens) if t is not None and not is_applied(t)}
 
     def __len__(self) -> int:
+        return len(self._regions) - len(self._undone)
+
+    @property
+    def n_recorded(self) -> int:
+        """Every edit ever recorded, undone ones included (they may be redone)."""
         return len(self._regions)
 
     def regions(self) -> list[Region]:
-        return list(self._regions)
+        return [r for i, r in enumerate(self._regions) if i not in self._undone]
 
     def bounding_box(self) -> Region | None:
-        """One box around every edit, or None when nothing was edited."""
-        if not self._regions:
+        """One box around every edit in effect, or None when there is none."""
+        regions = self.regions()
+        if not regions:
             return None
-        box = self._regions[0]
-        for r in self._regions[1:]:
+        box = regions[0]
+        for r in regions[1:]:
             box = _union_region(box, r)
         return box
 
     def mask(self, margin: int = 0) -> np.ndarray:
-        """Boolean volume, True inside the (optionally enlarged) box of every edit."""
+        """Boolean volume, True inside the (optionally enlarged) box of every edit in effect."""
         out = np.zeros(self.shape, dtype=bool)
-        for r in self._regions:
+        for r in self.regions():
             sl = tuple(
                 slice(max(s.start - margin, 0), min(s.stop + margin, n))
                 for s, n in zip(r, self.shape, strict=True)
@@ -288,6 +308,8 @@ class EditLog:
 
     def clear(self) -> None:
         self._regions.clear()
+        self._tokens.clear()
+        self._undone.clear()
 
 
 @dataclass

@@ -113,14 +113,39 @@ class TokenUnifyWidget(QWidget):
             return
         self._tracked.add(id(layer))
         layer.events.paint.connect(partial(self._on_paint, layer))
+        self._follow_undo(layer)
 
     def _on_paint(self, layer: Any, event: Any) -> None:
         region = painted_region(event.value)
         if region is None:
             return
-        edit_log_for(self.session, layer).mark(region)
+        # the history item's first atom identifies the edit in napari's undo/redo stacks
+        token = event.value[0] if len(event.value) else None
+        edit_log_for(self.session, layer).mark(region, token)
         self.autosaver.mark_dirty(layer)
         self.events.labels_edited.emit(layer, region)
+
+    def _follow_undo(self, layer: Any) -> None:
+        """napari's undo and redo change the data without a ``paint`` event: wrap them, so an
+        undone correction leaves the finetuning mask and the change is autosaved."""
+        for name in ("undo", "redo"):
+            original = getattr(layer, name, None)
+            if original is None:
+                continue
+
+            def wrapped(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                result = _original(*args, **kwargs)
+                self._after_history_step(layer)
+                return result
+
+            setattr(layer, name, wrapped)
+
+    def _after_history_step(self, layer: Any) -> None:
+        history = getattr(layer, "_undo_history", None)
+        if history is not None:  # a napari without it: every recorded edit keeps counting
+            applied = {id(atom) for item in history for atom in item}
+            edit_log_for(self.session, layer).sync(lambda token: id(token) in applied)
+        self.autosaver.mark_dirty(layer)
 
     # -- closing -----------------------------------------------------------------------------
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)

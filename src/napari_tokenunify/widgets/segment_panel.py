@@ -135,7 +135,7 @@ class SegmentPanel(Panel):
         if key is not None:
             self.session.agglomerators[key] = agg
         target = self.labels_layer
-        if target is not None and target in self.viewer.layers and len(edit_log_for(self.session, target)):
+        if target is not None and target in self.viewer.layers and edit_log_for(self.session, target).n_recorded:
             show_info(
                 f"'{target.name}' has proofreading edits; the new threshold goes to a new layer"
             )
