@@ -84,6 +84,20 @@ def test_run_and_demo(files, tmp_path, capsys):
                  "--tile", "16,32,32", "--quiet", "--min-size", "5"]) == 0
     text = capsys.readouterr().out
     assert out.exists() and (tmp_path / "labels_affinities.zarr").exists() and "labels" in text
+    # a second run reuses the affinities only when they come from the same model and flips
+    again = ["run", str(root / "image.tif"), str(out), "--model", str(root / "model"), "--tile",
+             "16,32,32", "--quiet", "--overwrite"]
+    assert main(again[:-1] + ["--affinities-out", str(tmp_path / "labels_affinities.zarr")]) == 1
+    assert "--overwrite" in capsys.readouterr().err  # the labels exist: refused as before
+    out2 = tmp_path / "labels2.tif"
+    same = ["run", str(root / "image.tif"), str(out2), "--model", str(root / "model"), "--tile",
+            "16,32,32", "--quiet", "--affinities-out", str(tmp_path / "labels_affinities.zarr")]
+    assert main(same) == 0 and "reusing the affinities" in capsys.readouterr().err
+    assert main(same[:2] + [str(tmp_path / "labels3.tif")] + same[3:] + ["--tta", "yx"]) == 1
+    assert "test-time flip setting (none, not yx)" in capsys.readouterr().err
+    assert main(same[:2] + [str(tmp_path / "labels4.tif"), "--model", "unet"] + same[5:]) == 1
+    assert "another model" in capsys.readouterr().err
+    assert not (tmp_path / "labels3.tif").exists() and not (tmp_path / "labels4.tif").exists()
     assert main(["demo", str(tmp_path / "demo"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "VOI split" in captured.out and str(tmp_path / "demo" / "labels.zarr") in captured.out

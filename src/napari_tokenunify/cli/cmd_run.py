@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             reuse = (not args.overwrite and affs_out.exists()
                      and _complete(affs_out, BlockStore))
+            mismatch = _other_settings(affs_out, args) if reuse else None
+            if mismatch:
+                raise FileExistsError(
+                    f"{affs_out} holds affinities predicted with another {mismatch}; use --overwrite "
+                    "to predict them again, or --affinities-out to keep both")
             if reuse:
                 print(f"reusing the affinities in {affs_out} (use --overwrite to predict again)",
                       file=sys.stderr)
@@ -68,6 +73,23 @@ def _complete(path: Path, store_cls) -> bool:
         return store_cls.open(path, "affinities", mode="r").complete
     except Exception:  # noqa: BLE001 - not a store of ours: predict_to reports it
         return False
+
+
+def _other_settings(path: Path, args: argparse.Namespace) -> str | None:
+    """What differs between the finished affinities in ``path`` and what this run asks for
+    (model, test-time flips), or None when they can be reused."""
+    import zarr
+
+    from ..engine.predict import model_id
+    from .engine_common import load_model_or_default
+
+    settings = zarr.open_group(str(path), mode="r").attrs.get("settings", {})
+    diffs = []
+    if settings.get("model") != model_id(load_model_or_default(args.model)[0]):
+        diffs.append("model")
+    if settings.get("tta", "none") != getattr(args, "tta", "none"):
+        diffs.append(f"test-time flip setting ({settings.get('tta', 'none')}, not {args.tta})")
+    return " and ".join(diffs) or None
 
 
 def _predict_args(args: argparse.Namespace) -> argparse.Namespace:

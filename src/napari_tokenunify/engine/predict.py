@@ -250,19 +250,23 @@ def as_3d(image):
     return image
 
 
-def prediction_settings(model, shape, tile, halo, crop, dtype, norm, tta: str = "none") -> dict[str, Any]:
+def model_id(model) -> str:
+    """What a store records as the model that predicted it: its card (JSON) or its class name."""
     card = model_card(model)
-    card_id = None
     if card is not None and hasattr(card, "to_json"):
         try:
-            card_id = card.to_json()
+            return card.to_json()
         except Exception:  # noqa: BLE001 - an odd card still gets a run, only without an id
-            card_id = None
+            pass
+    return type(model).__name__
+
+
+def prediction_settings(model, shape, tile, halo, crop, dtype, norm, tta: str = "none") -> dict[str, Any]:
     n_params = int(sum(p.numel() for p in model.parameters()))
     return {
         "input_shape": list(shape), "tile_shape": list(tile), "halo": list(halo),
         "crop": [list(c) for c in crop], "dtype": dtype, "offsets": [list(o) for o in model_offsets(model)],
-        "intensity": [norm.low, norm.high], "model": card_id or type(model).__name__,
+        "intensity": [norm.low, norm.high], "model": model_id(model),
         "n_parameters": n_params,
         # only when used, so stores written before test-time flips existed still resume
         **({"tta": tta} if tta != "none" else {}),
