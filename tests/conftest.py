@@ -42,3 +42,14 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def seeded_tiny(shape=(1, 1, 16, 32, 32)):
+    """An untrained EMmamba ``tiny`` in eval mode and a random input, both from seed 0."""
+    import torch
+
+    from napari_tokenunify.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    return model, torch.rand(*shape)

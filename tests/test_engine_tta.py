@@ -70,11 +70,9 @@ def test_mirrored_label_affinities_map_back_onto_the_originals():
 
 
 def test_flip_average_differs_from_one_pass_for_a_real_network():
-    from napari_tokenunify.model import build_model
+    from conftest import seeded_tiny
 
-    torch.manual_seed(0)
-    net = build_model("tiny").eval()
-    x = torch.rand(1, 1, 16, 32, 32)
+    net, x = seeded_tiny()
     with torch.no_grad():
         plain = net(x)
         averaged = flip_average(net, x, NEAREST_OFFSETS, "yx")

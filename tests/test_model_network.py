@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import seeded_tiny
 from napari_tokenunify.model import PRESETS, EMMamba, build_model
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -118,9 +119,7 @@ def test_torch_scan_and_reference_scan_give_the_same_network_output(monkeypatch)
 def test_torch_scan_network_output_in_float32_is_as_accurate_as_the_reference_scan(monkeypatch):
     # float32 rounding through the tiny network alone is up to ~7e-5 (and depends on the thread
     # count), so the chunked scan is judged against the float64 answer, next to the reference.
-    torch.manual_seed(0)
-    model = build_model("tiny").eval()
-    x = torch.rand(1, 1, 16, 16, 32)
+    model, x = seeded_tiny((1, 1, 16, 16, 32))
     with torch.no_grad():
         monkeypatch.setenv("TOKENUNIFY_SCAN", "ref")
         truth = build_model("tiny").eval().double()
@@ -135,9 +134,7 @@ def test_torch_scan_network_output_in_float32_is_as_accurate_as_the_reference_sc
 
 def test_autocast_bfloat16_forward_is_close_to_float32():
     # what the engine does on GPUs (there with float16/bfloat16); the scan itself runs in float32
-    torch.manual_seed(0)
-    model = build_model("tiny").eval()
-    x = torch.rand(1, 1, 16, 32, 32)
+    model, x = seeded_tiny()
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
