@@ -26,21 +26,9 @@ from train_default_model import THRESHOLDS, VAL_SPLIT_X, labeled  # noqa: E402
 MODES = ("none", "yx", "zyx")
 
 
-def affinity_scores(affs: np.ndarray, labels: np.ndarray, offsets) -> dict[str, float]:
-    """Class-balanced BCE and error rate of predicted affinities (each class half the weight)."""
-    from napari_tokenunify.affinities import labels_to_affinities
-
-    target, mask = labels_to_affinities(labels, offsets)
-    p = np.clip(np.asarray(affs, dtype=np.float64), 1e-6, 1 - 1e-6)
-    bce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
-    cut, same = (mask > 0) & (target == 0), (mask > 0) & (target == 1)
-    return {"bce_balanced": float(0.5 * bce[cut].mean() + 0.5 * bce[same].mean()),
-            "error_balanced": float(0.5 * (p[cut] > 0.5).mean() + 0.5 * (p[same] < 0.5).mean())}
-
-
 def score(model, raw, labels, tta: str, threshold=None) -> dict:
     from napari_tokenunify.engine.agglomerate import Agglomerator
-    from napari_tokenunify.engine.evaluate import evaluate
+    from napari_tokenunify.engine.evaluate import affinity_scores, evaluate
     from napari_tokenunify.engine.predict import model_offsets, predict_affinities
 
     t0 = time.perf_counter()
@@ -85,9 +73,9 @@ def main(argv=None) -> int:
     for key, r in results.items():
         h, t = r["held_out"], r["test"]
         name, mode = key.split("/")
-        print(f"| {name} | {mode} | {h['bce_balanced']:.4f} | {h['error_balanced']:.4f} | {h['voi']:.3f} | "
+        print(f"| {name} | {mode} | {h['affinity_bce']:.4f} | {h['affinity_error']:.4f} | {h['voi']:.3f} | "
               f"{h['threshold']} | {t['voi_split']:.3f} | {t['voi_merge']:.3f} | {t['voi']:.3f} | "
-              f"{t['arand']:.3f} | {t['error_balanced']:.4f} | {t['predict_seconds']:.1f} |")
+              f"{t['arand']:.3f} | {t['affinity_error']:.4f} | {t['predict_seconds']:.1f} |")
     return 0
 
 

@@ -14,6 +14,9 @@ except by ``bundle``):
                  -> WORK/results.json, WORK/selected-ARM
   pseudo         self-training of the bundled default: the bundled U-Net segments the unlabeled
                  cube (pseudo-labels), the default finetunes on them (-> finetune-pseudo)
+  distill        distillation into the bundled default: the bundled U-Net's affinities of the
+                 unlabeled cube (with test-time flips) are soft targets for --distill-p of the
+                 samples, the train cube's labels for the rest (-> finetune-distill)
   bundle ARM     copy an arm's selected model into the package (mix or pseudo -> default,
                  unet -> unet; card filled in)
   all            everything in order (one process)
@@ -167,6 +170,41 @@ def stage_pseudo(work: Path, args) -> None:
         val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, device=args.device,
         seed=args.seed, time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
         progress=printer(50),
+    )
+
+
+def stage_distill(work: Path, args) -> None:
+    """Distillation: the bundled U-Net (teacher, with test-time flips) predicts affinities of
+    medulla-unlabeled once; the bundled default finetunes with those soft affinities as targets
+    for a share of its samples (--distill-p) and the train cube's labels for the rest, validated
+    on the held-out part of the train cube as every arm is (-> finetune-distill)."""
+    from napari_tokenunify.engine.predict import predict_affinities
+    from napari_tokenunify.model import load_model
+    from napari_tokenunify.model.bundled import bundled_path
+    from napari_tokenunify.training.finetune import finetune
+
+    raw = read_h5(DATA / "medulla-unlabeled" / "raw.h5", "raw")
+    affs_path = work / f"teacher-affinities-{args.teacher}-{args.teacher_tta}.npy"
+    if affs_path.exists():
+        affs = np.load(affs_path)
+    else:
+        t0 = time.perf_counter()
+        teacher = load_model(args.teacher, device=args.device)
+        affs = predict_affinities(raw, teacher, device=args.device, tta=args.teacher_tta, dtype="float16")
+        np.save(affs_path, affs)
+        print(f"teacher affinities: {args.teacher}, tta {args.teacher_tta}, "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
+    train_raw, train_gt = labeled("train")
+    init = args.init or str(bundled_path("default"))
+    init = None if init == "scratch" else init
+    finetune(
+        train_raw[:, :, :VAL_SPLIT_X], train_gt[:, :, :VAL_SPLIT_X], init=init, preset=args.preset,
+        steps=args.finetune_steps, out_dir=work / "finetune-distill", patch_shape=args.patch,
+        validation=(train_raw[:, :, VAL_SPLIT_X:], train_gt[:, :, VAL_SPLIT_X:]),
+        val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, device=args.device,
+        seed=args.seed, time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
+        teacher=args.teacher, distill_volumes=[raw], distill_p=args.distill_p,
+        teacher_tta=args.teacher_tta, teacher_affinities=[affs], progress=printer(50),
     )
 
 
@@ -398,7 +436,7 @@ def stage_seeds(work: Path, args) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["pretrain", "finetune", "extend", "pseudo", "evaluate", "bundle", "table",
+    p.add_argument("stage", choices=["pretrain", "finetune", "extend", "pseudo", "distill", "evaluate", "bundle", "table",
                                       "seeds", "all"])
     p.add_argument("arm", nargs="?", default=None)
     p.add_argument("--work", type=Path, default=Path("/tmp/runs"))
@@ -415,6 +453,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--teacher", default="unet", help="pseudo: the model that labels the unlabeled cube")
+    p.add_argument("--teacher-tta", default="zyx", help="distill: the teacher's test-time flips")
+    p.add_argument("--distill-p", type=float, default=0.75,
+                   help="distill: share of samples with the teacher's affinities as targets")
     p.add_argument("--init", default=None,
                    help="pseudo: the model to self-train (default: the bundled default; 'scratch': none)")
     p.add_argument("--seed", type=int, default=0)
@@ -436,6 +477,8 @@ def main(argv=None) -> int:
         stage_extend(args.arm or "mix", args.work, args)
     elif args.stage == "pseudo":
         stage_pseudo(args.work, args)
+    elif args.stage == "distill":
+        stage_distill(args.work, args)
     elif args.stage == "evaluate":
         stage_evaluate(args.work, args)
     elif args.stage == "bundle":

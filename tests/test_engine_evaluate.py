@@ -74,3 +74,24 @@ def test_bad_input_is_refused(pair):
         evaluate(seg, np.zeros_like(gt))
     with pytest.raises(ValueError, match="mask shape"):
         evaluate(seg, gt, mask=np.ones((2, 2, 2), bool))
+
+
+def test_affinity_scores_rank_perfect_constant_and_inverted_predictions():
+    from napari_tokenunify.affinities import NEAREST_OFFSETS, labels_to_affinities
+    from napari_tokenunify.engine.evaluate import affinity_scores
+
+    labels = np.zeros((4, 12, 12), dtype=np.uint32)
+    labels[:, :, :6], labels[:, :, 7:] = 1, 2
+    target, _ = labels_to_affinities(labels)
+    perfect = affinity_scores(target, labels, NEAREST_OFFSETS)
+    assert perfect["affinity_error"] == 0 and perfect["affinity_bce"] < 1e-4
+    constant = affinity_scores(np.full_like(target, 0.4), labels, NEAREST_OFFSETS)
+    assert constant["affinity_error"] == pytest.approx(0.5)  # every connected pair called cut
+    inverted = affinity_scores(1 - target, labels, NEAREST_OFFSETS)
+    assert inverted["affinity_error"] == 1 and inverted["affinity_bce"] > constant["affinity_bce"]
+    # a mask that leaves out the second object: its pairs no longer count
+    mask = labels != 2
+    masked = affinity_scores(np.where(labels == 2, 1 - target, target), labels, NEAREST_OFFSETS, mask=mask)
+    assert masked["affinity_error"] == 0
+    with pytest.raises(ValueError, match="boundaries"):
+        affinity_scores(target, np.ones_like(labels), NEAREST_OFFSETS)

@@ -143,8 +143,9 @@ def test_finetune_validation_keeps_best_and_resumes(tmp_path, volume):
     best = min(hist, key=lambda h: h["voi"])
     assert model.card.training["best_step"] == best["step"]
     assert model.card.metrics["validation"]["voi"] == pytest.approx(best["voi"])
-    assert {"voi_split", "voi_merge", "arand"} <= set(best)
-    assert (tmp_path / "validation.csv").exists()
+    assert {"voi_split", "voi_merge", "arand", "affinity_error", "affinity_bce"} <= set(best)
+    assert 0 <= best["affinity_error"] <= 1
+    assert "affinity_error" in (tmp_path / "validation.csv").read_text().splitlines()[0]
 
 
 def test_finetune_ema_returns_the_average_and_resumes_exactly(tmp_path, volume):

@@ -15,6 +15,17 @@ def _read(path: str | None, dataset: str | None):
     return open_image(path, dataset).data
 
 
+def _distill_kwargs(args: argparse.Namespace) -> dict:
+    """finetune's distillation keywords from --teacher, --distill-data, --distill-p, --teacher-tta."""
+    if args.teacher is None:
+        if args.distill_data:
+            raise ValueError("--distill-data needs --teacher (the model whose affinities are the targets)")
+        return {}
+    volumes = [_read(path, args.distill_dataset) for path in args.distill_data] or None
+    return {"teacher": args.teacher, "distill_volumes": volumes, "distill_p": args.distill_p,
+            "teacher_tta": args.teacher_tta}
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -39,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         **({"threshold": args.threshold} if args.threshold else {}),
         batch_size=args.batch_size, lr=args.lr, augment=not args.no_augment, ema=args.ema,
         head_steps=args.head_steps,
+        **_distill_kwargs(args),
         **runtime_kwargs(args),
     )
     if status:
@@ -87,5 +99,15 @@ def register(sub) -> None:
                    help="train only the re-initialised output layer for the first N steps (LP-FT)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights (e.g. 0.999)")
+    p.add_argument("--teacher", default=None, metavar="MODEL",
+                   help="distil from this model (e.g. 'unet'): its affinities of --distill-data "
+                   "are soft targets for a share of the samples")
+    p.add_argument("--distill-data", nargs="+", default=[], metavar="VOLUME",
+                   help="volumes (unlabeled is fine) the teacher predicts once (default: --raw)")
+    p.add_argument("--distill-dataset", default=None, help="dataset inside the --distill-data files")
+    p.add_argument("--distill-p", type=float, default=0.5,
+                   help="share of samples with the teacher's targets (1: teacher only)")
+    p.add_argument("--teacher-tta", default="yx", choices=["none", "yx", "zyx"],
+                   help="the teacher's test-time flips")
     add_runtime_options(p)
     p.set_defaults(func=run)

@@ -102,6 +102,11 @@ class EMAugment:
     elastic_alpha: float = 3.0
 
     def __call__(self, raw, labels, mask, rng: np.random.Generator):
+        raw, labels, mask = self.geometry(raw, labels, mask, rng)
+        return self.photometric(raw, rng), labels, mask
+
+    def geometry(self, raw, labels, mask, rng: np.random.Generator):
+        """The moves (flips, rotations, elastic, misalignment): raw, labels and mask together."""
         raw = np.asarray(raw, dtype=np.float32)
         mask = np.asarray(mask, dtype=np.float32)
         if self.flip_rotate:
@@ -110,6 +115,12 @@ class EMAugment:
             raw, labels, mask = elastic(raw, labels, mask, rng, self.elastic_alpha)
         if rng.random() < self.misalign_p:
             raw, labels, mask = misalign(raw, labels, mask, rng, self.misalign_shift)
+        return raw, labels, mask
+
+    def photometric(self, raw, rng: np.random.Generator) -> np.ndarray:
+        """The intensity changes (contrast, gamma, blur, noise, missing sections): raw only.
+
+        Distillation shows the teacher the patch before these and the student after them."""
         if rng.random() < self.intensity_p:
             raw = intensity(raw, rng)
         if rng.random() < self.blur_p:
@@ -119,4 +130,4 @@ class EMAugment:
             raw = np.clip(raw + rng.normal(0, self.noise_sigma, raw.shape), 0, 1).astype(np.float32)
         if rng.random() < self.missing_p:
             raw = missing_sections(raw, rng)
-        return raw, labels, mask
+        return raw

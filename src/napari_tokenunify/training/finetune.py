@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..affinities import NEAREST_OFFSETS
 from ..devices import resolve_device
@@ -33,6 +32,7 @@ from .checkpoints import (
     guard_output,
     save_checkpoint,
 )
+from .distill import soft_bce
 from .logs import LossLog, plot_losses
 from .runtime import (
     Budget,
@@ -129,9 +129,15 @@ def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
     return cropped, box_mask
 
 
-def _batch(sampler, augment, offsets, rng, batch_size):
+def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0.0):
+    """``batch_size`` samples: with probability ``distill_p`` one of the teacher's
+    (``distill``, a :class:`TeacherTargets`), else one with targets from the labels."""
     raws, targets, weights = [], [], []
     for _ in range(batch_size):
+        if distill is not None and (distill_p >= 1.0 or rng.random() < distill_p):
+            for part, x in zip((raws, targets, weights), distill.sample(augment), strict=True):
+                part.append(x)
+            continue
         p = sampler.sample()
         raw, labels, mask = p.raw, p.labels, p.mask
         if augment is not None:
@@ -156,11 +162,12 @@ def validate(
     With several thresholds the agglomeration runs once and the threshold with the lowest VOI
     (split + merge) is reported (``threshold`` in the result): the merge threshold that suits a
     network changes as it trains, so a fixed one would rank checkpoints unfairly. ``tta``: the
-    test-time flips of the prediction (``engine.tta``).
+    test-time flips of the prediction (``engine.tta``). The per-affinity ``affinity_bce`` and
+    ``affinity_error`` (``engine.evaluate.affinity_scores``) are reported beside, not used to rank.
     """
     from ..engine.agglomerate import Agglomerator
-    from ..engine.evaluate import evaluate
-    from ..engine.predict import predict_affinities
+    from ..engine.evaluate import affinity_scores, evaluate
+    from ..engine.predict import model_offsets, predict_affinities
 
     thresholds = [float(threshold)] if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
     if not thresholds:
@@ -181,6 +188,10 @@ def validate(
         scores["threshold"] = t
         if best is None or scores["voi"] < best["voi"]:
             best = scores
+    try:
+        best.update(affinity_scores(affs, gt, model_offsets(model), mask=mask))
+    except ValueError:  # e.g. one label and no boundary: VOI alone
+        pass
     return best
 
 
@@ -202,6 +213,11 @@ def finetune(
     batch_size: int = 1,
     lr: float = 1e-3,
     augment: EMAugment | bool = True,
+    teacher: Any = None,
+    distill_volumes: Sequence | None = None,
+    distill_p: float = 0.5,
+    teacher_tta: str = "yx",
+    teacher_affinities: Sequence | None = None,
     ema: float | None = None,
     head_steps: int = 0,
     device: str = "auto",
@@ -224,6 +240,11 @@ def finetune(
     ``head_steps``: train only the layers that were re-initialised (the output layer of a
     pretrained network) for this many steps before training everything ("LP-FT": a fresh head
     on pretrained features first, so its early random gradients do not distort those features).
+    ``teacher`` (a model or a model path/name, e.g. ``"unet"``): distillation. A share
+    ``distill_p`` of the samples is drawn from ``distill_volumes`` (default: ``raw``; unlabeled
+    volumes are the point) with the teacher's affinities (``teacher_tta`` flips) as soft targets,
+    see :mod:`.distill`; the rest come from ``labels`` as usual. ``teacher_affinities``: the
+    teacher's affinities of each distillation volume when already predicted.
     With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best), ``loss.csv``, ``loss.png``,
     ``validation.csv``.
     """
@@ -251,6 +272,20 @@ def finetune(
     sampler = PatchSampler(
         [raw], patch_shape, labels=[labels], masks=[mask], seed=rng, min_labelled=0.05
     )
+    distill = None
+    if teacher is not None:
+        if not 0.0 < float(distill_p) <= 1.0:
+            raise ValueError(f"distill_p must be in (0, 1] to distil from a teacher, got {distill_p}")
+        from .distill import TeacherTargets, load_teacher
+
+        vols = list(distill_volumes) if distill_volumes is not None else [raw]
+        if not vols:
+            raise TrainingDataError("distill_volumes is empty: give the volumes the teacher should label")
+        distill = TeacherTargets(load_teacher(teacher, offsets, dev), vols, patch_shape, offsets,
+                                 rng, dev, tta=teacher_tta, progress=_teacher_progress(progress),
+                                 affinities=teacher_affinities)
+    elif distill_volumes is not None:
+        raise ValueError("distill_volumes needs a teacher (the model whose affinities are the targets)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     averaged = _ema_model(model, ema)
     scored = model if averaged is None else averaged.module  # the weights that are validated and kept
@@ -322,15 +357,13 @@ def finetune(
         except Cancelled:
             checkpoint()  # keep every finished step for the resume
             raise
-        x, target, weight = _batch(sampler, augment, offsets, rng, batch_size)
+        x, target, weight = _batch(sampler, augment, offsets, rng, batch_size, distill, distill_p)
         lr_now = lr_at(step, steps, lr)
         set_lr(optimizer, lr_now)
         if head:
             _freeze_all_but(model, head if step < head_steps else None)
         pred = model(x.to(dev))
-        loss = F.binary_cross_entropy(
-            pred.clamp(1e-6, 1 - 1e-6), target.to(dev), weight=weight.to(dev), reduction="sum"
-        ) / weight.to(dev).gt(0).sum().clamp_min(1)
+        loss = soft_bce(pred, target.to(dev), weight.to(dev))
         optimizer_step(optimizer, loss, model.parameters(), step=step, lr=lr, what="finetuning")
         if averaged is not None:
             averaged.update_parameters(model)
@@ -365,6 +398,8 @@ def finetune(
         "augment": augment is not None,
         **({"ema": ema} if averaged is not None else {}),
         **({"head_steps": int(head_steps)} if head else {}),
+        **({"distillation": {"teacher": _teacher_name(teacher), "share": float(distill_p),
+                             "teacher_tta": teacher_tta}} if distill is not None else {}),
         "hardware": hardware(),
     }
     model.training_info = training
@@ -374,6 +409,26 @@ def finetune(
         card = _card(model, preset, offsets, patch_shape, training, best.get("scores"))
         export_model(model, out / "model", card)
     return model
+
+
+def _teacher_progress(progress: ProgressCallback | None) -> ProgressCallback | None:
+    """Report the teacher's prediction of the distillation volumes through ``progress`` too."""
+    if progress is None:
+        return None
+
+    from dataclasses import replace
+
+    def report(p) -> None:
+        progress(replace(p, message=f"teacher: {p.message}"))
+
+    return report
+
+
+def _teacher_name(teacher: Any) -> str:
+    if isinstance(teacher, torch.nn.Module):
+        card = getattr(teacher, "card", None)
+        return str(getattr(card, "description", None) or type(teacher).__name__)
+    return str(teacher)
 
 
 def _card_patch(model: torch.nn.Module, patch_shape: Sequence[int]) -> None:

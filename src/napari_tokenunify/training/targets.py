@@ -76,11 +76,16 @@ def affinity_targets(
     """
     affs, valid = labels_to_affinities(labels, offsets, ignore_label=0)
     if mask is not None:
-        m = np.asarray(mask) > 0
-        m_aff, _ = labels_to_affinities(m.astype(np.uint8), offsets, ignore_label=None)
-        # labels_to_affinities on the 0/1 mask: 1 where v and v - offset are both inside.
-        valid = valid * (m_aff > 0) * m[None]
+        valid = valid * mask_links(mask, offsets)
     return affs, valid.astype(np.float32)
+
+
+def mask_links(mask: np.ndarray, offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS) -> np.ndarray:
+    """(C, Z, Y, X) float32: 1 where a link's two voxels, v and v - offset, both lie in ``mask``."""
+    m = np.asarray(mask) > 0
+    m_aff, _ = labels_to_affinities(m.astype(np.uint8), offsets, ignore_label=None)
+    # labels_to_affinities on the 0/1 mask: 1 where v and v - offset are both inside.
+    return ((m_aff > 0) * m[None]).astype(np.float32)
 
 
 def balance_weights(affs: np.ndarray, valid: np.ndarray, clip: float = 10.0) -> np.ndarray:
