@@ -20,12 +20,7 @@ PATCH = (16, 32, 32)
 GEOMETRY_ONLY = EMAugment(intensity_p=0.0, noise_p=0.0, blur_p=0.0, missing_p=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _blobs(shape, seed=0, n=40) -> np.ndarray:

@@ -30,8 +30,9 @@ def teacher_offsets(teacher: torch.nn.Module) -> list[tuple[int, ...]]:
     return [tuple(int(v) for v in o) for o in model_offsets(teacher)]
 
 
-def load_teacher(teacher: Any, offsets: Sequence[Sequence[int]], device: torch.device) -> torch.nn.Module:
-    """The teacher as a frozen network on ``device``; refuses one whose offsets differ from the student's."""
+def load_teacher(teacher: Any, offsets: Sequence[Sequence[int]]) -> torch.nn.Module:
+    """The teacher network (a model, or a path/name for ``load_model``); refuses one whose
+    offsets differ from the student's. It only predicts (through the engine), never trains."""
     if isinstance(teacher, torch.nn.Module):
         net = teacher
     else:
@@ -45,9 +46,6 @@ def load_teacher(teacher: Any, offsets: Sequence[Sequence[int]], device: torch.d
             f"the teacher predicts affinities for offsets {got}, the student is trained for {want}; "
             "give a teacher with the same offsets (or train the student for the teacher's)"
         )
-    net = net.to(device).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
     return net
 
 

@@ -281,7 +281,7 @@ def finetune(
         vols = list(distill_volumes) if distill_volumes is not None else [raw]
         if not vols:
             raise TrainingDataError("distill_volumes is empty: give the volumes the teacher should label")
-        distill = TeacherTargets(load_teacher(teacher, offsets, dev), vols, patch_shape, offsets,
+        distill = TeacherTargets(load_teacher(teacher, offsets), vols, patch_shape, offsets,
                                  rng, dev, tta=teacher_tta, progress=_teacher_progress(progress),
                                  affinities=teacher_affinities)
     elif distill_volumes is not None:
