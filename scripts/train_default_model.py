@@ -16,7 +16,8 @@ except by ``bundle``):
                  cube (pseudo-labels), the default finetunes on them (-> finetune-pseudo)
   distill        distillation into the bundled default: the bundled U-Net's affinities of the
                  unlabeled cube (with test-time flips) are soft targets for --distill-p of the
-                 samples, the train cube's labels for the rest (-> finetune-distill)
+                 samples, the train cube's labels for the rest (-> finetune-distillTAG;
+                 --init: a model, or scratch / mix / random of this work folder)
   bundle ARM     copy an arm's selected model into the package (mix or pseudo -> default,
                  unet -> unet; card filled in)
   all            everything in order (one process)
@@ -196,10 +197,11 @@ def stage_distill(work: Path, args) -> None:
               f"{time.perf_counter() - t0:.0f} s", flush=True)
     train_raw, train_gt = labeled("train")
     init = args.init or str(bundled_path("default"))
-    init = None if init == "scratch" else init
+    # 'scratch', 'mix' or 'random' (this work folder's pretraining), or a model path
+    init = build_init(init, work, args) if init in ("scratch", "mix", "random") else init
     finetune(
         train_raw[:, :, :VAL_SPLIT_X], train_gt[:, :, :VAL_SPLIT_X], init=init, preset=args.preset,
-        steps=args.finetune_steps, out_dir=work / "finetune-distill", patch_shape=args.patch,
+        steps=args.finetune_steps, out_dir=work / f"finetune-distill{args.tag}", patch_shape=args.patch,
         validation=(train_raw[:, :, VAL_SPLIT_X:], train_gt[:, :, VAL_SPLIT_X:]),
         val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, device=args.device,
         seed=args.seed, time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
@@ -459,7 +461,7 @@ def main(argv=None) -> int:
     p.add_argument("--init", default=None,
                    help="pseudo: the model to self-train (default: the bundled default; 'scratch': none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tag", default="", help="finetune: suffix of the output folder (finetune-ARMTAG)")
+    p.add_argument("--tag", default="", help="finetune, distill: suffix of the output folder (finetune-ARMTAG)")
     p.add_argument("--ema", type=float, default=None, help="keep an EMA of the weights (decay)")
     p.add_argument("--head-steps", type=int, default=0,
                    help="train only the re-initialised output layer first for this many steps (LP-FT)")
