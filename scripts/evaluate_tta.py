@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     print("| --- " * 12 + "|")
     for key, r in results.items():
         h, t = r["held_out"], r["test"]
-        name, mode = key.split("/")
+        name, mode = key.rsplit("/", 1)
         print(f"| {name} | {mode} | {h['affinity_bce']:.4f} | {h['affinity_error']:.4f} | {h['voi']:.3f} | "
               f"{h['threshold']} | {t['voi_split']:.3f} | {t['voi_merge']:.3f} | {t['voi']:.3f} | "
               f"{t['arand']:.3f} | {t['affinity_error']:.4f} | {t['predict_seconds']:.1f} |")

@@ -146,3 +146,25 @@ def test_cli_predict_with_tta(tmp_path, synthetic_small):
     assert group["affinities"].shape == (3, 16, 32, 32) and group.attrs["complete"]
     with pytest.raises(SystemExit):
         main(["predict", str(src), str(tmp_path / "b.zarr"), "--tta", "rotate"])
+
+
+def test_jobs_use_the_flips_the_model_card_recommends(tmp_path, synthetic_small):
+    """``tokenunify predict`` without --tta follows the card's ``test_time_flips``; --tta wins."""
+    import zarr
+
+    from napari_tokenunify.cli import main
+    from napari_tokenunify.io import write_volume
+    from napari_tokenunify.model import ModelCard, build_model, save_model
+
+    assert ModelCard().recommended_tta == "none"
+    assert ModelCard(training={"test_time_flips": "sideways"}).recommended_tta == "none"
+    net = build_model("tiny")
+    net.card.training = {"test_time_flips": "yx"}
+    save_model(net, tmp_path / "model")
+    src = tmp_path / "em.zarr"
+    write_volume(src, synthetic_small.image[:16, :32, :32], kind="image")
+    common = ["--model", str(tmp_path / "model"), "--tile", "16,32,32", "--quiet"]
+    assert main(["predict", str(src), str(tmp_path / "a.zarr"), *common]) == 0
+    assert zarr.open_group(str(tmp_path / "a.zarr"), mode="r").attrs["settings"]["tta"] == "yx"
+    assert main(["predict", str(src), str(tmp_path / "b.zarr"), *common, "--tta", "none"]) == 0
+    assert zarr.open_group(str(tmp_path / "b.zarr"), mode="r").attrs["settings"].get("tta", "none") == "none"

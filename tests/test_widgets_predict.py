@@ -173,6 +173,11 @@ def test_bundled_default_model_loads_on_first_use(docked, qtbot, tmp_path):
     image = viewer.add_image(vol.image, name="em")
     assert widget.session.model is None
     panel = widget.panel("Predict")
+    # the flips offered are the ones the default's card recommends, before its weights load
+    from napari_tokenunify.model import load_model
+
+    recommended = load_model("default", device="cpu").card.recommended_tta
+    assert panel.tta.value == recommended
     pick(panel.image, image)
     panel.scope.value = "whole volume"
     panel.store.value = tmp_path / "d.zarr"
@@ -181,6 +186,18 @@ def test_bundled_default_model_loads_on_first_use(docked, qtbot, tmp_path):
     assert widget.session.model is not None and widget.session.model.card is not None
     assert "preset" in widget.panel("Model").card.value
     assert np.asarray(viewer.layers["em affinities"].data).std() > 0
+    import zarr
+
+    assert zarr.open_group(str(tmp_path / "d.zarr"), mode="r").attrs["settings"].get("tta", "none") == recommended
+    assert panel.tta.value == recommended
+    # a model whose card recommends other flips moves the choice there; the user can still change it
+    other = load_model("unet", device="cpu")
+    other.card.training = {**other.card.training, "test_time_flips": "yx"}
+    widget.session.model = other
+    widget.events.model_changed.emit(other)
+    assert panel.tta.value == "yx"
+    panel.tta.value = "none"
+    assert widget.session.tta == "none"
 
 
 def test_current_view_only_predicts_what_is_on_screen(docked, small_volume, qtbot, tmp_path):

@@ -17,7 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from .engine_common import TqdmProgress, cancel_on_ctrl_c, load_model_or_default, print_metrics
+from .engine_common import (
+    TqdmProgress,
+    cancel_on_ctrl_c,
+    job_tta,
+    load_model_or_default,
+    print_metrics,
+)
 
 SAMPLE_SHAPE = (32, 128, 128)
 
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             affs = predict_affinities(image, model, out=out / "affinities.zarr", device=args.device,
                                       voxel_size=voxel, overwrite=args.overwrite, progress=bar,
-                                      cancel=token, tta=args.tta)
+                                      cancel=token, tta=job_tta(args, model))
             t_pred = time.perf_counter() - t0
             threshold = args.threshold
             if threshold is None:
@@ -120,8 +126,9 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--threshold", type=float, default=None,
                    help="agglomeration threshold (default: the model card's recommendation)")
-    p.add_argument("--tta", default="none", choices=["none", "yx", "zyx"],
-                   help="average each tile over its mirror images (4 or 8 times slower)")
+    p.add_argument("--tta", default=None, choices=["none", "yx", "zyx"],
+                   help="average each tile over its mirror images (4 or 8 times slower; default: "
+                        "the model card's recommendation)")
     p.add_argument("--overwrite", action="store_true", help="run again over an existing result")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

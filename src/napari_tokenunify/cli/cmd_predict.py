@@ -14,6 +14,7 @@ from .engine_common import (
     add_predict_options,
     cancel_on_ctrl_c,
     check_output,
+    job_tta,
     load_model_or_default,
     open_image,
     write_output,
@@ -43,7 +44,7 @@ def predict_to(args: argparse.Namespace, out: Path, progress, cancel):
     common = dict(tile_shape=args.tile, halo=args.halo, batch_size=args.batch, device=args.device,
                   dtype=args.dtype, crop=crop, voxel_size=vol.voxel_size,
                   overwrite=args.overwrite, progress=progress, cancel=cancel,
-                  tta=getattr(args, "tta", "none"))
+                  tta=job_tta(args, model))
     from ..engine.distributed import close_client, get_client
 
     client = get_client(args.scheduler, args.workers)

@@ -81,14 +81,16 @@ def _other_settings(path: Path, args: argparse.Namespace) -> str | None:
     import zarr
 
     from ..engine.predict import model_id
-    from .engine_common import load_model_or_default
+    from .engine_common import job_tta, load_model_or_default
 
     settings = zarr.open_group(str(path), mode="r").attrs.get("settings", {})
     diffs = []
-    if settings.get("model") != model_id(load_model_or_default(args.model)[0]):
+    model = load_model_or_default(args.model)[0]
+    if settings.get("model") != model_id(model):
         diffs.append("model")
-    if settings.get("tta", "none") != getattr(args, "tta", "none"):
-        diffs.append(f"test-time flip setting ({settings.get('tta', 'none')}, not {args.tta})")
+    tta = job_tta(args, model)
+    if settings.get("tta", "none") != tta:
+        diffs.append(f"test-time flip setting ({settings.get('tta', 'none')}, not {tta})")
     return " and ".join(diffs) or None
 
 

@@ -82,9 +82,10 @@ def add_predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=None, help="tiles per forward pass")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32", "uint8"],
                    help="affinity storage type")
-    p.add_argument("--tta", default="none", choices=["none", "yx", "zyx"],
+    p.add_argument("--tta", default=None, choices=["none", "yx", "zyx"],
                    help="test-time augmentation: average each tile over its 4 in-plane (yx) or "
-                        "8 (zyx) mirror images; 4 or 8 times slower, usually a little more accurate")
+                        "8 (zyx) mirror images; 4 or 8 times slower, usually more accurate "
+                        "(default: what the model card recommends, else none)")
 
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -215,6 +216,15 @@ def print_metrics(metrics: dict[str, float]) -> None:
     print(f"VOI split {metrics['voi_split']:.4f}  merge {metrics['voi_merge']:.4f}  "
           f"total {metrics['voi']:.4f}  ARAND {metrics['arand']:.4f}  "
           f"({metrics['n_voxels']} voxels)")
+
+
+def job_tta(args: argparse.Namespace, model) -> str:
+    """--tta, or the test-time flips the model's card recommends when it is not given."""
+    given = getattr(args, "tta", None)
+    if given is not None:
+        return given
+    card = getattr(model, "card", None)
+    return card.recommended_tta if card is not None else "none"
 
 
 def recommended_threshold(affs) -> float:

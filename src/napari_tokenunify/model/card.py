@@ -59,6 +59,14 @@ class ModelCard:
                 return float(value)
         return 0.5
 
+    @property
+    def recommended_tta(self) -> str:
+        """The test-time flips chosen at validation (``training.test_time_flips``: "none", "yx"
+        or "zyx"), or "none" when the card names none. Jobs (the CLI, the Predict section) use
+        it unless told otherwise; ``predict_affinities`` itself does only what it is asked."""
+        value = self.training.get("test_time_flips")
+        return value if value in ("none", "yx", "zyx") else "none"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

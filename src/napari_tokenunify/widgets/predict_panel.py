@@ -102,6 +102,8 @@ class PredictPanel(Panel):
         self.scope = ComboBox(label="scope", choices=list(SCOPES), value=SCOPES[0])
         self.region = LineEdit(label="region", tooltip="z0:z1, y0:y1, x0:x1 in voxels")
         self.store = FileEdit(label="store (.zarr)", mode="w", filter="*.zarr")
+        if session.model is None:  # what the bundled default, used when none is chosen, recommends
+            session.tta = _bundled_default_tta()
         self.tta = ComboBox(
             label="test-time flips", choices=[(v, k) for k, v in TTA_LABELS.items()],
             value=session.tta,
@@ -109,6 +111,8 @@ class PredictPanel(Panel):
                     "times slower (a store predicted without them is not resumed with them)",
         )
         self.tta.changed.connect(self._set_tta)
+        self._keep_tta = False
+        events.model_changed.connect(self._use_card_tta)
         self.predict_btn = PushButton(text="Predict affinities")
         self.cancel_btn = PushButton(text="Cancel")
         self.status = Label(value="")
@@ -124,6 +128,12 @@ class PredictPanel(Panel):
 
     def _set_tta(self, value: str) -> None:
         self.session.tta = value
+
+    def _use_card_tta(self, model: Any) -> None:
+        """Offer the test-time flips the new model's card recommends (the user may change them)."""
+        card = getattr(model, "card", None)
+        if card is not None and not self._keep_tta:
+            self.tta.value = card.recommended_tta
 
     def store_path(self, image_layer: Any) -> Path:
         value = str(self.store.value or "")
@@ -214,12 +224,28 @@ class PredictPanel(Panel):
 
     def _on_result(self, result) -> None:
         model, array = result
-        if self.session.model is None:
+        if self.session.model is None:  # the default, loaded for this run: keep the flips it ran with
             self.session.model = model
-            self.events.model_changed.emit(model)
+            self._keep_tta = True
+            try:
+                self.events.model_changed.emit(model)
+            finally:
+                self._keep_tta = False
         layer = self.layer
         if layer is not None and layer in self.viewer.layers:
             if not self.live.try_open():  # other channel count than guessed: show the store itself
                 layer.data = LiveArray(self._pending_layer[1], tuple(array.shape), array.dtype)
             layer.refresh()
         self.status.value = f"done: {self._pending_layer[1]}"
+
+
+def _bundled_default_tta() -> str:
+    """The test-time flips the bundled default's card recommends (read without the weights)."""
+    try:
+        from napari_tokenunify.model import ModelCard
+        from napari_tokenunify.model.bundled import bundled_path
+
+        return ModelCard.from_json((bundled_path("default") / "card.json").read_text()).recommended_tta
+    except Exception:  # noqa: BLE001 - a missing or unreadable card: no flips
+        return "none"
+
