@@ -411,7 +411,11 @@ def stage_bundle(work: Path, args) -> None:
             from napari_tokenunify.model.bundled import bundled_path
 
             init_dir = init_dir or bundled_path("default")
-            card.training["continued_from"] = json.loads((init_dir / "card.json").read_text()).get("training", {})
+            earlier = json.loads((init_dir / "card.json").read_text()).get("training", {})
+            card.training["continued_from"] = {k: v for k, v in earlier.items()
+                                               if k not in ("pretrain", "pretrain_data")}
+            card.training["pretrain"] = earlier.get("pretrain", {})
+            card.training["pretrain_data"] = earlier.get("pretrain_data")
             card.training["init"] = ("the bundled default it continued (git history of "
                                      "src/napari_tokenunify/model/bundled/default; its training is continued_from)")
         card.training["distillation_data"] = (
