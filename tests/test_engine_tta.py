@@ -148,7 +148,7 @@ def test_cli_predict_with_tta(tmp_path, synthetic_small):
         main(["predict", str(src), str(tmp_path / "b.zarr"), "--tta", "rotate"])
 
 
-def test_jobs_use_the_flips_the_model_card_recommends(tmp_path, synthetic_small):
+def test_jobs_use_the_flips_the_model_card_recommends(tmp_path, synthetic_small, capsys):
     """``tokenunify predict`` without --tta follows the card's ``test_time_flips``; --tta wins."""
     import zarr
 
@@ -166,5 +166,6 @@ def test_jobs_use_the_flips_the_model_card_recommends(tmp_path, synthetic_small)
     common = ["--model", str(tmp_path / "model"), "--tile", "16,32,32", "--quiet"]
     assert main(["predict", str(src), str(tmp_path / "a.zarr"), *common]) == 0
     assert zarr.open_group(str(tmp_path / "a.zarr"), mode="r").attrs["settings"]["tta"] == "yx"
+    assert "as the model card recommends" in capsys.readouterr().err  # the user is told, and how to skip
     assert main(["predict", str(src), str(tmp_path / "b.zarr"), *common, "--tta", "none"]) == 0
     assert zarr.open_group(str(tmp_path / "b.zarr"), mode="r").attrs["settings"].get("tta", "none") == "none"

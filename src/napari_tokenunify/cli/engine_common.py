@@ -224,7 +224,14 @@ def job_tta(args: argparse.Namespace, model) -> str:
     if given is not None:
         return given
     card = getattr(model, "card", None)
-    return card.recommended_tta if card is not None else "none"
+    tta = card.recommended_tta if card is not None else "none"
+    if tta != "none" and not getattr(args, "_told_tta", False):
+        from ..engine.tta import TTA_LABELS
+
+        print(f"test-time flips: {TTA_LABELS[tta]}, as the model card recommends "
+              "(--tta none predicts once per tile, faster)", file=sys.stderr)
+        args._told_tta = True
+    return tta
 
 
 def recommended_threshold(affs) -> float:
