@@ -545,24 +545,13 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.stage == "pretrain":
-        stage_pretrain(args.arm or "mix", args.work, args)
-    elif args.stage == "finetune":
-        stage_finetune(args.arm or "mix", args.work, args)
-    elif args.stage == "extend":
-        stage_extend(args.arm or "mix", args.work, args)
-    elif args.stage == "pseudo":
-        stage_pseudo(args.work, args)
-    elif args.stage == "distill":
-        stage_distill(args.work, args)
-    elif args.stage == "evaluate":
-        stage_evaluate(args.work, args)
-    elif args.stage == "bundle":
-        stage_bundle(args.work, args)
-    elif args.stage == "table":
-        stage_table(args.work, args)
-    elif args.stage == "seeds":
-        stage_seeds(args.work, args)
+    per_arm = {"pretrain": stage_pretrain, "finetune": stage_finetune, "extend": stage_extend}
+    whole = {"pseudo": stage_pseudo, "distill": stage_distill, "evaluate": stage_evaluate,
+             "bundle": stage_bundle, "table": stage_table, "seeds": stage_seeds}
+    if args.stage in per_arm:
+        per_arm[args.stage](args.arm or "mix", args.work, args)
+    elif args.stage in whole:
+        whole[args.stage](args.work, args)
     else:
         for arm in ("mix", "random"):
             stage_pretrain(arm, args.work, args)
