@@ -12,8 +12,8 @@ from napari_tokenunify.model.bundled import bundled_path
 # A crop of the test volume keeps the test fast; the full-volume numbers are in docs/results.md.
 CROP = (slice(0, 32), slice(0, 100), slice(0, 112))
 # An untrained network scores VOI 3.4–8.9 on this crop (seeds 0–2, thresholds 0.2/0.5; measured in
-# the test as well); the bundled default scored 0.98 (0.86 and 1.0 for the two defaults before). It must
-# stay under this bound.
+# the test as well); the bundled default scores 0.69 there without test-time flips (0.98, 0.86 and 1.0
+# for the defaults before). It must stay under this bound.
 
 VOI_BOUND = 2.0
 
@@ -39,14 +39,14 @@ def test_bundled_model_files_and_card():
     assert y.shape == (1, 3, *card.patch_size) and torch.isfinite(y).all()
 
 
-def _test_crop(shared_data) -> tuple[np.ndarray, np.ndarray]:
-    """The test volume's raw data and ground truth inside ``CROP``."""
+def _test_crop(shared_data, crop=CROP) -> tuple[np.ndarray, np.ndarray]:
+    """The test volume's raw data and ground truth inside ``crop`` (all of it: ``...``)."""
     import h5py
 
     with h5py.File(shared_data / "medulla-labeled" / "test-image.h5", "r") as f:
-        raw = f["stack"][CROP]
+        raw = f["stack"][crop]
     with h5py.File(shared_data / "medulla-labeled" / "test-gt.lzf.h5", "r") as f:
-        gt = f["stack"][CROP].astype(np.uint32)
+        gt = f["stack"][crop].astype(np.uint32)
     return raw, gt
 
 
@@ -111,12 +111,13 @@ def test_bundled_unet_meets_the_quality_targets_on_a_real_test_crop(shared_data)
 
 
 @pytest.mark.shared_data
-def test_bundled_default_as_shipped_meets_the_quality_targets_on_a_real_test_crop(shared_data):
+def test_bundled_default_as_shipped_meets_the_quality_targets_on_the_real_test_volume(shared_data):
     """The default with the flips and threshold its card recommends (what ``tokenunify run`` and
-    the Predict section use) meets the issue's targets on the test crop: VOI < 1.0, ARAND < 0.15."""
+    the Predict section use) meets the issue's targets on the whole test volume, where the issue
+    sets them: VOI < 1.0, ARAND < 0.15 (it scores 0.72 / 0.089; about 10 s on 2 threads)."""
     from napari_tokenunify.model import load_model
 
-    raw, gt = _test_crop(shared_data)
+    raw, gt = _test_crop(shared_data, ...)
     model = load_model("default", device="cpu")
     card = model.card
     assert card.recommended_tta in ("yx", "zyx")
