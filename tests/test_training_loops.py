@@ -281,3 +281,14 @@ def test_unet_saves_and_loads_as_a_model_card(volume, tmp_path):
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(ModelFileError, match="does not match the U-Net"):
         load_model(folder, device="cpu")
+
+
+def test_finetuning_keeps_the_test_time_flips_its_start_recommends(volume):
+    from napari_tokenunify.model import build_model
+
+    init = build_model("tiny", out_channels=3)
+    init.card.training = {"test_time_flips": "yx"}
+    model = finetune(volume.image, volume.labels, init=init, steps=1, patch_shape=PATCH)
+    assert model.training_info["test_time_flips"] == "yx"
+    fresh = finetune(volume.image, volume.labels, init=None, steps=1, patch_shape=PATCH)
+    assert "test_time_flips" not in fresh.training_info

@@ -264,6 +264,9 @@ def finetune(
     dev = resolve_device(device)
     rng, gen = seed_everything(seed)
     model, init_note = prepare_model(init, len(offsets), preset)
+    # the test-time flips the starting model recommends carry over: before and after finetuning
+    # the same flips are used, so the two can be compared (a new output layer starts without)
+    flips = getattr(getattr(model, "card", None), "recommended_tta", "none")
     _card_patch(model, patch_shape)
     model = model.to(dev)
     head = _head_parameters(model, init_note, head_steps)
@@ -398,6 +401,7 @@ def finetune(
         "augment": augment is not None,
         **({"ema": ema} if averaged is not None else {}),
         **({"head_steps": int(head_steps)} if head else {}),
+        **({"test_time_flips": flips} if flips != "none" else {}),
         **({"distillation": {"teacher": _teacher_name(teacher), "share": float(distill_p),
                              "teacher_tta": teacher_tta}} if distill is not None else {}),
         "hardware": hardware(),
