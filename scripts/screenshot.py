@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-steps", type=int, default=150,
                     help="steps on the train volume when the model is untrained (tiny)")
     ap.add_argument("--out", default=str(REPO / "docs" / "screenshot.png"))
-    ap.add_argument("--threshold", type=float, default=0.2)
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="segmentation threshold (default: the model card's recommendation)")
     ap.add_argument("--save-model", default=None, help="also save the finetuned model to this folder")
     args = ap.parse_args(argv)
     test_image = DATA / "test-image.h5"
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     seg = widget.panel("Segment")
     seg.reset_choices()
     seg.affinities.value = predict.layer
-    seg.threshold.value = args.threshold
+    if args.threshold is not None:
+        seg.threshold.value = args.threshold
     seg.min_size.value = 50
     _wait(app, seg.segment(), "segment")
     labels = seg.labels_layer

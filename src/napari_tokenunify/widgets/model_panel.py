@@ -44,21 +44,28 @@ def load_model_source(source: str, path: str | Path | None, device: str) -> Any:
 
 
 def describe(model: Any) -> str:
-    """A few lines about a model: preset, parameters, voxel size, training data, metrics."""
+    """A few short lines about a model: what it is, how to run it, how it scored (the card's
+    nested training record stays in card.json; here it would be a wall of text)."""
     n = sum(p.numel() for p in model.parameters())
     card = getattr(model, "card", None)
     lines = [f"parameters: {n / 1e6:.2f} M"]
-    if card is not None:
+    if card is not None:  # what a person needs first comes first: the box shows a few lines
         lines.insert(0, f"preset: {card.preset}" + (f" ({card.name})" if getattr(card, "name", "") else ""))
-        lines.append(f"offsets: {card.offsets}")
+        lines.append(f"recommended: threshold {card.recommended_threshold:g}, "
+                     f"test-time flips {card.recommended_tta}")
+        for name, scores in (card.metrics or {}).items():
+            if isinstance(scores, dict) and "arand" in scores and ("voi" in scores or "voi_split" in scores):
+                voi = scores.get("voi", scores.get("voi_split", 0) + scores.get("voi_merge", 0))
+                lines.append(f"{name}: VOI {voi:.3f}, ARAND {scores['arand']:.3f}")
         lines.append(f"patch size (z, y, x): {tuple(card.patch_size)}")
         vs = card.voxel_size_nm
         lines.append(f"voxel size (nm): {tuple(vs) if vs else 'not recorded'}")
-        if card.training:
-            data = card.training.get("data") or card.training.get("dataset") or card.training
-            lines.append(f"training: {data}")
-        if card.metrics:
-            lines.append("metrics: " + ", ".join(f"{k}={v}" for k, v in card.metrics.items()))
+        lines.append(f"offsets: {card.offsets}")
+        steps = card.training.get("steps") if card.training else None
+        if steps:
+            lines.append(f"last training stage: {steps} steps")
+        if getattr(card, "description", ""):
+            lines.append(card.description)
     return "\n".join(lines)
 
 
