@@ -57,13 +57,13 @@ def test_flip_average_of_an_equivariant_model_is_the_model(mode, offsets):
 def test_mirrored_label_affinities_map_back_onto_the_originals():
     # the same mapping on ground truth: affinities of the mirrored labels, un-mirrored, are the
     # affinities of the labels wherever the mirror defines them
-    from napari_tokenunify.engine.tta import _unflip
+    from napari_tokenunify.engine.tta import unflip
 
     labels = np.random.default_rng(1).integers(1, 4, (5, 7, 9))
     ref = torch.from_numpy(labels_to_affinities(labels)[0])[None]
     for flipped in flip_sets((0, 1, 2))[1:]:
         aff = torch.from_numpy(labels_to_affinities(np.flip(labels, flipped).copy())[0])[None]
-        back, defined = _unflip(aff, flipped, NEAREST_OFFSETS)  # output in the mirrored frame
+        back, defined = unflip(aff, flipped, NEAREST_OFFSETS)  # output in the mirrored frame
         defined = defined.expand_as(back).bool()
         assert torch.equal(back[defined], ref[defined]), flipped
         assert defined.float().mean() > 0.7

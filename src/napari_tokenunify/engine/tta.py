@@ -42,7 +42,7 @@ def flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(tuple(axes), r)]
 
 
-def _unflip(y: torch.Tensor, flipped: tuple[int, ...], offsets) -> tuple[torch.Tensor, torch.Tensor]:
+def unflip(y: torch.Tensor, flipped: tuple[int, ...], offsets) -> tuple[torch.Tensor, torch.Tensor]:
     """Output of a mirrored input back in the original frame, and where it is defined (1/0)."""
     import torch
 
@@ -76,7 +76,7 @@ def flip_average(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
             y = forward(x).float()
             w = torch.ones_like(y[:1])
         else:
-            y, w = _unflip(forward(torch.flip(x, [2 + a for a in flipped])).float(), flipped, offsets)
+            y, w = unflip(forward(torch.flip(x, [2 + a for a in flipped])).float(), flipped, offsets)
         total = y if total is None else total + y
         count = w if count is None else count + w
     return total / count

@@ -5,7 +5,7 @@ the engine (tiled, with test-time flips), and those affinities, not a segmentati
 the targets: an uncertain boundary stays a soft target instead of becoming a hard (and sometimes
 wrong) cut or link, as pseudo-labels make it. Patches of raw and teacher affinities are moved
 together by the symmetries of the voxel grid (flips and the y/x transpose, which together give
-every in-plane rotation of the labelled path), each affinity channel mapped exactly as in
+every in-plane rotation the labelled samples get), each affinity channel mapped exactly as in
 :mod:`..engine.tta`; the intensity augmentations then degrade the raw the student sees only
 ("noisy student"). Elastic and misalignment moves are left to the labelled samples.
 """
@@ -52,22 +52,12 @@ def load_teacher(teacher: Any, offsets: Sequence[Sequence[int]]) -> torch.nn.Mod
 def flip_affinities(affs: np.ndarray, axis: int, offsets: Sequence[Sequence[int]]):
     """Mirror (C, Z, Y, X) affinities along spatial ``axis``: returns (affinities, defined) where
     a mirrored link is moved back onto the voxel it belongs to; the first ``offset`` voxels of a
-    moved channel are not defined (0 in ``defined``)."""
-    out = np.flip(affs, axis=1 + axis).copy()
-    defined = np.ones(affs.shape, np.float32)
-    for c, o in enumerate(offsets):
-        s = int(o[axis])
-        if s:
-            src = [c] + [slice(None)] * 3
-            dst = [c] + [slice(None)] * 3
-            src[1 + axis], dst[1 + axis] = slice(0, affs.shape[1 + axis] - s), slice(s, None)
-            moved = out[tuple(src)].copy()
-            out[tuple(dst)] = moved
-            gone = [c] + [slice(None)] * 3
-            gone[1 + axis] = slice(0, s)
-            out[tuple(gone)] = 0.0
-            defined[tuple(gone)] = 0.0
-    return out, defined
+    moved channel are not defined (0 in ``defined``). The mapping of test-time flips
+    (``engine.tta``), on numpy arrays."""
+    from ..engine.tta import unflip
+
+    out, defined = unflip(torch.from_numpy(np.ascontiguousarray(affs))[None], (axis,), offsets)
+    return out[0].numpy(), np.broadcast_to(defined[0].numpy(), affs.shape).astype(np.float32)
 
 
 def transpose_yx(affs: np.ndarray, offsets: Sequence[Sequence[int]]) -> np.ndarray:
