@@ -16,6 +16,10 @@ import numpy as np
 
 SAMPLE_VOXELS = 2_000_000
 
+#: per-volume robust percentiles: a linear change of contrast or brightness between acquisitions
+#: (or a 16-bit stack) maps to the same [0, 1] input; what new models are trained and predicted with
+ROBUST_NORMALIZATION = {"mode": "percentile", "low": 0.5, "high": 99.5}
+
 
 @dataclass(frozen=True)
 class IntensityRange:

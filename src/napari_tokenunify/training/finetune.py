@@ -104,6 +104,11 @@ def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[tor
 
     target = build_model(preset, out_channels=n_channels)
     report = transfer_weights(source, target)
+    src_norm = getattr(getattr(source, "card", None), "normalization", None)
+    if src_norm is not None and getattr(target, "card", None) is not None:
+        from dataclasses import replace
+
+        target.card = replace(target.card, normalization=src_norm)  # as the source was trained
     return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"]}
 
 
@@ -153,6 +158,66 @@ def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+def validate_set(
+    model, volumes: Sequence[tuple], *, device="cpu",
+    threshold: float | Sequence[float] = DEFAULT_THRESHOLDS, tta: str = "none",
+) -> dict[str, Any]:
+    """Score several validation volumes (``(raw, labels)`` or ``(raw, labels, mask)`` each) at one
+    shared agglomeration threshold: the one with the lowest mean VOI over the volumes (a model
+    card recommends one threshold for every volume). Returns the means (``voi``, ``voi_split``,
+    ``voi_merge``, ``arand``), ``threshold`` and ``per_volume`` (each volume's scores there)."""
+    thresholds = [float(threshold)] if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
+    if not volumes:
+        raise ValueError("give at least one validation volume")
+    tables = []
+    for vol in volumes:
+        v_mask = vol[2] if len(vol) > 2 else None
+        tables.append(score_thresholds(model, vol[0], vol[1], mask=v_mask, device=device,
+                                       thresholds=thresholds, tta=tta))
+    means = {t: float(np.mean([tab[t]["voi"] for tab in tables])) for t in thresholds}
+    t_best = min(thresholds, key=lambda t: means[t])
+    per = [tab[t_best] for tab in tables]
+    out: dict[str, Any] = {k: float(np.mean([p[k] for p in per])) for k in ("voi", "voi_split", "voi_merge", "arand")}
+    out["threshold"] = t_best
+    out["per_volume"] = per
+    return out
+
+
+def score_thresholds(
+    model, raw, labels, *, mask=None, device="cpu", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    tta: str = "none",
+) -> dict[float, dict[str, float]]:
+    """Predict ``raw`` with the engine (as users do), agglomerate once and score every threshold:
+    ``{threshold: {voi, voi_split, voi_merge, arand, ..., affinity_bce, affinity_error}}``."""
+    from ..engine.agglomerate import Agglomerator
+    from ..engine.evaluate import affinity_scores, evaluate
+    from ..engine.predict import model_offsets, predict_affinities
+
+    thresholds = [float(t) for t in thresholds]
+    if not thresholds:
+        raise ValueError("give at least one validation threshold")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            affs = predict_affinities(raw, model, device=device, dtype="float32", tta=tta)
+    finally:
+        model.train(was_training)
+    agg = Agglomerator(np.asarray(affs), max_threshold=max(thresholds))
+    gt = np.asarray(labels)
+    try:
+        extra = affinity_scores(affs, gt, model_offsets(model), mask=mask)
+    except ValueError:  # e.g. one label and no boundary: VOI alone
+        extra = {}
+    table = {}
+    for t in thresholds:
+        scores = {k: float(v) for k, v in evaluate(agg.segment(t), gt, ignore_label=0, mask=mask).items()}
+        scores["voi"] = scores["voi_split"] + scores["voi_merge"]
+        scores["threshold"] = t
+        table[t] = {**scores, **extra}
+    return table
+
+
 def validate(
     model, raw, labels, *, mask=None, device="cpu", threshold: float | Sequence[float] = DEFAULT_THRESHOLDS,
     tta: str = "none",
@@ -165,34 +230,9 @@ def validate(
     test-time flips of the prediction (``engine.tta``). The per-affinity ``affinity_bce`` and
     ``affinity_error`` (``engine.evaluate.affinity_scores``) are reported beside, not used to rank.
     """
-    from ..engine.agglomerate import Agglomerator
-    from ..engine.evaluate import affinity_scores, evaluate
-    from ..engine.predict import model_offsets, predict_affinities
-
     thresholds = [float(threshold)] if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
-    if not thresholds:
-        raise ValueError("give at least one validation threshold")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            affs = predict_affinities(raw, model, device=device, dtype="float32", tta=tta)
-    finally:
-        model.train(was_training)
-    agg = Agglomerator(np.asarray(affs), max_threshold=max(thresholds))
-    best: dict[str, float] | None = None
-    gt = np.asarray(labels)
-    for t in thresholds:
-        scores = {k: float(v) for k, v in evaluate(agg.segment(t), gt, ignore_label=0, mask=mask).items()}
-        scores["voi"] = scores["voi_split"] + scores["voi_merge"]
-        scores["threshold"] = t
-        if best is None or scores["voi"] < best["voi"]:
-            best = scores
-    try:
-        best.update(affinity_scores(affs, gt, model_offsets(model), mask=mask))
-    except ValueError:  # e.g. one label and no boundary: VOI alone
-        pass
-    return best
+    table = score_thresholds(model, raw, labels, mask=mask, device=device, thresholds=thresholds, tta=tta)
+    return dict(min(table.values(), key=lambda sc: sc["voi"]))
 
 
 def finetune(
@@ -218,6 +258,7 @@ def finetune(
     distill_p: float = 0.5,
     teacher_tta: str = "yx",
     teacher_affinities: Sequence | None = None,
+    normalization: Any = None,
     ema: float | None = None,
     head_steps: int = 0,
     device: str = "auto",
@@ -230,11 +271,18 @@ def finetune(
 ) -> torch.nn.Module:
     """Finetune an affinity network on ``raw`` + instance ``labels``; returns the best model.
 
+    ``raw``/``labels`` (and ``mask``) may be lists, one entry per training volume (no ``box``
+    then); patches are drawn from each in proportion to its size.
+    ``normalization``: how raw intensities become the network's input, in training and in
+    prediction alike (recorded in the card); default: the starting model's, and for a new network
+    ``engine.normalize.ROBUST_NORMALIZATION`` (per-volume percentiles).
+
     ``mask`` (1 = train here) and ``box`` (three slices) restrict where the loss counts.
     ``patch_shape`` defaults to the initial model's card patch size (else 16 × 80 × 80).
-    ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``: scored every ``val_every``
-    steps and at the end (at the best of ``threshold``, one or several agglomeration thresholds);
-    the model with the lowest VOI is returned (without validation, the last one).
+    ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``, or a list of such volumes: scored
+    every ``val_every`` steps and at the end (at the best of ``threshold``, one or several
+    agglomeration thresholds, shared by all volumes); the model with the lowest (mean) VOI is
+    returned (without validation, the last one).
     ``ema`` (e.g. 0.999): validate, keep and return an exponential moving average of the
     weights instead of the raw ones; it smooths the step-to-step noise of small-batch training.
     ``head_steps``: train only the layers that were re-initialised (the output layer of a
@@ -248,7 +296,16 @@ def finetune(
     With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best), ``loss.csv``, ``loss.png``,
     ``validation.csv``.
     """
-    check_training_pair(raw, labels, mask)
+    several = isinstance(raw, (list, tuple))
+    raws = list(raw) if several else [raw]
+    labels_list = list(labels) if several else [labels]
+    masks = (list(mask) if mask is not None else [None] * len(raws)) if several else [mask]
+    if several and (len(labels_list) != len(raws) or len(masks) != len(raws)):
+        raise TrainingDataError("give one labels volume (and one mask, or none) per raw volume")
+    if several and box is not None:
+        raise TrainingDataError("box restricts one volume; give one raw volume with a box, or masks")
+    for r, lab, m in zip(raws, labels_list, masks, strict=True):
+        check_training_pair(r, lab, m)
     offsets = [tuple(int(v) for v in o) for o in offsets]
     if out_dir is not None:
         guard_output(out_dir, init)
@@ -256,11 +313,11 @@ def finetune(
         card_patch = getattr(getattr(init, "card", None), "patch_size", None)
         patch_shape = card_patch if card_patch and len(card_patch) == 3 else DEFAULT_PATCH
     patch_shape = tuple(int(p) for p in patch_shape)
-    arrays = [raw, labels, mask]
     if box is not None:
-        (raw, labels, mask), box_mask = _crop_box(arrays, box, patch_shape)
+        (raw, labels, mask), box_mask = _crop_box([raw, labels, mask], box, patch_shape)
         mask = box_mask if mask is None else box_mask * (np.asarray(mask) > 0)
         check_training_pair(raw, labels, mask)
+        raws, labels_list, masks = [raw], [labels], [mask]
     dev = resolve_device(device)
     rng, gen = seed_everything(seed)
     model, init_note = prepare_model(init, len(offsets), preset)
@@ -268,12 +325,14 @@ def finetune(
     # the same flips are used, so the two can be compared (a new output layer starts without)
     flips = getattr(getattr(model, "card", None), "recommended_tta", "none")
     _card_patch(model, patch_shape)
+    normalization = _card_normalization(model, normalization, init_note.get("init") == "scratch")
     model = model.to(dev)
     head = _head_parameters(model, init_note, head_steps)
     check_input_divisor(model, patch_shape)
     augment = EMAugment() if augment is True else (augment or None)
     sampler = PatchSampler(
-        [raw], patch_shape, labels=[labels], masks=[mask], seed=rng, min_labelled=0.05
+        raws, patch_shape, labels=labels_list, masks=masks, seed=rng, min_labelled=0.05,
+        normalization=normalization,
     )
     distill = None
     if teacher is not None:
@@ -281,7 +340,7 @@ def finetune(
             raise ValueError(f"distill_p must be in (0, 1] to distil from a teacher, got {distill_p}")
         from .distill import TeacherTargets, load_teacher
 
-        vols = list(distill_volumes) if distill_volumes is not None else [raw]
+        vols = list(distill_volumes) if distill_volumes is not None else raws
         if not vols:
             raise TrainingDataError("distill_volumes is empty: give the volumes the teacher should label")
         distill = TeacherTargets(load_teacher(teacher, offsets), vols, patch_shape, offsets,
@@ -336,9 +395,14 @@ def finetune(
     def run_validation() -> None:
         if validation is None:
             return
-        v_raw, v_labels = validation[0], validation[1]
-        v_mask = validation[2] if len(validation) > 2 else None
-        scores = validate(scored, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=threshold)
+        if isinstance(validation, list):
+            scores = validate_set(scored, validation, device=str(dev), threshold=threshold)
+            scores = {k: v for k, v in scores.items() if k != "per_volume"} | {
+                f"voi_{i}": p["voi"] for i, p in enumerate(scores["per_volume"])}
+        else:
+            v_raw, v_labels = validation[0], validation[1]
+            v_mask = validation[2] if len(validation) > 2 else None
+            scores = validate(scored, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=threshold)
         history.append({"step": step, **scores})
         if scores["voi"] < best["voi"]:
             best.update(
@@ -435,6 +499,22 @@ def _teacher_name(teacher: Any) -> str:
     return str(teacher)
 
 
+def _card_normalization(model: torch.nn.Module, normalization: Any, is_new: bool) -> Any:
+    """The normalisation to train with, written into the card of the network in training (its
+    validation predicts with it, and the exported card records it)."""
+    from dataclasses import replace
+
+    from ..engine.normalize import ROBUST_NORMALIZATION
+
+    card = getattr(model, "card", None)
+    if normalization is None:
+        current = getattr(card, "normalization", None)
+        normalization = dict(ROBUST_NORMALIZATION) if is_new or card is None or not current else current
+    if card is not None:
+        model.card = replace(card, normalization=normalization)
+    return normalization
+
+
 def _card_patch(model: torch.nn.Module, patch_shape: Sequence[int]) -> None:
     """Give the network in training the card patch size it will be exported with: prediction
     tiles follow it, and EMmamba's output depends on the tile, so validation must use the same."""
@@ -514,4 +594,4 @@ def _card(model, preset, offsets, patch_shape, training, scores):
     return ModelCard(**fields)
 
 
-__all__ = ["finetune", "prepare_model", "transfer_weights", "validate", "to_unit"]
+__all__ = ["finetune", "prepare_model", "transfer_weights", "validate", "validate_set", "to_unit"]

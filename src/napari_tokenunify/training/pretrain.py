@@ -88,6 +88,7 @@ def pretrain(
     checkpoint_every: int = 50,
     resume: bool = True,
     model_overrides: dict | None = None,
+    normalization: Any = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> torch.nn.Module:
@@ -96,8 +97,11 @@ def pretrain(
     ``weights``: the objective mixture (a :class:`MixtureSchedule`, ``{"random": 1, ...}`` or
     ``"random=1,next=1,next_all=1"``; ``"random"`` alone is the MAE-like baseline). Stops after
     ``steps`` or ``time_budget_s`` seconds, whichever comes first; a rerun with the same
-    ``out_dir`` resumes from the last checkpoint.
+    ``out_dir`` resumes from the last checkpoint. ``normalization``: how raw intensities become
+    the input (default ``engine.normalize.ROBUST_NORMALIZATION``); recorded in the card, and what
+    finetuning from this network then uses.
     """
+    from ..engine.normalize import ROBUST_NORMALIZATION
     from ..model import build_model
 
     vols = _open_volumes(volumes)
@@ -113,7 +117,8 @@ def pretrain(
     head = NextTokenHead().to(dev)
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sampler = PatchSampler(vols, grid.patch_shape, seed=rng)
+    normalization = dict(ROBUST_NORMALIZATION) if normalization is None else normalization
+    sampler = PatchSampler(vols, grid.patch_shape, seed=rng, normalization=normalization)
     log = LossLog(out_dir / "loss.csv", resume=resume)
 
     step, elapsed = 0, 0.0
@@ -136,6 +141,7 @@ def pretrain(
         "lr": lr,
         "seed": seed,
         "preset": preset,
+        "normalization": normalization,
     }
 
     def checkpoint() -> None:
@@ -182,7 +188,7 @@ def pretrain(
             checkpoint()
     checkpoint()
     plot_losses(out_dir / "loss.csv", out_dir / "loss.png")
-    card = _card(model, preset, grid, {**config, "steps": step, "seconds": round(budget.elapsed, 1),
+    card = _card(model, preset, grid, normalization, {**config, "steps": step, "seconds": round(budget.elapsed, 1),
                                          "hardware": hardware()})
     export_model(model, out_dir / "model", card)
     model.eval()
@@ -196,7 +202,7 @@ def _to(batch, dev):
     return batch
 
 
-def _card(model, preset: str, grid: TokenGrid, training: dict):
+def _card(model, preset: str, grid: TokenGrid, normalization, training: dict):
     """A ModelCard for the pretrained (reconstruction) network."""
     from dataclasses import replace
 
@@ -209,6 +215,7 @@ def _card(model, preset: str, grid: TokenGrid, training: dict):
         "out_channels": 1,
         "offsets": [],
         "patch_size": list(grid.patch_shape),
+        "normalization": normalization,
         "training": training,
     }
     if base is not None:

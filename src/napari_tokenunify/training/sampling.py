@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,10 @@ class PatchSampler:
     ``labels``/``masks`` (optional) are parallel lists to ``volumes``. Volumes are picked with
     probability proportional to their size. With labels, a patch whose usable fraction (mask
     and non-zero labels) is below ``min_labelled`` is redrawn (up to 20 tries).
+    ``normalization``: a model card's normalisation (e.g. ``engine.normalize.ROBUST_NORMALIZATION``);
+    each volume's intensity range is then decided once, exactly as prediction decides it
+    (``engine.normalize.intensity_range``), so training and prediction see the same input.
+    Without it, integers are scaled by their dtype's range (:func:`to_unit`).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class PatchSampler:
         masks: Sequence | None = None,
         seed: int | np.random.Generator | None = 0,
         min_labelled: float = 0.0,
+        normalization: Any = None,
     ) -> None:
         if not len(volumes):
             raise ValueError("no volumes to sample patches from")
@@ -102,6 +108,18 @@ class PatchSampler:
         self.min_labelled = min_labelled
         sizes = np.array([float(np.prod(v.shape)) for v in self.volumes])
         self._p = sizes / sizes.sum()
+        self.normalization = normalization
+        self.ranges = None
+        if normalization is not None:
+            from ..engine.normalize import intensity_range
+
+            self.ranges = [intensity_range(v, normalization) for v in self.volumes]
+
+    def to_input(self, i: int, block: np.ndarray) -> np.ndarray:
+        """A raw block of volume ``i`` as the network's [0, 1] input."""
+        if self.ranges is None:
+            return to_unit(block)
+        return self.ranges[i].apply(block)
 
     def padded(self) -> bool:
         """Whether some volume is smaller than the patch (so patches get padded)."""
@@ -111,7 +129,7 @@ class PatchSampler:
         vol = self.volumes[i]
         start = tuple(int(self.rng.integers(0, max(0, s - p) + 1)) for s, p in zip(vol.shape, self.patch_shape, strict=False))
         shape = tuple(min(s, p) for s, p in zip(vol.shape, self.patch_shape, strict=False))
-        raw = _pad_to(to_unit(_read(vol, start, shape)), self.patch_shape, "reflect")
+        raw = _pad_to(self.to_input(i, _read(vol, start, shape)), self.patch_shape, "reflect")
         mask = np.ones(shape, dtype=np.float32)
         if self.masks is not None and self.masks[i] is not None:
             mask = (_read(self.masks[i], start, shape) > 0).astype(np.float32)

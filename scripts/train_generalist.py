@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Train the bundled default on every labelled volume outside the validation set (issue 13).
+
+Splits: ``benchmarks/quality_sets.py`` (TRAIN, VALIDATION, TEST, UNLABELED). Every run
+validates on VALIDATION by its SELECTION_RULE and keeps the best checkpoint; the test volume is
+scored once, after a choice, and never chooses. Stages (each resumable: rerun the same command):
+
+  pretrain          TokenUnify mixture (random + next + next-all token) on all UNLABELED data
+                    -> WORK/pretrain/model
+  finetune INIT     INIT = pretrain (the stage above) | scratch | default | unet-scratch | a model
+                    path; affinities on TRAIN, validated on VALIDATION -> WORK/finetune-INIT[TAG]
+  bundle RUN        copy WORK/RUN/model into the package as the default (card: data, rule, scores)
+
+Example (two processes, one thread each, on the 2-core machine):
+  python scripts/train_generalist.py pretrain --work /tmp/gen --steps 1500 --time-cap 1800 &
+  python scripts/train_generalist.py finetune default --work /tmp/gen --steps 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import quality_sets as qs  # noqa: E402
+
+BUNDLE = REPO / "src" / "napari_tokenunify" / "model" / "bundled" / "default"
+PATCH = (16, 80, 80)
+TOKENS = (4, 16, 16)
+
+
+def printer(every: int):
+    def report(p) -> None:
+        if p.done % every == 0 or p.done == p.total:
+            extra = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in p.extra.items())
+            print(f"[{time.strftime('%H:%M:%S')}] {p.message} {p.done}/{p.total} {extra}", flush=True)
+
+    return report
+
+
+def stage_pretrain(args) -> None:
+    from napari_tokenunify.training.pretrain import pretrain
+
+    vols = [raw for raw, _ in qs.load_all(qs.UNLABELED)]
+    pretrain(vols, preset=args.preset, steps=args.steps, out_dir=args.work / "pretrain",
+             weights="random=1,next=1,next_all=1", patch_shape=args.patch, token_shape=TOKENS,
+             batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+             time_budget_s=args.time_cap, progress=printer(25))
+
+
+def init_for(name: str, args):
+    if name == "pretrain":
+        path = args.work / "pretrain" / "model"
+        if not (path / "card.json").exists():
+            sys.exit(f"run the pretrain stage first ({path} is missing)")
+        return str(path)
+    if name == "unet-scratch":
+        from dataclasses import replace
+
+        from napari_tokenunify.engine.normalize import ROBUST_NORMALIZATION
+        from napari_tokenunify.model import ModelCard
+        from napari_tokenunify.model.unet import ResidualUNet3D
+
+        net = ResidualUNet3D(out_channels=3)
+        net.card = replace(ModelCard(preset="unet", patch_size=list(args.patch), config=net.config,
+                                     name="residual-unet"), normalization=dict(ROBUST_NORMALIZATION))
+        return net
+    return name  # scratch, default, unet, or a model path
+
+
+def stage_finetune(args) -> None:
+    from napari_tokenunify.engine.normalize import ROBUST_NORMALIZATION
+    from napari_tokenunify.training.finetune import finetune
+
+    train = qs.load_all(qs.TRAIN)
+    val = qs.load_all(qs.VALIDATION)
+    out = args.work / f"finetune-{Path(args.init).name}{args.tag}"
+    finetune(
+        [r for r, _ in train], [lab for _, lab in train], init=init_for(args.init, args),
+        preset=args.preset, steps=args.steps, out_dir=out, patch_shape=args.patch,
+        validation=[(r, lab) for r, lab in val], val_every=args.val_every, threshold=qs.THRESHOLDS,
+        batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
+        time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
+        normalization=dict(ROBUST_NORMALIZATION), progress=printer(25),
+    )
+    (out / "data.json").write_text(json.dumps({
+        "train": [c.name for c in qs.TRAIN], "validation": [c.name for c in qs.VALIDATION],
+        "selection_rule": qs.SELECTION_RULE, "init": args.init}, indent=2))
+
+
+def stage_bundle(args) -> None:
+    src = args.work / args.init / "model"
+    card = json.loads((src / "card.json").read_text())
+    data = json.loads((args.work / args.init / "data.json").read_text())
+    card["training"] = {**(card.get("training") or {}), "finetune_data": data["train"],
+                        "validation_data": data["validation"], "selection_rule": data["selection_rule"],
+                        "script": f"scripts/train_generalist.py finetune {data['init']}"}
+    card["name"] = "default"
+    card["voxel_size_nm"] = [10.0, 10.0, 10.0]
+    if args.description:
+        card["description"] = args.description
+    tmp = BUNDLE.with_name("default.new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
+    shutil.rmtree(BUNDLE)
+    tmp.rename(BUNDLE)
+    print(f"bundled {src} as {BUNDLE}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["pretrain", "finetune", "bundle"])
+    p.add_argument("init", nargs="?", default="pretrain")
+    p.add_argument("--work", type=Path, default=Path("/tmp/gen"))
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--time-cap", type=float, default=None, help="seconds per stage (safety stop)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--patch", type=int, nargs=3, default=list(PATCH), metavar=("Z", "Y", "X"))
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=None)
+    p.add_argument("--head-steps", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="")
+    p.add_argument("--description", default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    {"pretrain": stage_pretrain, "finetune": stage_finetune, "bundle": stage_bundle}[args.stage](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
