@@ -68,8 +68,41 @@ def test_reader_returns_none_for_what_it_cannot_read(tmp_path):
     assert plugin_io.get_reader(str(tmp_path / "photo.tif")) is None
     assert plugin_io.get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
     (tmp_path / "bad.h5").write_bytes(b"nope" * 10)
-    with pytest.warns(UserWarning, match="cannot read"):
-        assert plugin_io.get_reader(str(tmp_path / "bad.h5")) is None
+    reader = plugin_io.get_reader(str(tmp_path / "bad.h5"))  # ours alone: the reason is raised
+    with pytest.raises(ValueError, match="could not be read as HDF5"):
+        reader(str(tmp_path / "bad.h5"))
+
+
+@pytest.mark.gui
+def test_napari_shows_the_reason_every_time(make_napari_viewer, tmp_path):
+    """Corrupt, truncated, empty and 2D .h5 files: the plugin's reason reaches napari's message
+    on every attempt (a warning is shown once only; napari then says just "refused the file")."""
+    from napari.settings import get_settings
+
+    full = tmp_path / "full.h5"
+    with h5py.File(full, "w") as f:
+        f.create_dataset("raw", data=np.zeros((8, 64, 64), np.uint8), chunks=(8, 64, 64))
+    data = full.read_bytes()
+    (tmp_path / "corrupt.h5").write_bytes(b"nope" * 10)
+    (tmp_path / "truncated.h5").write_bytes(data[: len(data) // 3])
+    with h5py.File(tmp_path / "empty.h5", "w"):
+        pass
+    with h5py.File(tmp_path / "flat.h5", "w") as f:
+        f["raw"] = np.zeros((32, 32), np.uint8)
+    reasons = {"corrupt.h5": "could not be read as HDF5", "truncated.h5": "HDF5",
+               "empty.h5": "no 3D dataset", "flat.h5": "2D image"}
+    viewer = make_napari_viewer()
+    for name, reason in reasons.items():
+        for _ in range(2):  # the second attempt says why too
+            with pytest.raises(ValueError) as err:
+                viewer.open(str(tmp_path / name), plugin=PLUGIN)
+            assert "napari-tokenunify cannot read" in str(err.value) and reason in str(err.value)
+            assert "refused the file" not in str(err.value)
+    # as File > Open with our reader as the preference: napari's error carries the reason
+    get_settings().plugins.extension2reader = {"*.h5": PLUGIN}
+    with pytest.raises(ValueError, match="no 3D dataset"):
+        viewer.open(str(tmp_path / "empty.h5"), plugin=None)
+    assert len(viewer.layers) == 0
 
 
 def test_reader_ome_zarr_is_multiscale(tmp_path, em):

@@ -1,13 +1,14 @@
 """npe2 reader, writer and sample-data contributions (thin wrappers over ``napari_tokenunify.io``).
 
 Readers return lazy (dask) layers with ``scale`` = voxel size and return ``None`` for paths they
-cannot read, so napari can try other readers. Nothing here imports Qt; napari itself is not
+cannot read, so napari can try other readers; for files only this plugin would open (HDF5, N5,
+Zarr that is not a 2D image) they return a reader that raises with the reason, which napari then
+shows in its notification every time (a warning would be shown once). Nothing here imports Qt; napari itself is not
 needed either (layer data tuples are plain tuples).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,14 +138,38 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
     try:
         layers = volume_layers(path)  # lazy: opens metadata only
     except (VolumeError, OSError) as err:
-        if Path(path).suffix.lower() in (".h5", ".hdf5", ".n5"):
-            warnings.warn(f"napari-tokenunify cannot read {path}: {err}", stacklevel=2)
-        return None
+        if not _claims(path, err):
+            return None  # napari's own readers may open it
+        reason = refusal(path, err)
+
+        def refuse(_path: Any, **_kwargs: Any) -> list[LayerData]:
+            # raised (not warned: Python shows a warning once per place, napari only says
+            # "refused the file" after that), so napari's notification names the reason every time
+            raise VolumeError(reason)
+
+        return refuse
 
     def reader(_path: Any, **_kwargs: Any) -> list[LayerData]:
         return layers
 
     return reader
+
+
+def _claims(path: str | Path, err: BaseException) -> bool:
+    """Whether a file we could not read is one only we would open (so the reason is ours to
+    give): HDF5/N5 always; Zarr unless it is a 2D image, which napari's own reader opens."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".h5", ".hdf5", ".n5"):
+        return True
+    return suffix == ".zarr" and "2D image" not in str(err)
+
+
+def refusal(path: str | Path, err: BaseException) -> str:
+    """One line: which file, why it cannot be opened (the error names the file already, mostly)."""
+    text = str(err) or type(err).__name__
+    if str(path) in text:
+        return f"napari-tokenunify cannot read it: {text}"
+    return f"napari-tokenunify cannot read {path}: {text}"
 
 
 # --- writers (Labels layers) -------------------------------------------------------------
