@@ -211,3 +211,59 @@ def test_writer_functions_handle_2d_and_multiscale_labels(tmp_path, em):
     out = plugin_io.write_labels_hdf5(str(tmp_path / "ms.h5"), pyramid, {"scale": (30, 6, 6)})
     v = open_volume(out[0])
     assert v.shape == em.labels.shape and v.voxel_size == (30.0, 6.0, 6.0)
+
+
+@pytest.mark.gui
+@pytest.mark.usefixtures("single_torch_thread")
+def test_napari_opens_what_the_plugin_writes_as_affinities(make_napari_viewer, tmp_path, em):
+    """A Predict store and exported affinities (OME-Zarr with a czyx channel axis, HDF5) open as
+    one 3-channel affinity image layer, which Segment picks up; never the ".../done" records."""
+    from napari_tokenunify.engine.predict import predict_affinities
+    from napari_tokenunify.model import build_model
+    from napari_tokenunify.widgets.base import is_affinity_layer
+
+    image = em.image[:16, :32, :32]
+    store = tmp_path / "em.tokenunify" / "em-affinities.zarr"
+    affs = predict_affinities(image, build_model("tiny").eval(), out=store, tile_shape=(16, 32, 32),
+                              device="cpu", voxel_size=(10.0, 10.0, 10.0))
+    affs = np.asarray(affs, dtype=np.float32)
+    exported = [
+        write_volume(tmp_path / "seg-affinities.ome.zarr", affs, kind="affinities",
+                     voxel_size=(10.0, 10.0, 10.0)),
+        write_volume(tmp_path / "seg-affinities.h5", affs, kind="affinities"),
+    ]
+    viewer = make_napari_viewer()
+    for path in [store, *exported]:
+        added = viewer.open(str(path), plugin=PLUGIN)
+        assert len(added) == 1, [layer.name for layer in added]
+        layer = added[0]
+        assert type(layer).__name__ == "Image" and "done" not in layer.name
+        assert layer.data.shape == (3, 16, 32, 32) and is_affinity_layer(layer)
+        assert layer.metadata["tokenunify"]["kind"] == "affinities"
+        np.testing.assert_allclose(np.asarray(layer.data[:, 3], dtype=np.float32), affs[:, 3],
+                                   atol=2e-3)
+    assert tuple(viewer.layers[0].scale) == (1.0, 10.0, 10.0, 10.0)
+    assert tuple(viewer.layers[1].scale) == (1.0, 10.0, 10.0, 10.0)
+
+    from napari_tokenunify.widgets.main_widget import TokenUnifyWidget
+
+    widget = TokenUnifyWidget(viewer)
+    try:
+        segment = widget.panel("Segment")
+        segment.reset_choices()
+        assert set(segment.affinities.choices) == set(viewer.layers)
+    finally:
+        widget.shutdown()
+
+
+def test_reader_blockwise_labels_store_skips_the_bookkeeping(tmp_path, em):
+    from napari_tokenunify.engine.store import BlockStore
+
+    store = BlockStore.create(tmp_path / "seg.zarr", "labels", shape=em.labels.shape,
+                              chunks=(16, 32, 32), dtype="uint64", grid_shape=(2, 2, 2),
+                              settings={"blockwise": True})
+    store.array[...] = em.labels
+    store.finish()
+    [(data, kwargs, layer_type)] = plugin_io.get_reader(str(store.path))(str(store.path))
+    assert layer_type == "labels" and data.shape == em.labels.shape
+    assert np.array_equal(np.asarray(data[4]), em.labels[4])

@@ -86,12 +86,88 @@ def _ome_layers(path: Path, dataset: str | None) -> list[LayerData]:
     return layers
 
 
+AFFINITY_HINTS = ("affin", "aff")
+MAX_AFFINITY_CHANNELS = 16
+
+
+def block_store_kind(path: Path) -> str | None:
+    """``affinities``/``labels`` for a store written block by block (``engine.store``: the
+    result array plus a ``done`` array of per-block bookkeeping), else ``None``."""
+    if not path.is_dir():
+        return None
+    try:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        names = set(group.array_keys())
+    except Exception:  # noqa: BLE001 - not a zarr group
+        return None
+    if "done" not in names:
+        return None
+    return next((k for k in ("affinities", "labels") if k in names), None)
+
+
+def affinity_layer(path: Path, dataset: str | None = None, *, store: bool = False) -> LayerData | None:
+    """A (channels, z, y, x) affinity map as one 4D image layer (what Predict shows and Segment
+    and Proofread pick up), or ``None`` when the array is not one."""
+    from .io.open import read_raw
+
+    try:
+        raw = read_raw(path, detect_format(path), dataset, 0)
+    except VolumeError:
+        return None
+    data, kind = raw.data, raw.metadata.get("kind")
+    hint = f"{raw.dataset or ''} {path.name}".lower()
+    if data.ndim != 4 or not (kind == "affinities" or any(h in hint for h in AFFINITY_HINTS)):
+        return None
+    if not 1 <= data.shape[0] <= MAX_AFFINITY_CHANNELS:
+        return None
+    voxel = raw.voxel_size
+    if voxel is None and store:
+        import zarr
+
+        voxel = zarr.open_group(str(path), mode="r").attrs.get("voxel_size")
+    name = base_name(path) + (f"/{raw.dataset}" if raw.dataset and not store else "")
+    kwargs: dict[str, Any] = {
+        "name": f"{name} affinities" if "aff" not in name.lower() else name,
+        "metadata": {
+            "path": str(path), "dataset": raw.dataset, "voxel_size": voxel,
+            "format": raw.metadata.get("format"),
+            "tokenunify": {"kind": "affinities", "store": str(path)},
+        },
+        "contrast_limits": (0, 255) if np.dtype(data.dtype) == np.uint8 else (0, 1),
+        "colormap": "magma",
+    }
+    if voxel is not None:
+        kwargs["scale"] = (1.0, *(float(v) for v in voxel))
+    return (data, kwargs, "image")
+
+
 def volume_layers(path: str | Path) -> list[LayerData]:
     """Every layer a path can give (several for containers with several 3D datasets)."""
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "image":
         raise VolumeError(f"{path}: a single 2D image; napari's own readers open it.")
+    if fmt == "zarr":
+        kind = block_store_kind(path)
+        if kind == "affinities":  # a Predict store: its affinities, never the bookkeeping
+            layer = affinity_layer(path, "affinities", store=True)
+            if layer is not None:
+                return [layer]
+        elif kind == "labels":  # a blockwise segmentation store
+            return [_layer(open_volume(path, dataset="labels"))]
+    try:
+        return _volume_layers(path, fmt)
+    except VolumeError:
+        # e.g. an exported ``*-affinities.ome.zarr`` (axes czyx): open it as affinities
+        layer = affinity_layer(path)
+        if layer is None:
+            raise
+        return [layer]
+
+
+def _volume_layers(path: Path, fmt: str) -> list[LayerData]:
     names: list[str] = []
     if fmt == "hdf5":
         names = [n for n, s in list_hdf5_datasets(path).items() if len(s) >= 3]
@@ -121,8 +197,12 @@ def volume_layers(path: str | Path) -> list[LayerData]:
     for name in names[:MAX_LAYERS]:
         try:
             layers.append(_layer(open_volume(path, dataset=name)))
-        except VolumeError as err:  # e.g. a 4D dataset beside the 3D ones: skip it
-            errors.append(err)
+        except VolumeError as err:  # e.g. a 4D dataset beside the 3D ones: affinities, or skip it
+            layer = affinity_layer(path, name)
+            if layer is not None:
+                layers.append(layer)
+            else:
+                errors.append(err)
     if not layers:
         raise errors[0]
     # images first, so labels are drawn on top
