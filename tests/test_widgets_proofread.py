@@ -170,3 +170,44 @@ def test_bad_requests_become_notifications(docked, notes):
     assert notes.has("does not occur")
     panel.next_spot()
     assert notes.has("no affinity layer")
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5", ".ome.zarr"])
+def test_labels_opened_from_a_file_can_be_proofread(docked, notes, tmp_path, suffix, monkeypatch):
+    """The reader gives lazy (dask, read-only) labels: every edit must still work on them,
+    loading them into memory when they fit and saying so when they do not."""
+    import dask.array as da
+
+    from napari_tokenunify.io import write_volume
+    from napari_tokenunify.widgets import checks
+
+    viewer, widget = docked
+    truth = _blocks()
+    path = write_volume(tmp_path / f"seg{suffix}", truth, kind="labels", voxel_size=(40, 8, 8),
+                        **({"levels": 2} if suffix == ".ome.zarr" else {}))
+    [layer] = viewer.open(str(path), plugin="napari-tokenunify")
+    data = layer.data[0] if layer.multiscale else layer.data
+    assert isinstance(data, da.Array)
+    panel = widget.panel("Proofread")
+    pick(panel.labels, layer)
+
+    monkeypatch.setattr(checks, "free_memory_bytes", lambda: 1000)  # does not fit: says so
+    panel.ids.value = "2, 3"
+    panel.merge()
+    assert notes.has("Merge failed", "nothing was changed")
+    monkeypatch.undo()
+
+    panel.merge()
+    assert not notes.has("fancy indexing"), notes.messages
+    assert notes.has("in memory")
+    edited = panel.labels.value
+    assert isinstance(edited.data, np.ndarray) and edited in viewer.layers
+    assert (edited.data[truth == 3] == 2).all() and (edited.data[truth == 1] == 1).all()
+    assert tuple(edited.scale) == (40.0, 8.0, 8.0)
+    edited.selected_label = 1
+    panel.delete()
+    assert not (edited.data == 1).any()
+    edited.undo()
+    edited.undo()
+    np.testing.assert_array_equal(edited.data, truth)
+    assert widget.autosaver.pending == 1

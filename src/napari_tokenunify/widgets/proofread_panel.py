@@ -30,6 +30,14 @@ def apply_edit_to_layer(layer: Any, edit: pr.Edit) -> int:
     return n
 
 
+def writable(data: Any) -> bool:
+    """Whether an edit can be written into a layer's array: numpy, or a Zarr array (a store made
+    by a blockwise segmentation); not dask (what the reader gives), which is read-only."""
+    if isinstance(data, np.ndarray):
+        return bool(data.flags.writeable)
+    return type(data).__module__.split(".")[0] == "zarr"
+
+
 def parse_ids(text: str) -> list[int]:
     """``"3, 7 9"`` → ``[3, 7, 9]``; a clear error for anything else."""
     parts = [p for p in text.replace(",", " ").split() if p]
@@ -96,7 +104,32 @@ class ProofreadPanel(Panel):
         # a store-backed layer (e.g. a blockwise segmentation in Zarr) is read for the edit's
         # computation when it fits in memory; the edit is written back into the store through
         # the layer
-        return layer, labels_in_memory(layer, data)
+        arr = labels_in_memory(layer, data)
+        if not writable(data) or getattr(layer, "multiscale", False):
+            layer, arr = self._editable(layer, arr)
+        return layer, arr
+
+    def _editable(self, layer: Any, arr: np.ndarray) -> tuple[Any, np.ndarray]:
+        """Labels read lazily from a file (dask, read-only) cannot take an edit: load them into
+        memory (``labels_in_memory`` refused already when they do not fit) and say so."""
+        arr = arr if arr.flags.writeable and arr is not layer_array(layer) else np.array(arr)
+        size = f"{arr.nbytes / 2**20:.0f} MiB"
+        if getattr(layer, "multiscale", False):  # napari cannot turn a pyramid into one array
+            name = f"{layer.name} (editable)"
+            new = self.viewer.add_labels(
+                arr, name=name, scale=layer.scale, translate=layer.translate,
+                metadata=dict(layer.metadata),
+            )
+            layer.visible = False
+            self.labels.reset_choices()
+            self.labels.value = new
+            show_info(f"'{layer.name}' is a multiscale file (read-only); its full resolution is "
+                      f"now in memory as '{name}' ({size}), where the edits go")
+            return new, arr
+        layer.data = arr
+        show_info(f"'{layer.name}' was read from a file (read-only); it is now in memory "
+                  f"({size}) so it can be edited; autosave and Export save it")
+        return layer, arr
 
     def _apply(self, layer, edit: pr.Edit, what: str) -> None:
         n = apply_edit_to_layer(layer, edit)
