@@ -80,7 +80,8 @@ def test_autosave_writes_changed_labels_at_intervals(docked, small_volume, qtbot
     job = wait_job(qtbot, saver.save_changed())
     assert job.error is None and saver.pending == 0
     path = saver.saved[id(layer)]
-    assert path == tmp_path / "autosave" / "seg.zarr"
+    # not read from a file: this session's own folder in the autosave folder
+    assert path.name == "seg.zarr" and path.parent.parent == tmp_path / "autosave"
     from napari_tokenunify.io import open_volume
 
     back = np.asarray(open_volume(path).data)
@@ -139,3 +140,47 @@ def test_autosave_goes_beside_the_data(make_napari_viewer, small_volume, tmp_pat
     layers = viewer.open(src, plugin="napari-tokenunify")
     path = autosave_path(layers[0])
     assert path == tmp_path / f"stack{SUFFIX}" / f"{layers[0].name}.zarr"
+
+
+def test_autosave_on_close_goes_where_the_edits_were_saved_before(make_napari_viewer, small_volume,
+                                                                 tmp_path, monkeypatch):
+    """On close the image choice is already gone: the target is the one recorded while it was
+    known (beside the data), and labels of data from no file never share a file with another
+    session's: every dataset's "segmentation" used to land in one autosave/segmentation.zarr."""
+    from napari_tokenunify.io import open_volume, write_volume
+    from napari_tokenunify.widgets.main_widget import TokenUnifyWidget
+
+    monkeypatch.setenv("TOKENUNIFY_AUTOSAVE_DIR", str(tmp_path / "autosave"))
+
+    def session(image_layer_from, label_id):
+        viewer = make_napari_viewer()
+        widget = TokenUnifyWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        image = image_layer_from(viewer)
+        seg = viewer.add_labels(np.array(small_volume.labels), name="segmentation")
+        pick(widget.panel("Predict").image, image)
+        proof = widget.panel("Proofread")
+        pick(proof.labels, seg)
+        seg.selected_label = label_id
+        proof.delete()
+        during = widget.autosaver.path_for(seg)
+        viewer.layers.remove(image)  # as on close: the image choice is cleared first
+        assert widget.panel("Predict").image.value is None
+        viewer.close()
+        saved = widget.autosaver.saved[id(seg)]
+        assert saved == during and saved.exists()
+        assert not (np.asarray(open_volume(saved).data) == label_id).any()
+        return saved
+
+    (tmp_path / "data").mkdir()
+    src = write_volume(tmp_path / "data" / "stack.tif", small_volume.image, kind="image")
+    ids = [int(i) for i in np.unique(small_volume.labels)[1:4]]
+    beside = session(lambda v: v.open(str(src), plugin="napari-tokenunify")[0], ids[0])
+    assert beside == tmp_path / "data" / f"stack{SUFFIX}" / "segmentation.zarr"
+    first = session(lambda v: v.add_image(small_volume.image, name="em"), ids[1])
+    second = session(lambda v: v.add_image(small_volume.image, name="em"), ids[2])
+    assert first != second and first.parent != second.parent
+    assert first.is_relative_to(tmp_path / "autosave") and first.name == "em-segmentation.zarr"
+    back = np.asarray(open_volume(first).data)  # the second session did not write over it
+    assert not (back == ids[1]).any() and (back == ids[2]).any()
+    assert not (tmp_path / "autosave" / "segmentation.zarr").exists()

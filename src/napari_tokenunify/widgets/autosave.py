@@ -33,11 +33,22 @@ def source_path(layer: Any) -> Path | None:
     return Path(src) if src else None
 
 
-def autosave_path(labels: Any, image: Any = None, directory: str | Path | None = None) -> Path:
+def autosave_base() -> Path:
+    """The folder for labels of data not read from a file: ``$TOKENUNIFY_AUTOSAVE_DIR`` or
+    ``~/.napari-tokenunify/autosave``."""
+    env = os.environ.get("TOKENUNIFY_AUTOSAVE_DIR")
+    return Path(env) if env else Path.home() / ".napari-tokenunify" / "autosave"
+
+
+def autosave_path(
+    labels: Any, image: Any = None, directory: str | Path | None = None,
+    session_dir: str | Path | None = None,
+) -> Path:
     """Where ``labels`` is autosaved: beside the file it (or its image) came from.
 
     ``<data dir>/<data name>.tokenunify-autosave/<layer name>.zarr``; for layers not read from a file,
-    ``$TOKENUNIFY_AUTOSAVE_DIR`` or ``~/.napari-tokenunify/autosave``.
+    ``<session_dir>/<image name>-<layer name>.zarr`` (``session_dir`` is one folder per viewer
+    session under :func:`autosave_base`, so another session's data never writes over it).
     """
     name = _safe(labels.name) + ".zarr"
     if directory is not None:
@@ -46,8 +57,9 @@ def autosave_path(labels: Any, image: Any = None, directory: str | Path | None =
         src = source_path(layer) if layer is not None else None
         if src is not None:
             return src.parent / (src.name.split(".")[0] + SUFFIX) / name
-    env = os.environ.get("TOKENUNIFY_AUTOSAVE_DIR")
-    base = Path(env) if env else Path.home() / ".napari-tokenunify" / "autosave"
+    base = Path(session_dir) if session_dir is not None else autosave_base()
+    if image is not None:
+        name = f"{_safe(image.name)}-{name}"
     return base / name
 
 
@@ -73,6 +85,9 @@ class Autosaver(QObject):
         self.image_for = image_for  # callable(labels layer) -> image layer or None
         self._dirty: dict[int, Any] = {}
         self.saved: dict[int, Path] = {}
+        # id(layer) -> (weak reference to the layer, its autosave file), fixed at the first edit
+        self._targets: dict[int, tuple[Any, Path]] = {}
+        self._session_dir: Path | None = None
         self._job: Job | None = None
         self._timer = QTimer(self)
         self._timer.setInterval(int(interval_s * 1000))
@@ -81,14 +96,46 @@ class Autosaver(QObject):
 
     def mark_dirty(self, layer: Any) -> None:
         self._dirty[id(layer)] = layer
+        self.path_for(layer)  # the target is decided now, while the layer's image is known
 
     @property
     def pending(self) -> int:
         return len(self._dirty)
 
+    def session_dir(self) -> Path:
+        """This session's own folder under :func:`autosave_base` (made on first use)."""
+        if self._session_dir is None:
+            import tempfile
+            import time
+
+            base = autosave_base()
+            base.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self._session_dir = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=base))
+        return self._session_dir
+
     def path_for(self, layer: Any) -> Path:
+        """The layer's autosave file: decided at its first edit (while the image it belongs to is
+        still chosen; on close the choice is gone) and then kept; never one another layer of
+        this session writes."""
+        import weakref
+
+        known = self._targets.get(id(layer))
+        if known is not None and known[0]() is layer:
+            return known[1]
         image = self.image_for(layer) if self.image_for is not None else None
-        return autosave_path(layer, image, self.directory)
+        session = None
+        if self.directory is None and source_path(layer) is None and (
+                image is None or source_path(image) is None):
+            session = self.session_dir()
+        path = autosave_path(layer, image, self.directory, session)
+        taken = {p for ref, p in self._targets.values() if ref() is not None}
+        stem, n = path.name.removesuffix(".zarr"), 2
+        while path in taken:
+            path = path.with_name(f"{stem}-{n}.zarr")
+            n += 1
+        self._targets[id(layer)] = (weakref.ref(layer), path)
+        return path
 
     def _snapshot(self) -> list[tuple[Path, np.ndarray, int]]:
         items = []

@@ -101,8 +101,19 @@ class TokenUnifyWidget(QWidget):
             panel.reset_choices()
 
     def _image_for(self, labels: Any) -> Any:
-        image = self.panels["Predict"].image.value if "Predict" in self.panels else None
-        return image
+        """The image layer a labels layer belongs to: the one chosen in Predict when it has the
+        same shape, else an image layer of that shape (one read from a file first)."""
+        from .checks import layer_array
+
+        shape = tuple(layer_array(labels).shape[-3:])
+        chosen = self.panels["Predict"].image.value if "Predict" in self.panels else None
+        images = [chosen] + [ly for ly in self.viewer.layers if type(ly).__name__ == "Image"]
+        images = [ly for ly in images if ly is not None and ly in self.viewer.layers
+                  and tuple(layer_array(ly).shape[-3:]) == shape and layer_array(ly).ndim == 3]
+        if chosen in images:
+            return chosen
+        from_file = [ly for ly in images if getattr(ly.source, "path", None)]
+        return (from_file or images or [None])[0]
 
     # -- edit tracking -----------------------------------------------------------------------
     def _on_inserted(self, event: Any) -> None:
