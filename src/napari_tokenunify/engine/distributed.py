@@ -31,12 +31,20 @@ class VolumeRef:
     path: str
     dataset: str | None = None
     channel: int | None = None
+    #: set for a prediction at the model's voxel size: the input is seen through a
+    #: :class:`~napari_tokenunify.engine.resample.ResampledView` with these factors
+    factors: tuple[float, float, float] | None = None
 
     def open(self):
         from ..io import open_volume
 
-        return as_3d(open_volume(self.path, dataset=self.dataset, channel=self.channel,
+        data = as_3d(open_volume(self.path, dataset=self.dataset, channel=self.channel,
                                  allow_2d=True).data)
+        if self.factors is not None:
+            from .resample import ResampledView
+
+            return ResampledView(data, self.factors)
+        return data
 
 
 def get_client(scheduler: str | None = None, workers: int | None = None, *,
@@ -131,27 +139,53 @@ def predict_affinities_distributed(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     tta: str = "none",
+    rescale: bool = True,
+    info: dict[str, Any] | None = None,
 ):
     """Like :func:`~napari_tokenunify.engine.predict.predict_affinities` into the Zarr ``out``,
-    with the blocks predicted by the workers of ``client`` (resumable in the same way)."""
-    from .predict import model_offsets
+    with the blocks predicted by the workers of ``client`` (resumable in the same way; with
+    ``rescale`` the workers read the input resampled to the model's voxel size, and the mapping
+    back to the data's grid runs on them too)."""
+    from dataclasses import replace
+
+    from .predict import card_voxel_size, model_offsets, predict_rescaled
+    from .resample import plan_rescale, validate_voxel_size
     from .tta import check_tta
 
     check_tta(tta, model_offsets(model))  # here, not first on a worker
     data = image.open()
-    plan = plan_prediction(
-        data, model, out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
-        roi_only=roi_only, crop=crop, voxel_size=voxel_size, overwrite=overwrite, tta=tta,
-    )
-    source = model_path_for_workers(model, model_source)
-    n = max(1, int(batch_size or 1))
-    batches = [plan.todo[i : i + n] for i in range(0, len(plan.todo), n)]
-    run_tasks(
-        predict_blocks_task, batches, client=client, progress=progress, cancel=cancel,
-        message="predicting affinities", rate_unit="voxels/s",
-        amount=lambda bs: sum(b.n_core_voxels for b in bs),
-        image=image, model_source=source, device=device, tile_batch=batch_size, grid=plan.grid,
-        norm=plan.norm, offsets=plan.offsets, dtype=plan.dtype, volume_box=plan.volume_box,
-        target=plan.store.array, done=plan.store.done, tta=tta,
-    )
-    return plan.finish()
+    if image.factors is not None:
+        raise ValueError("give the VolumeRef of the data itself (factors=None); resampling is "
+                         "decided from voxel_size and the model's card")
+    plan_rs = plan_rescale(card_voxel_size(model), voxel_size, data.shape, rescale)
+    if info is not None:
+        info["rescale"] = plan_rs.to_dict() if plan_rs is not None else None
+    sources: list[str] = []
+
+    def on_grid(view, *, ref: VolumeRef, **kw):
+        plan = plan_prediction(view, model, tta=tta, **kw)
+        if not sources:
+            sources.append(model_path_for_workers(model, model_source))
+        n = max(1, int(batch_size or 1))
+        batches = [plan.todo[i : i + n] for i in range(0, len(plan.todo), n)]
+        run_tasks(
+            predict_blocks_task, batches, client=client, progress=progress, cancel=cancel,
+            message="predicting affinities", rate_unit="voxels/s",
+            amount=lambda bs: sum(b.n_core_voxels for b in bs),
+            image=ref, model_source=sources[0], device=device, tile_batch=batch_size,
+            grid=plan.grid, norm=plan.norm, offsets=plan.offsets, dtype=plan.dtype,
+            volume_box=plan.volume_box, target=plan.store.array, done=plan.store.done, tta=tta,
+        )
+        return plan.finish()
+
+    common = dict(out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
+                  roi_only=roi_only, crop=crop, overwrite=overwrite)
+    if plan_rs is None:
+        return on_grid(data, ref=image, voxel_size=validate_voxel_size(voxel_size), **common)
+    ref = replace(image, factors=plan_rs.factors)
+
+    def on_model_grid(view, **kw):
+        return on_grid(view, ref=ref, **kw)
+
+    return predict_rescaled(data, model, plan_rs, on_model_grid, tta=tta, progress=progress,
+                            cancel=cancel, client=client, **common)

@@ -112,15 +112,16 @@ def run_pipeline(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     tta: str = "none",
+    rescale: bool = True,
     **segment_kwargs: Any,
 ) -> PipelineResult:
-    """Predict affinities (into ``affinities_out`` when given, resumable; ``tta`` as in
-    ``predict_affinities``) and segment them."""
+    """Predict affinities (into ``affinities_out`` when given, resumable; ``tta`` and
+    ``rescale``, to the model's voxel size, as in ``predict_affinities``) and segment them."""
     t0 = time.perf_counter()
     affs = predict_affinities(
         image, model, out=affinities_out, tile_shape=tile_shape, halo=halo, device=device,
         dtype=dtype, voxel_size=voxel_size, overwrite=overwrite, progress=progress, cancel=cancel,
-        tta=tta,
+        tta=tta, rescale=rescale,
     )
     timings = {"prediction": time.perf_counter() - t0}
     result = segment(affs, threshold=threshold, voxel_size=voxel_size, progress=progress,

@@ -7,6 +7,7 @@ voxel_size_nm), ``valid_shape(shape)`` and ``input_divisor``.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,27 @@ from ..affinities import NEAREST_OFFSETS
 from ..devices import configure_cpu_threads, resolve_device
 from ..progress import CancelToken, ProgressCallback, ProgressReporter, check_cancel
 from .normalize import IntensityRange, check_finite, intensity_range
-from .store import BlockStore
+from .resample import (
+    RESCALE_TOLERANCE,
+    Rescale,
+    ResampledView,
+    map_back_chunk,
+    plan_rescale,
+    source_box,
+    validate_voxel_size,
+)
+from .store import BlockStore, is_store
 from .tiling import Block, Box, TileGrid, boxes_intersect, check_box, order_blocks, read_padded
 
 DEFAULT_PATCH = (32, 128, 128)
 OUT_DTYPES = ("float32", "float16", "uint8")
 ARRAY_NAME = "affinities"
+#: inside a rescaled prediction's store: the affinities on the model's grid (removed when done)
+MODEL_GRID = "model_grid"
+
+
+class RescaleWarning(UserWarning):
+    """Prediction resamples the input to the model's voxel size (see ``engine.resample``)."""
 
 
 # ---- what the engine needs to know about a model ---------------------------------------------
@@ -79,8 +95,16 @@ def plan_tiles(
     return tile, halo
 
 
-def check_voxel_size(model, voxel_size: Sequence[float] | None, tolerance: float = 0.25) -> str | None:
-    """Warn (and return the message) when the data's voxel size differs from the card's."""
+def card_voxel_size(model) -> tuple[float, ...] | None:
+    """The voxel size (z, y, x) nm the model's card says it was trained at, or ``None``."""
+    vs = getattr(model_card(model), "voxel_size_nm", None)
+    return tuple(float(v) for v in vs) if vs is not None else None
+
+
+def check_voxel_size(model, voxel_size: Sequence[float] | None,
+                     tolerance: float = RESCALE_TOLERANCE) -> str | None:
+    """Warn (and return the message) when the data's voxel size differs from the card's (the
+    prediction is then not resampled: ``rescale=False``)."""
     card_vs = getattr(model_card(model), "voxel_size_nm", None)
     if voxel_size is None or card_vs is None:
         return None
@@ -93,7 +117,8 @@ def check_voxel_size(model, voxel_size: Sequence[float] | None, tolerance: float
     msg = (
         f"the data's voxel size {tuple(float(v) for v in data)} nm differs from the model's "
         f"{tuple(float(v) for v in want)} nm; results may be poor — rescale the data or use a "
-        "model trained at this resolution"
+        "model trained at this resolution (prediction resamples to the model's voxel "
+        "size unless rescale=False / --no-rescale)"
     )
     warnings.warn(msg, UserWarning, stacklevel=3)
     return msg
@@ -305,8 +330,10 @@ class PredictionPlan:
 def plan_prediction(
     image, model, *, out=None, tile_shape=None, halo=None, dtype="float16", roi=None,
     roi_only=False, crop=None, voxel_size=None, overwrite=False, tta="none",
+    norm: IntensityRange | None = None,
 ) -> PredictionPlan:
-    """Check the inputs, lay out the tiles and open (or resume) the output."""
+    """Check the inputs, lay out the tiles and open (or resume) the output (``norm``: the
+    intensity range, when decided already; else from the image and the card)."""
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype must be one of {OUT_DTYPES}, got {dtype!r}")
     shape = tuple(int(s) for s in image.shape)
@@ -319,7 +346,8 @@ def plan_prediction(
     tile, halo = plan_tiles(model, region, tile_shape, halo)
     grid = TileGrid(region, tile, halo, origin=tuple(a for a, _ in crop),
                     bounds=tuple((0, s) for s in shape))
-    norm = intensity_range(image, getattr(model_card(model), "normalization", None))
+    if norm is None:
+        norm = intensity_range(image, getattr(model_card(model), "normalization", None))
     n_ch = len(offsets)
     blocks = order_blocks(grid.blocks(), roi)
     if roi is not None and roi_only:
@@ -365,6 +393,8 @@ def predict_affinities(
     cancel: CancelToken | None = None,
     predictor: TilePredictor | None = None,
     tta: str | None = None,
+    rescale: bool = True,
+    info: dict[str, Any] | None = None,
 ):
     """Predict affinities (C, Z, Y, X) for ``image`` (z, y, x) tile by tile.
 
@@ -379,15 +409,41 @@ def predict_affinities(
     - ``cancel`` is checked before every batch of tiles (one tile on CPU by default).
     - ``tta``: "none" (default), "yx" or "zyx": average each tile over its 4 or 8 mirror images
       (4 or 8 times the compute; a given ``predictor`` carries its own).
+    - ``voxel_size``: the data's (z, y, x) nm (zero, negative, non-finite or > 10 000 nm raise
+      ``ValueError``). With ``rescale`` (default) and a card whose ``voxel_size_nm`` differs by
+      more than 15 % on an axis, the input is resampled lazily to the model's grid, predicted
+      there (``tile_shape`` is then in model-grid voxels) and the affinities are mapped back to
+      the data's grid (same shape as without), with a :class:`RescaleWarning`; the store's
+      attributes and settings record it under ``rescale`` (see ``engine.resample``).
+    - ``info``: a dict to fill with what the run did: ``info["rescale"]`` is ``None`` or the
+      resampling record.
     """
     image = as_3d(image)
     tta = resolve_tta(tta, predictor)
-    plan = plan_prediction(
-        image, model, out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
-        roi_only=roi_only, crop=crop, voxel_size=voxel_size, overwrite=overwrite, tta=tta,
-    )
-    if predictor is None:
-        predictor = TilePredictor(model, device=device, batch_size=batch_size, tta=tta)
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"dtype must be one of {OUT_DTYPES}, got {dtype!r}")
+    plan_rs = plan_rescale(card_voxel_size(model), voxel_size, image.shape, rescale)
+    if info is not None:
+        info["rescale"] = plan_rs.to_dict() if plan_rs is not None else None
+
+    def on_grid(img, **kw):
+        nonlocal predictor
+        plan = plan_prediction(img, model, tta=tta, **kw)
+        if predictor is None:
+            predictor = TilePredictor(model, device=device, batch_size=batch_size, tta=tta)
+        return run_plan(img, plan, predictor, progress=progress, cancel=cancel)
+
+    common = dict(out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
+                  roi_only=roi_only, crop=crop, overwrite=overwrite)
+    if plan_rs is None:
+        return on_grid(image, voxel_size=validate_voxel_size(voxel_size), **common)
+    return predict_rescaled(image, model, plan_rs, on_grid, tta=tta, progress=progress,
+                            cancel=cancel, **common)
+
+
+def run_plan(image, plan: PredictionPlan, predictor: TilePredictor, *,
+             progress: ProgressCallback | None = None, cancel: CancelToken | None = None):
+    """Predict the blocks a plan still has to do, in this process, and finish it."""
     runner = BlockRunner(image, predictor, plan.grid, plan.norm, plan.offsets, plan.dtype,
                          plan.volume_box)
     reporter = ProgressReporter(len(plan.blocks), progress, "predicting affinities", "voxels/s")
@@ -411,3 +467,122 @@ def predict_affinities(
             reporter.advance(len(batch), float(sum(b.n_core_voxels for b in batch)))
             batch = upcoming
     return plan.finish()
+
+
+# ---- prediction at the model's voxel size (engine.resample) ---------------------------------
+#: data-grid chunks of a rescaled output, before shrinking by the upsampling factor
+MAP_BACK_CHUNK = (32, 128, 128)
+
+
+def _map_back_chunks(region: Sequence[int], factors: Sequence[float]) -> tuple[int, int, int]:
+    """Output chunks whose model-grid source stays near ``MAP_BACK_CHUNK`` voxels."""
+    return tuple(max(1, min(int(r), int(c / max(f, 1.0))))
+                 for r, c, f in zip(region, MAP_BACK_CHUNK, factors, strict=True))
+
+
+def _bounding_box(boxes: Sequence[Box]) -> Box:
+    return tuple((min(b[k][0] for b in boxes), max(b[k][1] for b in boxes)) for k in range(3))
+
+
+def map_back_task(blocks: Sequence[Block], *, source, source_origin, factors, model_shape,
+                  offsets, dtype, target, done, origin) -> int:
+    """One task: map the model-grid affinities of ``blocks`` (data-grid chunks) back and write
+    them (and their done records, when ``done`` is a store's) into ``target``."""
+    for b in blocks:
+        res = map_back_chunk(b.core, source=source, source_origin=source_origin,
+                             plan_factors=factors, model_shape=model_shape, offsets=offsets)
+        rel = tuple(slice(a - o, z - o) for (a, z), o in zip(b.core, origin, strict=True))
+        target[(slice(None),) + rel] = _to_out_dtype(res, dtype)
+        if done is not None:
+            done[b.index] = 1
+    return int(sum(b.n_core_voxels for b in blocks))
+
+
+def predict_rescaled(
+    image, model, plan_rs: Rescale, on_grid: Callable[..., Any], *, out=None, tile_shape=None,
+    halo=None, dtype="float16", roi=None, roi_only=False, crop=None, overwrite=False,
+    tta="none", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+    client=None,
+):
+    """Predict ``image`` on the model's grid through ``on_grid(view, **plan_kwargs)`` (which plans
+    and runs the model-grid prediction, here or on a cluster) and map the affinities back to the
+    data's grid chunk by chunk (on ``client`` when given). With ``out`` the model-grid affinities
+    are kept in ``out/model_grid`` until the end, so a cancelled run resumes both stages."""
+    from .executor import run_tasks
+
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"dtype must be one of {OUT_DTYPES}, got {dtype!r}")
+    shape = tuple(int(s) for s in image.shape)
+    crop = check_box(crop, shape) if crop is not None else tuple((0, s) for s in shape)
+    region = tuple(b - a for a, b in crop)
+    roi = check_box(roi, shape) if roi is not None else None
+    warnings.warn(plan_rs.message(), RescaleWarning, stacklevel=3)
+    factors, m_shape = plan_rs.factors, plan_rs.model_shape
+    offsets = model_offsets(model)
+    n_ch = len(offsets)
+    norm = intensity_range(image, getattr(model_card(model), "normalization", None))
+    chunk = _map_back_chunks(region, factors)
+    cgrid = tuple(-(-r // c) for r, c in zip(region, chunk, strict=True))
+    chunks = [
+        Block(ix, box, box)
+        for ix in np.ndindex(*cgrid)
+        for box in [tuple((a + i * c, min(a + (i + 1) * c, b))
+                          for i, c, (a, b) in zip(ix, chunk, crop, strict=True))]
+    ]
+    chunks = order_blocks(chunks, roi)
+    if roi is not None and roi_only:
+        chunks = [b for b in chunks if boxes_intersect(b.core, roi)]
+    crop_m = source_box(crop, factors, m_shape)
+    roi_m = None
+    if roi is not None:
+        roi_m = source_box(_bounding_box([b.core for b in chunks]) if roi_only else roi,
+                           factors, m_shape)
+    grid_dtype = "float32" if dtype == "float32" else "float16"
+    tile, halo_m = plan_tiles(model, tuple(b - a for a, b in crop_m), tile_shape, halo)
+    store = None
+    if out is not None:
+        settings = prediction_settings(model, shape, tile, halo_m, crop, dtype, norm, tta)
+        settings["rescale"] = plan_rs.to_dict()
+        store = BlockStore.create(
+            out, ARRAY_NAME, shape=(n_ch,) + region, chunks=(n_ch,) + chunk, dtype=dtype,
+            grid_shape=cgrid, settings=settings, overwrite=overwrite,
+            attrs={"offsets": [list(o) for o in offsets], "kind": "affinities",
+                   "tokenunify": {"kind": "affinities"},
+                   "voxel_size": list(plan_rs.data_voxel_size),
+                   "scale": 1 / 255 if dtype == "uint8" else 1.0,
+                   "crop_origin": [a for a, _ in crop], "rescale": plan_rs.to_dict()},
+        )
+        done = store.done_indices()
+        target = store.array
+    else:
+        done = set()
+        target = np.zeros((n_ch,) + region, dtype=dtype)
+    todo = [b for b in chunks if b.index not in done]
+    if todo:
+        grid_kw = dict(tile_shape=tile_shape, halo=halo, dtype=grid_dtype, roi=roi_m,
+                       roi_only=roi_only, crop=crop_m, voxel_size=plan_rs.model_voxel_size,
+                       norm=norm)
+        view = ResampledView(image, factors)
+        if out is None:
+            source = on_grid(view, out=None, overwrite=False, **grid_kw)
+        else:
+            grid_out = Path(out) / MODEL_GRID
+            if is_store(grid_out, ARRAY_NAME) and BlockStore.open(grid_out, ARRAY_NAME, "r").complete:
+                source = BlockStore.open(grid_out, ARRAY_NAME, "r").array
+            else:
+                source = on_grid(view, out=grid_out, overwrite=False, **grid_kw)
+        n = 1 if client is None else 4
+        run_tasks(
+            map_back_task, [todo[i : i + n] for i in range(0, len(todo), n)], client=client,
+            progress=progress, cancel=cancel, message="mapping affinities to the data's grid",
+            rate_unit="voxels/s", amount=lambda bs: sum(b.n_core_voxels for b in bs),
+            source=source, source_origin=tuple(a for a, _ in crop_m), factors=factors,
+            model_shape=m_shape, offsets=offsets, dtype=dtype, target=target,
+            done=store.done if store is not None else None, origin=tuple(a for a, _ in crop),
+        )
+    if store is None:
+        return target
+    if len(store.done_indices()) == int(np.prod(cgrid)):
+        store.finish()
+        shutil.rmtree(Path(out) / MODEL_GRID, ignore_errors=True)
+    return store.array
