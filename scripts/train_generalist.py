@@ -94,15 +94,49 @@ def stage_finetune(args) -> None:
         "selection_rule": qs.SELECTION_RULE, "init": args.init}, indent=2))
 
 
+def _start_card(init: str, args) -> dict | None:
+    """The card of the model a finetuning run started from (None for scratch)."""
+    if init == "scratch" or init == "unet-scratch":
+        return None
+    if init == "pretrain":
+        return json.loads((args.work / "pretrain" / "model" / "card.json").read_text())
+    from napari_tokenunify.model import load_model
+
+    return load_model(init, device="cpu").card.to_dict()
+
+
 def stage_bundle(args) -> None:
+    """Copy WORK/RUN/model into the package as the default; the card gets the data, the rule, the
+    start's record (``pretrain`` or ``continued_from``), the flips and threshold chosen on
+    validation, and the benchmark's scores (``--bench`` JSON of ``bench_quality.py``)."""
     src = args.work / args.init / "model"
     card = json.loads((src / "card.json").read_text())
     data = json.loads((args.work / args.init / "data.json").read_text())
-    card["training"] = {**(card.get("training") or {}), "finetune_data": data["train"],
-                        "validation_data": data["validation"], "selection_rule": data["selection_rule"],
-                        "script": f"scripts/train_generalist.py finetune {data['init']}"}
+    training = dict(card.get("training") or {})
+    start = _start_card(data["init"], args)
+    if start is not None:
+        key = "pretrain" if data["init"] == "pretrain" else "continued_from"
+        training[key] = {"name": start.get("name"), "description": start.get("description"),
+                         **(start.get("training") or {})}
+        if key == "pretrain":
+            training["pretrain_data"] = [c.name for c in qs.UNLABELED]
+    validation = (card.get("metrics") or {}).get("validation") or {}
+    training.update({
+        "finetune_data": data["train"], "validation_data": data["validation"],
+        "selection_rule": data["selection_rule"],
+        "script": f"scripts/train_generalist.py finetune {data['init']}",
+        "segmentation_threshold": float(validation.get("threshold", 0.5)),
+        "test_time_flips": args.flips,
+    })
+    card["training"] = training
     card["name"] = "default"
     card["voxel_size_nm"] = [10.0, 10.0, 10.0]
+    if args.bench is not None:
+        bench = json.loads(args.bench.read_text())
+        res = bench.get(str(src)) or next(iter(bench.values()))
+        card["metrics"] = {"validation": validation,
+                           "bench_quality": {k: v for k, v in res["volumes"].items()},
+                           "validation_mean": res["validation_mean"]}
     if args.description:
         card["description"] = args.description
     tmp = BUNDLE.with_name("default.new")
@@ -133,6 +167,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
+    p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],
+                   help="bundle: the test-time flips the card recommends (rule 8)")
+    p.add_argument("--bench", type=Path, default=None, help="bundle: bench_quality.py --json output")
     args = p.parse_args(argv)
     import torch
 
