@@ -116,3 +116,34 @@ def test_cluster_blockwise_segmentation_equals_single_process(client, inputs):
     assert np.array_equal(np.asarray(remote[...]), local)
     with pytest.raises(ValueError, match="output path"):
         segment_blockwise(store, None, client=client, **kw)
+
+
+def test_cluster_prediction_at_the_model_voxel_size_equals_single_process(client, inputs):
+    """Data at 1.5x the card's in-plane voxel size: the workers read the input resampled to the
+    model's grid and map the affinities back; same result as in one process, on the data's grid."""
+    import zarr
+
+    from napari_tokenunify.engine.predict import RescaleWarning
+    from napari_tokenunify.model import build_model, save_model
+
+    root, vol, image_path, _, _ = inputs
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    model.card.voxel_size_nm = [10.0, 10.0, 10.0]
+    model_dir = save_model(model, root / "model-10nm")
+    kw = dict(tile_shape=(16, 32, 32), halo=(2, 4, 4), device="cpu", dtype="float32",
+              voxel_size=(10, 15, 15))
+    with pytest.warns(RescaleWarning):
+        single = predict_affinities(vol.image, model, **kw)
+    info = {}
+    with pytest.warns(RescaleWarning):
+        out = predict_affinities_distributed(VolumeRef(str(image_path)), model, root / "affs-rs.zarr",
+                                             client=client, model_source=model_dir, info=info, **kw)
+    assert out.shape == single.shape == (3, *vol.image.shape)
+    assert np.allclose(np.asarray(out[...]), single, atol=1e-5)
+    assert info["rescale"]["model_shape"] == [16, 72, 84]
+    group = zarr.open_group(str(root / "affs-rs.zarr"), mode="r")
+    assert group.attrs["complete"] and group.attrs["rescale"] == info["rescale"]
+    assert np.asarray(group["done"][...]).all()
+    assert not (root / "affs-rs.zarr" / "model_grid").exists()
