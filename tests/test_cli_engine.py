@@ -225,3 +225,72 @@ def test_large_volumes_are_segmented_blockwise_by_themselves(files, tmp_path, mo
     assert main(["segment", str(tmp_path / "affs.zarr"), str(tmp_path / "s2.tif"),
                  "--min-size", "5"]) == 1
     assert "too many to segment in memory" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_10nm(files):
+    """The tiny model of ``files`` with a card saying it was trained at 10 nm isotropic."""
+    from napari_tokenunify.model import load_model, save_model
+
+    root, _ = files
+    model = load_model(str(root / "model"))
+    model.card.voxel_size_nm = [10.0, 10.0, 10.0]
+    return save_model(model, root / "model-10nm")
+
+
+def test_predict_and_run_resample_to_the_model_voxel_size(files, model_10nm, tmp_path, capsys):
+    import zarr
+
+    root, vol = files
+    base = ["--model", str(model_10nm), "--tile", "16,32,32", "--device", "cpu", "--quiet"]
+    image = str(root / "image.tif")
+    assert main(["predict", image, str(tmp_path / "a.zarr"), "--voxel-size", "20,20,20", *base]) == 0
+    captured = capsys.readouterr()
+    assert "voxel size: the data's voxel size (20.0, 20.0, 20.0) nm differs" in captured.err
+    assert "--no-rescale" in captured.err and f"affinities (3, {vol.image.shape[0]}" in captured.out
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    assert group["affinities"].shape == (3, *vol.image.shape)
+    assert group.attrs["rescale"]["factors"] == [2.0, 2.0, 2.0]
+    assert group.attrs["rescale"]["model_shape"] == [32, 80, 96]
+    # --no-rescale: the data's grid, no record, the mismatch warning as before
+    with pytest.warns(UserWarning, match="differs from the model's"):
+        assert main(["predict", image, str(tmp_path / "b.zarr"), "--voxel-size", "20,20,20",
+                     "--no-rescale", *base]) == 0
+    assert "voxel size:" not in capsys.readouterr().err
+    assert "rescale" not in zarr.open_group(str(tmp_path / "b.zarr"), mode="r").attrs
+    # the file's own voxel size (10 nm) matches the card: nothing said, nothing resampled
+    assert main(["predict", image, str(tmp_path / "c.zarr"), *base]) == 0
+    assert "voxel size:" not in capsys.readouterr().err
+    assert "rescale" not in zarr.open_group(str(tmp_path / "c.zarr"), mode="r").attrs
+    # run: segments on the data's grid; reusing the affinities with --no-rescale is refused
+    out = tmp_path / "labels.tif"
+    assert main(["run", image, str(out), "--voxel-size", "10,15,15", *base]) == 0
+    captured = capsys.readouterr()
+    assert "voxel size:" in captured.err and "labels (16, 40, 48)" in captured.out
+    from napari_tokenunify.io import open_volume
+
+    assert open_volume(out).shape == vol.image.shape
+    assert main(["run", image, str(tmp_path / "l2.tif"), "--affinities-out",
+                 str(tmp_path / "labels_affinities.zarr"), "--voxel-size", "10,15,15",
+                 "--no-rescale", *base]) == 1
+    assert ("voxel size handling (they were resampled by (1.0, 1.5, 1.5), this run's would be "
+            "not resampled)") in capsys.readouterr().err
+
+
+def test_bad_voxel_sizes_are_refused_with_what_to_pass(files, model_10nm, tmp_path, capsys):
+    from napari_tokenunify.io import write_volume
+
+    root, vol = files
+    for bad in ("0,4,4", "-40,4,4", "nan,4,4", "40,inf,4", "20000,4,4"):
+        with pytest.raises(SystemExit) as exit_:
+            _predict(root, tmp_path / "x.zarr", f"--voxel-size={bad}")
+        assert exit_.value.code != 0
+        err = capsys.readouterr().err
+        assert "--voxel-size" in err and "pass the data's voxel size" in err
+    assert not (tmp_path / "x.zarr").exists()
+    # an absurd voxel size in the file (here 40 µm written as nm): refused, with what to pass
+    write_volume(tmp_path / "odd.tif", vol.image, kind="image", voxel_size=(40_000, 10, 10))
+    assert main(["predict", str(tmp_path / "odd.tif"), str(tmp_path / "y.zarr"), "--model",
+                 str(model_10nm), "--device", "cpu", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "above 10000 nm" in err and "--voxel-size 40,4,4" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 from .engine_common import (
@@ -14,6 +15,7 @@ from .engine_common import (
     add_predict_options,
     cancel_on_ctrl_c,
     check_output,
+    job_rescale,
     job_tta,
     load_model_or_default,
     open_image,
@@ -31,7 +33,7 @@ def work_store(out: Path) -> tuple[Path, bool]:
 
 def predict_to(args: argparse.Namespace, out: Path, progress, cancel):
     """Predict IN into ``out`` (any I/O format); returns (path, affinities array, voxel size)."""
-    from ..engine.predict import predict_affinities
+    from ..engine.predict import RescaleWarning, as_3d, predict_affinities
     from ..engine.tiling import parse_box
 
     vol = open_image(args.input, args.dataset, args.voxel_size)
@@ -41,22 +43,26 @@ def predict_to(args: argparse.Namespace, out: Path, progress, cancel):
         raise FileExistsError(f"{out} already exists; use --overwrite to replace it")
     model, source = load_model_or_default(args.model)
     crop = parse_box(args.roi, vol.shape) if getattr(args, "roi", None) else None
+    rescale = not getattr(args, "no_rescale", False)
+    job_rescale(args, model, vol.voxel_size, as_3d(vol.data).shape)  # says so, or refuses
     common = dict(tile_shape=args.tile, halo=args.halo, batch_size=args.batch, device=args.device,
                   dtype=args.dtype, crop=crop, voxel_size=vol.voxel_size,
                   overwrite=args.overwrite, progress=progress, cancel=cancel,
-                  tta=job_tta(args, model))
+                  tta=job_tta(args, model), rescale=rescale)
     from ..engine.distributed import close_client, get_client
 
     client = get_client(args.scheduler, args.workers)
     try:
-        if client is not None:
-            from ..engine.distributed import VolumeRef, predict_affinities_distributed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RescaleWarning)  # job_rescale said so already
+            if client is not None:
+                from ..engine.distributed import VolumeRef, predict_affinities_distributed
 
-            affs = predict_affinities_distributed(
-                VolumeRef(str(vol.path), vol.dataset), model, store, client=client,
-                model_source=source, **common)
-        else:
-            affs = predict_affinities(vol.data, model, out=store, **common)
+                affs = predict_affinities_distributed(
+                    VolumeRef(str(vol.path), vol.dataset), model, store, client=client,
+                    model_source=source, **common)
+            else:
+                affs = predict_affinities(vol.data, model, out=store, **common)
     finally:
         close_client(client)
     if not direct:

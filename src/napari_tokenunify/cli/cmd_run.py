@@ -91,7 +91,26 @@ def _other_settings(path: Path, args: argparse.Namespace) -> str | None:
     tta = job_tta(args, model)
     if settings.get("tta", "none") != tta:
         diffs.append(f"test-time flip setting ({settings.get('tta', 'none')}, not {tta})")
+    wanted = _wanted_rescale(args, model)
+    if (settings.get("rescale") or None) != wanted:
+        def said(r):
+            return f"resampled by {tuple(r['factors'])}" if r else "not resampled"
+
+        diffs.append(f"voxel size handling (they were {said(settings.get('rescale'))}, "
+                     f"this run's would be {said(wanted)})")
     return " and ".join(diffs) or None
+
+
+def _wanted_rescale(args: argparse.Namespace, model) -> dict | None:
+    """The resampling record this run's prediction would write (None: none)."""
+    from ..engine.predict import as_3d, card_voxel_size
+    from ..engine.resample import plan_rescale
+    from .engine_common import open_image
+
+    vol = open_image(args.input, args.dataset, args.voxel_size)
+    plan = plan_rescale(card_voxel_size(model), vol.voxel_size, as_3d(vol.data).shape,
+                        not getattr(args, "no_rescale", False))
+    return plan.to_dict() if plan is not None else None
 
 
 def _predict_args(args: argparse.Namespace) -> argparse.Namespace:

@@ -69,7 +69,7 @@ def cancel_on_ctrl_c() -> Iterator[CancelToken]:
 def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="dataset/array name inside an HDF5/Zarr/N5 input")
     p.add_argument("--voxel-size", type=_floats, metavar="Z,Y,X",
-                   help="voxel size in nm (overrides the file's)")
+                   help="voxel size in nm, e.g. 40,4,4 (overrides the file's)")
 
 
 def add_predict_options(p: argparse.ArgumentParser) -> None:
@@ -86,6 +86,10 @@ def add_predict_options(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: average each tile over its 4 in-plane (yx) or "
                         "8 (zyx) mirror images; 4 or 8 times slower, usually more accurate "
                         "(default: what the model card recommends, else none)")
+    p.add_argument("--no-rescale", action="store_true",
+                   help="predict on the data's grid even when its voxel size differs from the "
+                        "model card's by more than 15%% (default: resample the input to the "
+                        "model's voxel size and map the affinities back)")
 
 
 def add_cluster_options(p: argparse.ArgumentParser) -> None:
@@ -121,15 +125,20 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _floats(text: str) -> tuple[float, ...]:
+    """A voxel size Z,Y,X in nm (also "40x4x4" or one number for all axes), validated."""
+    from ..engine.resample import validate_voxel_size
+
+    parts = [v for v in text.replace("x", ",").replace(" ", ",").split(",") if v]
     try:
-        values = tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not Z,Y,X numbers (e.g. 40,4,4)") from None
     if len(values) == 1:
         values = values * 3
-    if len(values) != 3 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be three positive numbers Z,Y,X")
-    return values
+    try:
+        return validate_voxel_size(values)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def check_output(path: str, overwrite: bool, resumable: bool = False) -> Path:
@@ -232,6 +241,20 @@ def job_tta(args: argparse.Namespace, model) -> str:
               "(--tta none predicts once per tile, faster)", file=sys.stderr)
         args._told_tta = True
     return tta
+
+
+def job_rescale(args: argparse.Namespace, model, voxel_size, shape):
+    """The resampling to the model's voxel size this job does (``None``: none), told once on
+    stderr; a voxel size that cannot be used raises ``ValueError`` saying what to pass."""
+    from ..engine.predict import card_voxel_size
+    from ..engine.resample import plan_rescale
+
+    plan = plan_rescale(card_voxel_size(model), voxel_size, shape,
+                        not getattr(args, "no_rescale", False))
+    if plan is not None and not getattr(args, "_told_rescale", False):
+        print(f"voxel size: {plan.message()}", file=sys.stderr)
+        args._told_rescale = True
+    return plan
 
 
 def recommended_threshold(affs) -> float:
