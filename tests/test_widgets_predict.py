@@ -244,10 +244,169 @@ def test_test_time_flips_are_chosen_in_the_panel(docked, small_volume, qtbot, no
     n_done, _ = _done(store)
     assert counter.tiles == 4 * n_done  # each tile and its three in-plane mirror images
     assert zarr.open_group(str(store), mode="r").attrs["settings"]["tta"] == "yx"
-    # the same store with other flips is a different run: refused with a message, kept intact
+    # the same store with other flips is a different run: kept intact, a new store is used
     panel.tta.value = "none"
-    job = panel.predict()
-    if job is not None:
-        wait_job(qtbot, job)
-    assert notes.has("other settings")
+    wait_job(qtbot, panel.predict())
+    assert notes.has("kept it") and not notes.has("overwrite")
     assert _done(store)[0] == n_done
+    assert viewer.layers["em affinities"].metadata["tokenunify"]["store"] == str(
+        tmp_path / "flips-2.zarr")
+
+
+def _whole_volume(panel, image, store):
+    pick(panel.image, image)
+    panel.scope.value = "whole volume"
+    panel.tile_shape = (16, 32, 32)
+    panel.store.value = store
+
+
+def test_predict_on_a_finished_store_reuses_it_and_loads_the_model(docked, small_volume, qtbot,
+                                                                  notes, tmp_path):
+    """Defect 2: a finished store of the same model and settings is reused (nothing computed, no
+    CLI hint); the model that made it is loaded, so Segment starts at that model's threshold."""
+    from napari_tokenunify.model import build_model
+
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    first = build_model("tiny").eval()
+    first.card.training = {"segmentation_threshold": 0.3}
+    panel = widget.panel("Predict")
+    store = tmp_path / "em-affinities.zarr"
+    _whole_volume(panel, image, store)
+    panel.tta.value = "none"
+    wait_job(qtbot, panel.predict(model=first))
+    before = np.asarray(viewer.layers["em affinities"].data)
+    # a new session of the widget: no model loaded yet, the store is finished
+    widget.session.model = None
+    widget.session.agglomerators.clear()
+    widget.panel("Segment").threshold.value = 0.5
+    counter = SlowCounter(first, delay_s=0.0)
+    job = wait_job(qtbot, panel.predict(model=first))
+    assert job.error is None and counter.tiles == 0  # nothing predicted again
+    assert notes.has("Reused the finished prediction", "em-affinities.zarr")
+    assert not notes.has("overwrite") and not notes.has("failed")
+    layer = viewer.layers["em affinities"]
+    np.testing.assert_array_equal(np.asarray(layer.data), before)
+    assert layer.metadata["tokenunify"]["store"] == str(store)
+    assert widget.session.model is first
+    assert widget.panel("Segment").threshold.value == pytest.approx(0.3)
+
+
+def test_another_model_keeps_the_old_store_and_shows_its_own(docked, small_volume, qtbot, notes,
+                                                            tmp_path):
+    """Defects 3 and 9: another model (or other flips) on a predicted image keeps the old store,
+    predicts into a new one, and the layer, the threshold and the model belong together; the
+    message is one short line (no model cards in it). Going back reuses the first store."""
+    from napari_tokenunify.model import build_model
+
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    panel, segment = widget.panel("Predict"), widget.panel("Segment")
+    store = tmp_path / "em-affinities.zarr"
+    _whole_volume(panel, image, store)
+    panel.tta.value = "none"
+    a = build_model("tiny").eval()
+    a.card.training = {"segmentation_threshold": 0.3}
+    widget.session.model = a
+    wait_job(qtbot, panel.predict())
+    layer = viewer.layers["em affinities"]
+    affs_a = np.asarray(layer.data)
+    segment.affinities.value = layer
+    wait_job(qtbot, segment.segment())
+    assert segment._key(layer) in widget.session.agglomerators
+
+    import torch
+
+    torch.manual_seed(1)
+    b = build_model("tiny").eval()  # other weights and another card
+    b.card.name = "other tiny"
+    b.card.training = {"segmentation_threshold": 0.7}
+    widget.session.model = b
+    widget.events.model_changed.emit(b)
+    # the shown affinities are still a's: the threshold stays a's until b has predicted
+    assert segment.threshold.value == pytest.approx(0.3)
+    start = len(notes.messages)
+    job = wait_job(qtbot, panel.predict())
+    assert job.error is None
+    new = notes.messages[start:]
+    assert any("kept it" in m and "em-affinities-2.zarr" in m for m in new), new
+    assert all(len(m) < 300 and "{" not in m for m in new), new
+    assert _done(store)[0] == _done(store)[1]  # the first store is intact
+    second = tmp_path / "em-affinities-2.zarr"
+    assert layer.metadata["tokenunify"]["store"] == str(second)
+    affs_b = np.asarray(layer.data)
+    import zarr
+
+    np.testing.assert_array_equal(affs_b, zarr.open_group(str(second), mode="r")["affinities"][...])
+    assert not np.array_equal(affs_a, affs_b)
+    assert segment.threshold.value == pytest.approx(0.7)  # b's, as the affinities shown are b's
+    assert segment._key(layer) not in widget.session.agglomerators  # a's fragments dropped
+
+    widget.session.tta = panel.tta.value = "yx"  # other flips: a third store
+    wait_job(qtbot, panel.predict())
+    assert layer.metadata["tokenunify"]["store"] == str(tmp_path / "em-affinities-3.zarr")
+    panel.tta.value = "none"
+    widget.session.model = a  # back to the first model: its finished store is reused
+    counter = SlowCounter(a, delay_s=0.0)
+    wait_job(qtbot, panel.predict())
+    assert counter.tiles == 0, (notes.messages[-3:], layer.metadata)
+    assert layer.metadata["tokenunify"]["store"] == str(store)
+    np.testing.assert_array_equal(np.asarray(layer.data), affs_a)
+    assert segment.threshold.value == pytest.approx(0.3)
+
+
+def test_predict_rescales_to_the_model_voxel_size_unless_unticked(docked, small_volume, qtbot,
+                                                                 notes, tmp_path):
+    import zarr
+
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    model = _tiny_model(widget, qtbot)
+    model.card.voxel_size_nm = [10.0, 10.0, 10.0]
+    panel = widget.panel("Predict")
+    assert panel.rescale.value is True and panel.rescale.text == "rescale to the model's voxel size"
+    pick(panel.image, image)
+    panel.scope.value = "whole volume"
+    panel.tile_shape = (16, 32, 32)
+    panel.voxel.value = "10, 20, 20"  # twice the card's in-plane voxel size
+    panel.store.value = tmp_path / "rescaled.zarr"
+    job = wait_job(qtbot, panel.predict())
+    assert job.error is None
+    group = zarr.open_group(str(tmp_path / "rescaled.zarr"), mode="r")
+    assert group.attrs["complete"] and group.attrs["rescale"]["factors"] == [1.0, 2.0, 2.0]
+    assert group.attrs["rescale"]["model_shape"] == [16, 96, 96]
+    layer = viewer.layers["em affinities"]
+    data = np.asarray(layer.data)
+    assert data.shape == (3, *small_volume.image.shape)  # on the data's grid
+    assert data.std() > 0 and data.min() >= 0 and data.max() <= 1
+    assert layer.metadata["tokenunify"]["rescale"]["factors"] == [1.0, 2.0, 2.0]
+    assert "model's voxel size" in panel.status.value
+    assert notes.has("predicting on the model's grid")  # the library's warning, as a notification
+    # unticked: predicted on the data's grid, with the mismatch warning as before
+    panel.rescale.value = False
+    panel.store.value = tmp_path / "plain.zarr"
+    job = wait_job(qtbot, panel.predict())
+    assert job.error is None
+    assert "rescale" not in zarr.open_group(str(tmp_path / "plain.zarr"), mode="r").attrs
+    assert viewer.layers["em affinities"].metadata["tokenunify"]["rescale"] is None
+    assert notes.has("differs from the model's", "results may be poor")
+
+
+def test_bad_voxel_sizes_are_refused_in_the_notification_area(docked, small_volume, notes):
+    viewer, widget = docked
+    panel = widget.panel("Predict")
+    image = viewer.add_image(small_volume.image, name="em")
+    pick(panel.image, image)
+    for text, why in [("0, 4, 4", "zero or negative"), ("40, nan, 4", "not finite"),
+                      ("40, 4, 20000", "above 10000"), ("forty", "not numbers"), ("40, 4", "not 3")]:
+        panel.voxel.value = text
+        assert panel.predict() is None
+        assert notes.has("Predict failed", why)
+    assert notes.has("voxel size")
+    # the layer's scale is the voxel size when the field is empty: an absurd one is refused too
+    panel.voxel.value = ""
+    odd = viewer.add_image(small_volume.image, name="odd", scale=(40_000, 10, 10))
+    pick(panel.image, odd)
+    assert panel.predict() is None
+    assert notes.has("Predict failed", "40000.0", "pass the data's voxel size")
+    assert "odd affinities" not in viewer.layers

@@ -10,15 +10,81 @@ group attributes and a resume with other settings is refused.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 DONE = "done"
 #: above this many voxels (~0.5 GB per float32 channel) the CLI and the widget segment blockwise
 IN_MEMORY_MAX_VOXELS = 2**27
+
+
+class StoreExists(FileExistsError):
+    """The output path holds something a new run must not write over (see subclasses)."""
+
+
+class StoreSettingsDiffer(StoreExists):
+    """An existing store was made with other settings (another model, other test-time flips…)."""
+
+    def __init__(self, message: str, old: Any = None, new: Any = None) -> None:
+        super().__init__(message)
+        self.old, self.new = old, new
+
+
+class StoreComplete(StoreExists):
+    """An existing store made with the same settings is complete: its result can be reused."""
+
+
+T = TypeVar("T")
+# set by reuse_complete(): the list that records the complete stores reused in this context
+_REUSE: ContextVar[list[Path] | None] = ContextVar("tokenunify_reuse_complete", default=None)
+
+
+@contextmanager
+def reuse_complete() -> Iterator[list[Path]]:
+    """Inside this context :meth:`BlockStore.create` reopens a complete store made with the same
+    settings (the run then has nothing left to do and returns its result) instead of refusing
+    it; yields the list of the stores so reused."""
+    record: list[Path] = []
+    token = _REUSE.set(record)
+    try:
+        yield record
+    finally:
+        _REUSE.reset(token)
+
+
+def store_candidates(out: str | Path, n: int = 100) -> Iterator[Path]:
+    """``out``, then ``<stem>-2.zarr``, ``<stem>-3.zarr``, … beside it."""
+    out = Path(out)
+    yield out
+    stem = out.name.removesuffix(".zarr")
+    for i in range(2, n + 1):
+        yield out.with_name(f"{stem}-{i}.zarr")
+
+
+def in_free_store(run: Callable[[Path], T], out: str | Path,
+                  kept: list[tuple[Path, str]] | None = None) -> tuple[T, Path, bool]:
+    """``run(path)`` into ``out`` or the first of :func:`store_candidates` that is free or holds
+    a run with the same settings (resumed; reused when complete). Stores of other runs (another
+    model, other test-time flips, …) are kept as they are and listed in ``kept`` as
+    ``(path, what differs)``. Returns ``run``'s result, the path it used and whether that
+    store was complete already (reused, nothing computed)."""
+    for path in store_candidates(out):
+        try:
+            with reuse_complete() as reused:
+                result = run(path)
+            return result, path, bool(reused)
+        except StoreSettingsDiffer as err:
+            reason = _diff(err.old, err.new)
+        except StoreExists:
+            reason = "not a store of this kind of run"
+        if kept is not None:
+            kept.append((path, reason))
+    raise StoreExists(f"{out} and the next 99 names beside it hold other runs; choose another store")
 
 
 def _zarr():
@@ -80,17 +146,22 @@ class BlockStore:
                 store = cls(path, zarr.open_group(str(path), mode="r+"), name)
                 old = store.group.attrs.get("settings")
                 if old != settings:
-                    raise FileExistsError(
+                    raise StoreSettingsDiffer(
                         f"{path} holds a run with other settings ({_diff(old, settings)}); "
-                        "use --overwrite (overwrite=True) to replace it or choose another output"
+                        "use --overwrite (overwrite=True) to replace it or choose another output",
+                        old, settings,
                     )
                 if store.complete:
-                    raise FileExistsError(
+                    reused = _REUSE.get()
+                    if reused is not None:
+                        reused.append(path)
+                        return store
+                    raise StoreComplete(
                         f"{path} already exists and is complete; use --overwrite "
                         "(overwrite=True) to replace it"
                     )
                 return store
-            raise FileExistsError(
+            raise StoreExists(
                 f"{path} already exists; use --overwrite (overwrite=True) to replace it"
             )
         if path.exists():
@@ -155,9 +226,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """A setting as a person reads it: a model card (JSON) by its name, long values cut."""
+    if isinstance(value, str) and value.startswith("{"):
+        import json
+
+        try:
+            card = json.loads(value)
+        except ValueError:
+            card = None
+        if isinstance(card, dict):
+            name = card.get("name") or card.get("preset") or "model"
+            return f"model {name!r}"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _diff(old: Any, new: Any) -> str:
+    """The settings that changed, one short item each (a model is named, not printed: its card
+    is thousands of characters)."""
     if not isinstance(old, dict):
         return "no settings recorded"
     keys = sorted(set(old) | set(new))
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    changed = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        sa, sb = _short(a), _short(b)
+        if sa == sb:  # e.g. two cards of the same name: say only that they differ
+            sa, sb = "one " + sa if k == "model" else sa, "another" if k == "model" else "other"
+        changed.append(f"{k}: {sa} -> {sb}")
     return "; ".join(changed) or "unknown difference"

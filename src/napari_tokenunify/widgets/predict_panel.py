@@ -19,6 +19,7 @@ from napari_tokenunify.engine.tta import TTA_LABELS
 from .base import Panel, is_volume_layer, layer_combo
 from .checks import LayerError, require_image
 from .notify import reporting, show_info
+from .predict_stores import in_free_store_call, store_message
 from .view import visible_box
 from .workers import limit_torch_threads
 
@@ -163,10 +164,13 @@ class PredictPanel(Panel):
             voxel = tuple(float(s) for s in image_layer.scale[-3:])
             voxel = voxel if any(abs(v - 1.0) > 1e-6 for v in voxel) else None
             self.status.value = f"writing to {out}"
+            chosen: dict[str, Any] = {"out": out, "tta": tta}  # the store used: see _follow_store
 
             def work(progress=None, cancel=None):
                 from napari_tokenunify.engine.predict import TilePredictor, predict_affinities
 
+                # a finished store of this run is reused, one of another run kept (a new one used)
+                predict_affinities = in_free_store_call(predict_affinities, chosen)  # noqa: N806
                 m = model
                 if m is None:
                     from napari_tokenunify.model import load_model
@@ -184,6 +188,7 @@ class PredictPanel(Panel):
 
             self._pending_layer = (image_layer, out)
             self._show_store(image_layer, out, model, tuple(image.shape))
+            self._chosen = chosen
             return self.run(
                 work, "Predict affinities", on_progress=self._on_progress,
                 on_result=self._on_result, interval_ms=REFRESH_MS,
@@ -215,7 +220,40 @@ class PredictPanel(Panel):
         layer.metadata["tokenunify"] = {"kind": "affinities", "store": str(out)}
         self.layer, self.live = layer, data
 
+    def _follow_store(self) -> None:
+        """Show the store the run really uses (another than chosen when that holds another run)."""
+        out = (getattr(self, "_chosen", None) or {}).get("out")
+        if out is None or self.live is None or Path(out) == self.live.path:
+            return
+        self.live = LiveArray(Path(out), self.live.shape, self.live.dtype)
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.layer.data = self.live
+            self.layer.metadata.setdefault("tokenunify", {})["store"] = str(out)
+
+    def _settle(self, model: Any) -> None:
+        """After a run: the layer shows the store used and records the model that made it (its
+        threshold is the one Segment starts from), with one short line about the store."""
+        chosen = getattr(self, "_chosen", None) or {}
+        self._follow_store()
+        if "out" in chosen:
+            self._pending_layer = (self._pending_layer[0], Path(chosen["out"]))
+        message = store_message(chosen)
+        if message:
+            show_info(message)
+        layer = self.layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        card = getattr(model, "card", None)
+        layer.metadata.setdefault("tokenunify", {}).update(
+            kind="affinities", store=str(self._pending_layer[1]),
+            model=(getattr(card, "name", "") or getattr(card, "preset", "")) if card else type(model).__name__,
+            threshold=card.recommended_threshold if card is not None else None,
+            tta=chosen.get("tta", self.session.tta),
+        )
+        self.events.affinities_changed.emit(layer)
+
     def _on_progress(self, p) -> None:
+        self._follow_store()
         if self.layer is not None and self.layer in self.viewer.layers:
             self.live.try_open()
             self.layer.refresh()
@@ -224,6 +262,7 @@ class PredictPanel(Panel):
 
     def _on_result(self, result) -> None:
         model, array = result
+        self._settle(model)
         if self.session.model is None:  # the default, loaded for this run: keep the flips it ran with
             self.session.model = model
             self._keep_tta = True

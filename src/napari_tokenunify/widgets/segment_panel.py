@@ -30,6 +30,12 @@ def in_memory_limit() -> int:
     return int(os.environ.get("TOKENUNIFY_IN_MEMORY_VOXELS", IN_MEMORY_MAX_VOXELS))
 
 
+def _recorded_threshold(layer: Any) -> float | None:
+    """The threshold recommended by the model that made an affinity layer (recorded by Predict)."""
+    value = (getattr(layer, "metadata", {}).get("tokenunify") or {}).get("threshold")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def blockwise_store(affs_layer: Any, threshold: float) -> Path:
     """Where a blockwise segmentation of ``affs_layer`` goes: beside its affinity store, else in
     the user's cache folder (as predictions do)."""
@@ -57,6 +63,7 @@ class SegmentPanel(Panel):
         self.segment_btn.changed.connect(self.segment)
         self.threshold.changed.connect(self._threshold_moved)
         events.model_changed.connect(self._use_card_threshold)
+        events.affinities_changed.connect(self._affinities_changed)
         self._pending: float | None = None
         self.labels_layer: Any = None
 
@@ -66,8 +73,22 @@ class SegmentPanel(Panel):
         card = getattr(model, "card", None)
         if card is None or self.session.agglomerators:
             return
+        layer = self.affinities.value
+        if layer is not None and _recorded_threshold(layer) is not None:
+            return  # the affinities shown come from the model that recorded it: it stays
         self.threshold.value = min(max(card.recommended_threshold, self.threshold.min),
                                    self.threshold.max)
+
+    def _affinities_changed(self, layer: Any) -> None:
+        """New affinities in ``layer`` (a Predict run): fragments of the old ones are dropped and
+        the slider moves to the threshold of the model that made them."""
+        self.session.agglomerators.pop(self._key(layer), None)
+        self.affinities.reset_choices()
+        if self.affinities.value is None or self.affinities.value is layer:
+            self.affinities.value = layer
+            threshold = _recorded_threshold(layer)
+            if threshold is not None:
+                self.threshold.value = min(max(threshold, self.threshold.min), self.threshold.max)
 
     def _key(self, layer: Any) -> str:
         return f"{layer.name}:{id(layer)}"

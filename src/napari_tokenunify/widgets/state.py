@@ -28,6 +28,8 @@ class Session:
 class SessionEvents:
     model_changed = Signal(object)
     labels_edited = Signal(object, object)  # (labels layer, region)
+    # an affinity layer got new data (Predict finished): its metadata names the model that made it
+    affinities_changed = Signal(object)
 
 
 def edit_log_for(session: Session, layer: Any) -> EditLog:
