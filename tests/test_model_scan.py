@@ -8,6 +8,7 @@ import torch
 
 from napari_tokenunify.model.mixer import TriMamba
 from napari_tokenunify.model.scan import (
+    numba_kernels_status,
     scan_backend,
     selective_scan,
     selective_scan_chunked,
@@ -115,6 +116,10 @@ def test_long_sequence_runs_in_bounded_blocks():
 
 def test_backend_selection(monkeypatch):
     monkeypatch.delenv("TOKENUNIFY_SCAN", raising=False)
+    cpu_default = "numba" if numba_kernels_status()[0] else "torch"
+    assert scan_backend(torch.device("cpu")) == cpu_default
+    assert scan_backend(torch.device("meta")) == "torch"
+    monkeypatch.setenv("TOKENUNIFY_SCAN", "torch")
     assert scan_backend(torch.device("cpu")) == "torch"
     monkeypatch.setenv("TOKENUNIFY_SCAN", "ref")
     assert scan_backend(torch.device("cpu")) == "ref"
@@ -294,7 +299,7 @@ def test_cuda_backend_passes_mamba_ssm_its_arguments(fake_mamba_ssm, monkeypatch
     assert mamba_kernels_status()[0]
     monkeypatch.delenv("TOKENUNIFY_SCAN", raising=False)
     assert scan_backend(torch.device("cuda")) == "cuda"  # chosen automatically on a CUDA device
-    assert scan_backend(torch.device("cpu")) == "torch"
+    assert scan_backend(torch.device("cpu")) == ("numba" if numba_kernels_status()[0] else "torch")
     t = _inputs(30, d=6, groups=3, seed=8)
     t["u"] = t["u"].transpose(1, 2).contiguous().transpose(1, 2)  # non-contiguous, as in the mixer
     y = selective_scan(**t, delta_softplus=True, backend="cuda")

@@ -5,9 +5,14 @@ The recurrence (per batch b, channel d, state n, token t)::
     h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
     y_t = <C_t, h_t> + D * u_t          (then optionally * silu(z_t))
 
-Backends (``TOKENUNIFY_SCAN=ref|torch|cuda`` forces one; default ``auto``):
+Backends (``TOKENUNIFY_SCAN=ref|torch|numba|cuda`` forces one; default ``auto``):
 
 - ``cuda``: mamba-ssm's fused ``selective_scan_fn`` (CUDA tensors, mamba-ssm importable).
+- ``numba``: our fused CPU kernel (:mod:`.scan_numba`, forward and backward, float32): one
+  exponential and a few multiply-adds per state element, the state never leaves the cache.
+  Chosen automatically for CPU tensors when numba imports and the kernels compile (compiled
+  once, then loaded from numba's disk cache); otherwise, and for float64 or non-CPU tensors,
+  the chunked scan below is used (a failed compile warns once, never raises).
 - ``torch``: our chunked scan (pure PyTorch, no Python loop over tokens): inside chunks of
   ``T <= 64`` tokens the state is ``h_t = e^{S_t - R} (e^{R} h_in + sum_{s<=t} e^{R - S_s} x_s)``
   with ``S`` the cumulative sum of ``dt*A`` (log space) and ``R`` its value half-way through the
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-BACKENDS = ("auto", "torch", "ref", "cuda")
+BACKENDS = ("auto", "torch", "ref", "cuda", "numba")
 
 # |sum of dt*A| inside one chunk is kept below this, so exp(+-half of it) stays in float32 range.
 _MAX_CHUNK_LOG_DECAY = 160.0
@@ -58,15 +63,29 @@ def scan_backend(device: torch.device | None = None) -> str:
         raise ValueError(
             f"TOKENUNIFY_SCAN={forced!r} is not a scan backend; use one of {', '.join(BACKENDS)}"
         )
+    cpu = device is None or device.type == "cpu"
     if forced != "auto":
         if forced == "cuda":
             ok, why = mamba_kernels_status()
             if not ok:
                 raise RuntimeError(f"TOKENUNIFY_SCAN=cuda but the kernels cannot be used: {why}")
+        if forced == "numba":  # a CPU kernel: other devices, or no kernel (warned), use ours
+            return "numba" if cpu and numba_kernels_status()[0] else "torch"
         return forced
     if device is not None and device.type == "cuda" and mamba_kernels_status()[0]:
         return "cuda"
+    if cpu and numba_kernels_status()[0]:
+        return "numba"
     return "torch"
+
+
+def numba_kernels_status() -> tuple[bool, str]:
+    """Whether our fused numba CPU kernels can be used here, and why (not). The first call
+    compiles them, or loads them from numba's disk cache, and logs the time; a failure warns
+    once and is remembered for the process."""
+    from . import scan_numba
+
+    return scan_numba.status()
 
 
 def selective_scan(
@@ -90,6 +109,8 @@ def selective_scan(
     name = backend or scan_backend(u.device)
     if name == "cuda":
         return _scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if name == "numba":
+        return selective_scan_numba(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     fn = selective_scan_ref if name == "ref" else selective_scan_chunked
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
@@ -334,11 +355,53 @@ def selective_scan_chunked(
     return _finish(y, u, D, z, dtype)
 
 
+class _NumbaScan(torch.autograd.Function):
+    """The fused kernel's core scan ``y = scan(u, delta, A, B, C)`` (float32 CPU tensors, B and
+    C as (batch, groups, n, L)). The forward keeps the state entering every tile of 32 tokens;
+    the backward recomputes each tile's states from it."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C):  # noqa: D102
+        from . import scan_numba
+
+        y, states = scan_numba.scan_forward(u, delta, A, B, C, save=True)
+        ctx.save_for_backward(u, delta, A, B, C, states)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: D102
+        from . import scan_numba
+
+        u, delta, A, B, C, states = ctx.saved_tensors
+        return scan_numba.scan_backward(u, delta, A, B, C, states, gy.float())
+
+
+def selective_scan_numba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The fused numba kernel (differentiable). Same arguments as :func:`selective_scan`.
+
+    Softplus, bias, ``D`` and the gate ``z`` are applied in PyTorch around the kernel. Inputs
+    that are not float32 CPU tensors, or a kernel that is unavailable, use the chunked scan.
+    """
+    dtype = u.dtype
+    u, delta, A, B, C, _ = _prepare(u, delta, A, B, C, delta_bias, delta_softplus)
+    if u.dtype != torch.float32 or u.device.type != "cpu" or not numba_kernels_status()[0]:
+        y = selective_scan_chunked(u, delta, A, B, C)
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
+        y = _NumbaScan.apply(u, delta, A, B, C)
+    else:
+        from . import scan_numba
+
+        y = scan_numba.scan_forward(u, delta, A, B, C, save=False)[0]
+    return _finish(y, u, D, z, dtype)
+
+
 __all__ = [
     "BACKENDS",
     "mamba_kernels_status",
+    "numba_kernels_status",
     "scan_backend",
     "selective_scan",
     "selective_scan_chunked",
+    "selective_scan_numba",
     "selective_scan_ref",
 ]
