@@ -101,11 +101,10 @@ def card_voxel_size(model) -> tuple[float, ...] | None:
     return tuple(float(v) for v in vs) if vs is not None else None
 
 
-def check_voxel_size(model, voxel_size: Sequence[float] | None,
-                     tolerance: float = RESCALE_TOLERANCE) -> str | None:
-    """Warn (and return the message) when the data's voxel size differs from the card's (the
-    prediction is then not resampled: ``rescale=False``)."""
-    card_vs = getattr(model_card(model), "voxel_size_nm", None)
+def voxel_size_mismatch(model, voxel_size: Sequence[float] | None,
+                        tolerance: float = RESCALE_TOLERANCE) -> str | None:
+    """What :func:`check_voxel_size` warns about (``None`` when the sizes agree or are unknown)."""
+    card_vs = card_voxel_size(model)
     if voxel_size is None or card_vs is None:
         return None
     data = np.asarray(voxel_size, dtype=float)
@@ -114,13 +113,21 @@ def check_voxel_size(model, voxel_size: Sequence[float] | None,
         return None
     if np.all(np.abs(data / want - 1.0) <= tolerance):
         return None
-    msg = (
+    return (
         f"the data's voxel size {tuple(float(v) for v in data)} nm differs from the model's "
         f"{tuple(float(v) for v in want)} nm; results may be poor — rescale the data or use a "
         "model trained at this resolution (prediction resamples to the model's voxel "
         "size unless rescale=False / --no-rescale)"
     )
-    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def check_voxel_size(model, voxel_size: Sequence[float] | None,
+                     tolerance: float = RESCALE_TOLERANCE) -> str | None:
+    """Warn (and return the message) when the data's voxel size differs from the card's (the
+    prediction is then not resampled: ``rescale=False``)."""
+    msg = voxel_size_mismatch(model, voxel_size, tolerance)
+    if msg is not None:
+        warnings.warn(msg, UserWarning, stacklevel=3)
     return msg
 
 
