@@ -381,7 +381,7 @@ def test_predict_rescales_to_the_model_voxel_size_unless_unticked(docked, small_
     assert data.std() > 0 and data.min() >= 0 and data.max() <= 1
     assert layer.metadata["tokenunify"]["rescale"]["factors"] == [1.0, 2.0, 2.0]
     assert "model's voxel size" in panel.status.value
-    assert notes.has("predicting on the model's grid")  # the library's warning, as a notification
+    assert notes.has("Predicted at the model's voxel size", "(10.0, 20.0, 20.0) nm")
     # unticked: predicted on the data's grid, with the mismatch warning as before
     panel.rescale.value = False
     panel.store.value = tmp_path / "plain.zarr"

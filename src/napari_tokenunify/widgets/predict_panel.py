@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton
 
 from napari_tokenunify.engine.tta import TTA_LABELS
 
@@ -114,11 +114,19 @@ class PredictPanel(Panel):
         self.tta.changed.connect(self._set_tta)
         self._keep_tta = False
         events.model_changed.connect(self._use_card_tta)
+        self.voxel = LineEdit(label="voxel size (nm)",
+                              tooltip="z, y, x in nm, e.g. 40, 4, 4; empty: the layer's scale")
+        self.rescale = CheckBox(
+            text="rescale to the model's voxel size", value=True,
+            tooltip="when the data's voxel size differs from the model card's by more than 15%, "
+                    "predict on the model's grid and map the affinities back",
+        )
         self.predict_btn = PushButton(text="Predict affinities")
         self.cancel_btn = PushButton(text="Cancel")
         self.status = Label(value="")
         self.form.extend(
-            [self.image, self.scope, self.region, self.store, self.tta, self.predict_btn,
+            [self.image, self.scope, self.region, self.store, self.tta, self.voxel,
+             self.rescale, self.predict_btn,
              self.cancel_btn, self.status]
         )
         self.predict_btn.changed.connect(self.predict)
@@ -161,8 +169,8 @@ class PredictPanel(Panel):
             session, device, tile = self.session, self.session.device, self.tile_shape
             tta = session.tta
             model = model if model is not None else session.model
-            voxel = tuple(float(s) for s in image_layer.scale[-3:])
-            voxel = voxel if any(abs(v - 1.0) > 1e-6 for v in voxel) else None
+            voxel, rescale = _voxel_size(self.voxel.value, image_layer), self.rescale.value
+            info: dict[str, Any] = {"voxel_size": voxel}
             self.status.value = f"writing to {out}"
             chosen: dict[str, Any] = {"out": out, "tta": tta}  # the store used: see _follow_store
 
@@ -182,11 +190,11 @@ class PredictPanel(Panel):
                 result = predict_affinities(
                     image, m, out=out, tile_shape=tile, device=device, roi=roi,
                     roi_only=roi_only, voxel_size=voxel, progress=progress, cancel=cancel,
-                    predictor=predictor,
+                    predictor=predictor, rescale=rescale, info=info,
                 )
                 return m, result
 
-            self._pending_layer = (image_layer, out)
+            self._pending_layer, self._info = (image_layer, out), info
             self._show_store(image_layer, out, model, tuple(image.shape))
             self._chosen = chosen
             return self.run(
@@ -275,7 +283,45 @@ class PredictPanel(Panel):
             if not self.live.try_open():  # other channel count than guessed: show the store itself
                 layer.data = LiveArray(self._pending_layer[1], tuple(array.shape), array.dtype)
             layer.refresh()
-        self.status.value = f"done: {self._pending_layer[1]}"
+        rs = getattr(self, "_info", {}).get("rescale")
+        if layer is not None:
+            layer.metadata.setdefault("tokenunify", {})["rescale"] = rs
+        done = f"done: {self._pending_layer[1]}"
+        self.status.value = done + (" (predicted at the model's voxel size)" if rs else "")
+        note = _voxel_note(model, getattr(self, "_info", {}))
+        if note:
+            show_info(note)
+
+
+def _voxel_size(text: str, layer: Any) -> tuple[float, float, float] | None:
+    """The voxel size typed in the section (z, y, x nm; one number: every axis), else the layer's
+    scale (``None`` when it is napari's default of 1); unusable values raise ``ValueError``."""
+    from napari_tokenunify.engine.resample import validate_voxel_size
+
+    if str(text or "").strip():
+        try:
+            vals = [float(v) for v in re.split(r"[,;x\s]+", str(text).strip()) if v]
+        except ValueError:
+            raise LayerError(f"voxel size {text!r} is not numbers; type z, y, x in nm (e.g. "
+                             "40, 4, 4) or leave it empty to use the layer's scale") from None
+        return validate_voxel_size(vals[0] if len(vals) == 1 else vals)
+    scale = tuple(float(s) for s in layer.scale[-3:])
+    if len(scale) != 3 or all(abs(v - 1.0) <= 1e-6 for v in scale):
+        return None
+    return validate_voxel_size(scale)
+
+
+def _voxel_note(model: Any, info: dict[str, Any]) -> str | None:
+    """The line shown after a run whose voxel size differs from the model card's."""
+    rs = info.get("rescale")
+    if rs:
+        return (f"Predicted at the model's voxel size: the data's {tuple(rs['data_voxel_size'])} nm "
+                f"was resampled to the model's {tuple(rs['model_voxel_size'])} nm and the affinities "
+                "mapped back (untick 'rescale to the model's voxel size' to turn this off)")
+    from napari_tokenunify.engine.predict import voxel_size_mismatch
+
+    msg = voxel_size_mismatch(model, info.get("voxel_size"))
+    return f"Predict: {msg}" if msg else None
 
 
 def _bundled_default_tta() -> str:
