@@ -14,8 +14,8 @@ from napari_tokenunify.engine.resample import (
     ResampledView,
     interpolate_block,
     plan_rescale,
-    rescale_factors,
     resample,
+    rescale_factors,
     source_box,
     validate_voxel_size,
 )

@@ -25,8 +25,8 @@ from ..progress import CancelToken, ProgressCallback, ProgressReporter, check_ca
 from .normalize import IntensityRange, check_finite, intensity_range
 from .resample import (
     RESCALE_TOLERANCE,
-    Rescale,
     ResampledView,
+    Rescale,
     map_back_chunk,
     plan_rescale,
     source_box,
