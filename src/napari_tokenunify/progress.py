@@ -55,6 +55,22 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+def format_rate(rate: float | None, unit: str = "") -> str:
+    """``12.3 kvoxels/s``: a rate with a k/M/G/T prefix fitted to its size ("" for none). The
+    unit is per second whether or not it says so (``voxels`` and ``voxels/s`` read the same)."""
+    if not rate or rate <= 0:
+        return ""
+    unit = unit or "items"
+    unit = unit if unit.endswith("/s") else f"{unit}/s"
+    value, prefix = float(rate), ""
+    for step in ("k", "M", "G", "T"):
+        if value < 1000:
+            break
+        value, prefix = value / 1000, step
+    digits = 0 if value >= 100 else 1 if value >= 10 else 2
+    return f"{value:.{digits}f} {prefix}{unit}"
+
+
 def check_cancel(cancel: CancelToken | None) -> None:
     """Raise :class:`Cancelled` if ``cancel`` is set (``None`` means never)."""
     if cancel is not None:

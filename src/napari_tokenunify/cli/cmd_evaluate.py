@@ -15,7 +15,19 @@ def run(args: argparse.Namespace) -> int:
     gt = open_image(args.ground_truth, args.gt_dataset).data
     mask = open_image(args.mask, args.mask_dataset).data if args.mask else None
     ignore = None if args.ignore_label < 0 else args.ignore_label
-    metrics = evaluate(seg, gt, ignore_label=ignore, mask=mask)
+    import sys
+    import warnings
+
+    from ..engine.evaluate import GroundTruthWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GroundTruthWarning)
+        metrics = evaluate(seg, gt, ignore_label=ignore, mask=mask)
+    for w in caught:
+        if issubclass(w.category, GroundTruthWarning):
+            print(f"tokenunify evaluate: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

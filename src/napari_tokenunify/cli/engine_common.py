@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..progress import CancelToken, Progress
+from ..progress import CancelToken, Progress, format_rate
 
 
 class TqdmProgress:
@@ -31,11 +31,16 @@ class TqdmProgress:
         if self.bar is None or p.message != self.message or p.total != self.bar.total:
             self.close()
             self.message = p.message
-            self.bar = tqdm(total=p.total, desc=p.message or "working", unit="block",
-                            file=sys.stderr, dynamic_ncols=True)
+            # no tqdm blocks/s (blocks skipped on resume arrive at once: "60787.01block/s");
+            # the rate shown is the library's, with a prefix that fits ("850 voxels/s", not
+            # "0.00 Mvoxels/s"), and only once there is one
+            self.bar = tqdm(total=p.total, desc=p.message or "working", file=sys.stderr,
+                            initial=p.done, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                            "[{elapsed}<{remaining}{postfix}]")
         self.bar.n = p.done
-        if p.rate:
-            self.bar.set_postfix_str(f"{p.rate / 1e6:.2f} M{p.rate_unit}", refresh=False)
+        rate = format_rate(p.rate, p.rate_unit)
+        if rate:
+            self.bar.set_postfix_str(rate, refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ merge = H(gt | seg), in bits; adapted Rand error = 1 - F-score of pair precision
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -127,7 +128,32 @@ def evaluate(segmentation, ground_truth, ignore_label: int | None = 0, mask=None
     ``chunk_voxels``."""
     table = contingency(segmentation, ground_truth, ignore_label=ignore_label, mask=mask,
                         chunk_voxels=chunk_voxels)
+    problem = ground_truth_problem(ground_truth.dtype, len(np.unique(table[1])))
+    if problem:
+        warnings.warn(GroundTruthWarning(problem), stacklevel=2)
     return metrics_from_contingency(*table)
+
+
+class GroundTruthWarning(UserWarning):
+    """The ground truth does not look like labels (e.g. an EM image was given instead)."""
+
+
+#: a uint8 ground truth with this many ids or more is far likelier an image than labels
+IMAGE_LIKE_IDS = 100
+
+
+def ground_truth_problem(dtype, n_ids: int) -> str | None:
+    """Why a ground truth of this dtype with ``n_ids`` distinct ids (ignored label left out)
+    looks like an image rather than labels, or ``None``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return (f"the ground truth is {dtype} (floating point), which labels never are: is it "
+                "an image or affinities? Pass the ground-truth labels (integer ids)")
+    if dtype.kind in "iu" and dtype.itemsize == 1 and n_ids >= IMAGE_LIKE_IDS:
+        return (f"the ground truth is {dtype} with {n_ids} distinct values, like an 8-bit EM "
+                "image rather than labels: the scores are meaningless if it is one. Pass the "
+                "ground-truth labels (e.g. --gt-dataset for the labels inside a file)")
+    return None
 
 
 def affinity_scores(affinities, ground_truth, offsets, mask=None) -> dict[str, float]:

@@ -67,9 +67,31 @@ class Panel(QWidget):
     def run(self, fn: Callable[..., Any], name: str, **kwargs: Any) -> Job:
         """Start ``fn(progress=, cancel=)`` in a worker and keep track of it."""
         self.jobs = [j for j in self.jobs if not j.finished]
-        job = start_job(fn, name, **kwargs)
+        on_done = kwargs.pop("on_done", None)
+
+        def done(job: Job) -> None:
+            self._job_ended(job)
+            if on_done is not None:
+                on_done(job)
+
+        job = start_job(fn, name, on_done=done, **kwargs)
         self.jobs.append(job)
         return job
+
+    def _job_ended(self, job: Job) -> None:
+        """A failed or cancelled job leaves no stale line ("writing to…", "20/24 tiles") in the
+        section's status: it says how the job ended (the notification has the details)."""
+        status = getattr(self, "status", None)
+        if status is None or job.error is None:
+            return
+        from napari_tokenunify.progress import Cancelled
+
+        p = job._latest
+        where = f" after {p.done}/{p.total}" if p is not None and p.total else ""
+        if isinstance(job.error, Cancelled):
+            status.value = f"{job.name}: cancelled{where}"
+        else:
+            status.value = f"{job.name} failed{where} (see the notification)"
 
     def current_job(self) -> Job | None:
         return self.jobs[-1] if self.jobs else None

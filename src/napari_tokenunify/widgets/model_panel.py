@@ -37,10 +37,20 @@ def load_model_source(source: str, path: str | Path | None, device: str) -> Any:
         model.eval()
         return model
     if source == FILE:
-        if not path or str(path) in ("", "."):
+        if _no_path(path):
             raise ValueError("choose a model file (.safetensors with card.json, a model folder or a TokenUnify .pth)")
         return load_model(str(path), device=device)
     return load_model(source.removesuffix(BUNDLED_SUFFIX), device=device)
+
+
+def _no_path(path: str | Path | None) -> bool:
+    """An empty model-file field: magicgui gives ``.`` or, once cleared, the working folder
+    (which then read as "<cwd>/model.safetensors not found")."""
+    if not path or str(path).strip() in ("", "."):
+        return True
+    p = Path(path).expanduser()
+    return p.is_dir() and p.resolve() == Path.cwd().resolve() and not any(
+        (p / n).exists() for n in ("model.safetensors", "card.json"))
 
 
 def describe(model: Any) -> str:

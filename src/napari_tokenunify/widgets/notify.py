@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,25 @@ log = logging.getLogger("napari_tokenunify")
 __all__ = ["report_error", "reporting", "show_error", "show_info", "show_warning"]
 
 
+_OS_ADVICE = {
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "not permitted; choose a folder you can write to",
+    errno.EROFS: "the disk is read-only; choose a folder on another disk",
+    errno.ENOSPC: "the disk is full; free some space or choose another disk",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An operating-system error as a sentence ("…: permission denied; choose a folder you can
+    write to"), not Python's "[Errno 13] Permission denied: '…'"."""
+    what = _OS_ADVICE.get(exc.errno or -1, str(exc.strerror).lower())
+    name = exc.filename if exc.filename is not None else ""
+    return f"{name}: {what}" if name else what
+
+
 def report_error(exc: BaseException, action: str) -> str:
     """Show ``exc`` as a one-line napari error notification and return the message shown.
 
@@ -26,7 +46,9 @@ def report_error(exc: BaseException, action: str) -> str:
         message = f"{action}: cancelled"
         show_info(message)
         return message
-    if isinstance(exc, (ValueError, OSError, KeyError, TypeError, RuntimeError)):
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        text = describe_os_error(exc)
+    elif isinstance(exc, (ValueError, OSError, KeyError, TypeError, RuntimeError)):
         text = str(exc) or type(exc).__name__
     else:
         text = f"{type(exc).__name__}: {exc}"

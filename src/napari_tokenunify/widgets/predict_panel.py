@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton
 
 from napari_tokenunify.engine.tta import TTA_LABELS
+from napari_tokenunify.progress import format_rate
 
 from .base import Panel, is_volume_layer, layer_combo
 from .checks import LayerError, require_image
@@ -265,7 +266,8 @@ class PredictPanel(Panel):
         if self.layer is not None and self.layer in self.viewer.layers:
             self.live.try_open()
             self.layer.refresh()
-        rate = f", {p.rate / 1e6:.2f} Mvoxel/s" if p.rate else ""
+        rate = format_rate(p.rate, p.rate_unit or "voxels/s")  # "850 voxels/s", not "0.00 M…"
+        rate = f", {rate}" if rate else ""
         self.status.value = f"{p.done}/{p.total} tiles{rate}"
 
     def _on_result(self, result) -> None:

@@ -18,7 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from qtpy.QtCore import QObject, QTimer
 
-from napari_tokenunify.progress import CancelToken, Progress
+from napari_tokenunify.progress import CancelToken, Progress, format_rate
 
 from .notify import report_error, show_info
 
@@ -54,14 +54,8 @@ def running_jobs() -> list[Job]:
 
 
 def _format_rate(p: Progress) -> str:
-    if not p.rate:
-        return ""
-    rate, prefix = p.rate, ""
-    for step in ("k", "M", "G"):
-        if rate < 1000:
-            break
-        rate, prefix = rate / 1000, step
-    return f", {rate:.1f} {prefix}{p.rate_unit}/s"
+    text = format_rate(p.rate, p.rate_unit)  # "voxels/s" once, not "kvoxels/s/s"
+    return f", {text}" if text else ""
 
 
 class Job(QObject):
