@@ -133,19 +133,20 @@ def stage_bundle(args) -> None:
     card["voxel_size_nm"] = [10.0, 10.0, 10.0]
     if args.bench is not None:
         bench = json.loads(args.bench.read_text())
-        res = bench.get(str(src)) or next(iter(bench.values()))
+        res = next(iter(bench.values()))
         card["metrics"] = {"validation": validation,
                            "bench_quality": {k: v for k, v in res["volumes"].items()},
                            "validation_mean": res["validation_mean"]}
     if args.description:
         card["description"] = args.description
-    tmp = BUNDLE.with_name("default.new")
+    dest = args.to or BUNDLE  # --to: a candidate folder, to be benchmarked as it would ship
+    tmp = dest.with_name(dest.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
-    shutil.rmtree(BUNDLE)
-    tmp.rename(BUNDLE)
-    print(f"bundled {src} as {BUNDLE}")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    print(f"bundled {src} as {dest}")
 
 
 def main(argv=None) -> int:
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],
                    help="bundle: the test-time flips the card recommends (rule 8)")
+    p.add_argument("--to", type=Path, default=None, help="bundle: write here instead of the package")
     p.add_argument("--bench", type=Path, default=None, help="bundle: bench_quality.py --json output")
     args = p.parse_args(argv)
     import torch
