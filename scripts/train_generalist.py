@@ -22,26 +22,17 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import quality_sets as qs  # noqa: E402
+from train_default_model import printer  # noqa: E402  (progress lines of every stage)
 
 BUNDLE = REPO / "src" / "napari_tokenunify" / "model" / "bundled" / "default"
 PATCH = (16, 80, 80)
 TOKENS = (4, 16, 16)
-
-
-def printer(every: int):
-    def report(p) -> None:
-        if p.done % every == 0 or p.done == p.total:
-            extra = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in p.extra.items())
-            print(f"[{time.strftime('%H:%M:%S')}] {p.message} {p.done}/{p.total} {extra}", flush=True)
-
-    return report
 
 
 def stage_pretrain(args) -> None:

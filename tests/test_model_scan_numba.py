@@ -18,6 +18,7 @@ from napari_tokenunify.model.scan import (
     selective_scan_numba,
     selective_scan_ref,
 )
+from test_model_scan import _inputs  # noqa: E402  (the same random scan inputs)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -30,21 +31,6 @@ def kernels():
     if not ok:
         pytest.skip(f"numba kernels unavailable: {why}")
     return scan_numba.load()
-
-
-def _inputs(L, b=2, d=6, n=4, groups=None, seed=0, dt_shift=0.0):
-    g = torch.Generator().manual_seed(seed)
-    bshape = (b, n, L) if groups is None else (b, groups, n, L)
-    return {
-        "u": torch.randn(b, d, L, generator=g),
-        "delta": torch.randn(b, d, L, generator=g) + dt_shift,
-        "A": -(torch.rand(d, n, generator=g) * 15 + 0.5),
-        "B": torch.randn(*bshape, generator=g),
-        "C": torch.randn(*bshape, generator=g),
-        "D": torch.randn(d, generator=g),
-        "z": torch.randn(b, d, L, generator=g),
-        "delta_bias": torch.randn(d, generator=g) * 0.5,
-    }
 
 
 def _rel(a, b):

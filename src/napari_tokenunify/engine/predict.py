@@ -131,6 +131,15 @@ def check_voxel_size(model, voxel_size: Sequence[float] | None,
     return msg
 
 
+def affinity_store_attrs(offsets, voxel_size, dtype: str, crop, **extra) -> dict:
+    """The attributes an affinity store carries (what readers and Segment need to use it)."""
+    return {"offsets": [list(o) for o in offsets], "kind": "affinities",
+            "tokenunify": {"kind": "affinities"},
+            "voxel_size": list(voxel_size) if voxel_size is not None else None,
+            "scale": 1 / 255 if dtype == "uint8" else 1.0,
+            "crop_origin": [a for a, _ in crop], **extra}
+
+
 def _is_oom(err: BaseException) -> bool:
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(err, oom_type):
@@ -365,11 +374,7 @@ def plan_prediction(
         store = BlockStore.create(
             out, ARRAY_NAME, shape=(n_ch,) + region, chunks=(n_ch,) + grid.core_shape,
             dtype=dtype, grid_shape=grid.grid_shape, settings=settings, overwrite=overwrite,
-            attrs={"offsets": [list(o) for o in offsets], "kind": "affinities",
-                   "tokenunify": {"kind": "affinities"},
-                   "voxel_size": list(voxel_size) if voxel_size is not None else None,
-                   "scale": 1 / 255 if dtype == "uint8" else 1.0,
-                   "crop_origin": [a for a, _ in crop]},
+            attrs=affinity_store_attrs(offsets, voxel_size, dtype, crop),
         )
         done = store.done_indices()
         target = store.array
@@ -553,11 +558,8 @@ def predict_rescaled(
         store = BlockStore.create(
             out, ARRAY_NAME, shape=(n_ch,) + region, chunks=(n_ch,) + chunk, dtype=dtype,
             grid_shape=cgrid, settings=settings, overwrite=overwrite,
-            attrs={"offsets": [list(o) for o in offsets], "kind": "affinities",
-                   "tokenunify": {"kind": "affinities"},
-                   "voxel_size": list(plan_rs.data_voxel_size),
-                   "scale": 1 / 255 if dtype == "uint8" else 1.0,
-                   "crop_origin": [a for a, _ in crop], "rescale": plan_rs.to_dict()},
+            attrs=affinity_store_attrs(offsets, plan_rs.data_voxel_size, dtype, crop,
+                                       rescale=plan_rs.to_dict()),
         )
         done = store.done_indices()
         target = store.array
