@@ -541,9 +541,10 @@ def main(argv=None) -> int:
                    help="bundle: record the test-time flips with the lowest held-out affinity error")
     p.add_argument("--arms", nargs="+", default=["scratch", "random", "mix", "unet"])
     args = p.parse_args(argv)
-    import torch
 
-    torch.set_num_threads(args.threads)
+    from napari_tokenunify.threads import set_threads
+
+    set_threads(args.threads)  # also what validation's predictions use
     args.work.mkdir(parents=True, exist_ok=True)
     per_arm = {"pretrain": stage_pretrain, "finetune": stage_finetune, "extend": stage_extend}
     whole = {"pseudo": stage_pseudo, "distill": stage_distill, "evaluate": stage_evaluate,

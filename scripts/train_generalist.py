@@ -164,9 +164,10 @@ def main(argv=None) -> int:
     p.add_argument("--to", type=Path, default=None, help="bundle: write here instead of the package")
     p.add_argument("--bench", type=Path, default=None, help="bundle: bench_quality.py --json output")
     args = p.parse_args(argv)
-    import torch
 
-    torch.set_num_threads(args.threads)
+    from napari_tokenunify.threads import set_threads
+
+    set_threads(args.threads)  # also what validation's predictions use
     {"pretrain": stage_pretrain, "finetune": stage_finetune, "bundle": stage_bundle}[args.stage](args)
     return 0
 

@@ -29,17 +29,18 @@ def test_gap_monitor_sees_a_stall(qtbot):
 
 
 def test_workers_leave_a_core_to_the_gui(monkeypatch):
-    import os
+    from napari_tokenunify.threads import available_cores
 
     monkeypatch.delenv("TOKENUNIFY_GUI_THREADS", raising=False)
-    assert gui_torch_threads() == max(1, (os.cpu_count() or 1) - 1)
+    monkeypatch.delenv("TOKENUNIFY_THREADS", raising=False)
+    assert gui_torch_threads() == max(1, available_cores() - 1)
     import torch
 
     before = torch.get_num_threads()
-    monkeypatch.setenv("TOKENUNIFY_GUI_THREADS", "3")
+    monkeypatch.setenv("TOKENUNIFY_GUI_THREADS", "1")
     try:
-        assert gui_torch_threads() == 3 and limit_torch_threads() == 3
-        assert torch.get_num_threads() == 3
+        assert gui_torch_threads() == 1 and limit_torch_threads() == 1
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 

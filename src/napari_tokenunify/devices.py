@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
@@ -44,10 +42,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def configure_cpu_threads(n: int | None = None) -> int:
-    """Use all physical cores for intra-op work unless the user set OMP_NUM_THREADS."""
-    if n is None:
-        env = os.environ.get("OMP_NUM_THREADS")
-        n = int(env) if env else max(1, os.cpu_count() or 1)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
+    """Give torch the process's thread count (``threads.requested_threads``: ``--threads``,
+    ``TOKENUNIFY_THREADS``, ``OMP_NUM_THREADS``, else the cores this process may use)."""
+    from .threads import apply_threads
+
+    return apply_threads(n)

@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("cmd_"):
             module = importlib.import_module(f"{__name__}.{info.name}")
             module.register(sub)
+    for command in sub.choices.values():  # one thread setting for every command
+        if not any("--threads" in a.option_strings for a in command._actions):
+            command.add_argument(
+                "--threads", default=None, metavar="N",
+                help="CPU threads to use (default: TOKENUNIFY_THREADS, OMP_NUM_THREADS, else every "
+                "core this process may use)")
     return parser
 
 
@@ -36,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "threads", None) is not None:
+            from ..threads import set_threads
+
+            set_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\ncancelled (Ctrl-C); completed work is kept and the next run resumes.", file=sys.stderr)

@@ -31,11 +31,16 @@ def gui_torch_threads() -> int:
     Measured on a busy 2-core machine: with 2 torch threads beside the Qt event loop, OpenMP's
     spinning barriers made a finetuning step up to 40x slower than with 1 (micro-sam issue 740
     describes the same trap). ``TOKENUNIFY_GUI_THREADS`` overrides.
+    The library's own setting (``TOKENUNIFY_THREADS``, ``threads.set_threads``) wins when given;
+    the cores counted are those this process may use (affinity mask, cgroup quota).
     """
+    from ..threads import available_cores, explicit_threads, parse_threads
+
     env = os.environ.get("TOKENUNIFY_GUI_THREADS")
     if env:
-        return max(1, int(env))
-    return max(1, (os.cpu_count() or 1) - 1)
+        return parse_threads(env, "TOKENUNIFY_GUI_THREADS")
+    chosen = explicit_threads()
+    return chosen if chosen is not None else max(1, available_cores() - 1)
 
 
 def limit_torch_threads() -> int:
