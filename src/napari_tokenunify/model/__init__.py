@@ -3,7 +3,7 @@
 
 from .card import ModelCard
 from .checkpoint import MismatchReport, ModelFileError, compare_state, infer_config, read_pth
-from .files import build_model, load_model, load_pth, save_model
+from .files import build_model, load_model, load_pth, save_model, weights_sha256
 from .network import EMMamba
 from .presets import PRESETS, ModelConfig, get_preset
 
@@ -22,4 +22,5 @@ __all__ = [
     "load_pth",
     "read_pth",
     "save_model",
+    "weights_sha256",
 ]

@@ -116,7 +116,24 @@ def load_model(
             f"{path} is not a model: give a model folder, a .safetensors file or a TokenUnify "
             f".pth checkpoint ({', '.join(PTH_SUFFIXES)})"
         )
-    return model.to(resolve_device(device)).eval()
+    model = model.to(resolve_device(device)).eval()
+    model.source_path = str(path.resolve())  # where it came from: finetuning never writes there
+    return model
+
+
+def weights_sha256(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a network's weights (its state dict: names, dtypes, shapes and values, in name
+    order), the same for a model in memory and one loaded from its file: a model card names the
+    exact weights it started from with it."""
+    import hashlib
+
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _resolve_source(source: str | Path) -> Path:

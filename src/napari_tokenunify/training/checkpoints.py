@@ -64,16 +64,37 @@ def same_location(a: str | Path, b: str | Path) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def guard_output(out_dir: str | Path, init: Any) -> None:
-    """Refuse an output folder that is (or holds) the model training starts from."""
-    if isinstance(init, (str, Path)) and Path(init).exists():
-        init_p = Path(init).expanduser().resolve()
-        init_dir = init_p if init_p.is_dir() else init_p.parent
-        out = Path(out_dir).expanduser().resolve()
-        if out == init_dir or out / "model" == init_dir or init_dir in out.parents:
+def _protected(init: Any) -> list[tuple[Path, str]]:
+    """Folders a training output must stay out of: the starting model's and the bundled models'."""
+    from ..model.bundled import BUNDLED_DIR
+
+    places = [(BUNDLED_DIR.resolve(), "the bundled models")]
+    source = getattr(init, "source_path", None) if not isinstance(init, (str, Path)) else init
+    if source is None:
+        return places
+    path = Path(source).expanduser()
+    text = str(source)
+    if not path.exists() and "/" not in text and "\\" not in text and not path.suffix:
+        path = BUNDLED_DIR / text  # a bundled model's name, e.g. "default"
+    if path.exists():
+        p = path.resolve()
+        places.append((p if p.is_dir() else p.parent, f"the initial model {p}"))
+    return places
+
+
+def guard_output(out_dir: str | Path, init: Any, model_subdir: str | None = "model") -> None:
+    """Refuse an output folder that is, holds or lies inside the model training starts from
+    (a path, a bundled model's name, or a loaded model that remembers its ``source_path``) or the
+    bundled models' folder. ``model_subdir``: where in ``out_dir`` the model is written
+    (``None``: into ``out_dir`` itself, as ``save_model`` does)."""
+    out = Path(out_dir).expanduser().resolve()
+    written = out / model_subdir if model_subdir else out
+    for place, what in _protected(init):
+        replaced = model_subdir is not None and written in place.parents  # export swaps out/model
+        if out == place or place in out.parents or written == place or replaced:
             raise CheckpointError(
-                f"output folder {out} would overwrite or nest inside the initial model {init_p}; "
-                "choose a different --out"
+                f"output folder {out} would overwrite or nest inside {what}; "
+                "choose a different output folder (--out)"
             )
 
 

@@ -14,7 +14,8 @@ the affinity network, i.e. everything except the final 1×1×1 output convolutio
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from .checkpoints import (
     guard_output,
     save_checkpoint,
 )
+from .config import DEFAULT_THRESHOLDS, FinetuneConfig, config_fields
 from .distill import soft_bce
 from .logs import LossLog, plot_losses
 from .runtime import (
@@ -79,22 +81,32 @@ def _out_channels(model: torch.nn.Module) -> int | None:
 
 
 def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[torch.nn.Module, dict]:
-    """The network to finetune (never the caller's object: a copy) and a note of what carried over."""
+    """The network to finetune (never the caller's object: a copy) and a note of what carried over.
+
+    ``note["started_from"]`` describes the start for the new card: its name, the SHA-256 of its
+    weights (:func:`~napari_tokenunify.model.files.weights_sha256`), the file it was read from
+    and its own training record.
+    """
     if init is None or init == "scratch":
         from ..model import build_model
 
-        return build_model(preset, out_channels=n_channels), {"init": "scratch"}
+        model = build_model(preset, out_channels=n_channels)
+        return model, {"init": "scratch", "started_from": {"name": "scratch", "preset": preset}}
     if isinstance(init, torch.nn.Module):
         source, name = copy.deepcopy(init), type(init).__name__
+        path = getattr(init, "source_path", None)
     else:
         from ..model import load_model
 
         source, name = load_model(str(init), device="cpu"), str(init)
+        path = getattr(source, "source_path", None) or str(init)
         card = getattr(source, "card", None)
         if card is not None:
             preset = getattr(card, "preset", preset) or preset
+    source.source_path = None  # the copy is a new model: it comes from no file yet
+    start = start_record(source, path)
     if _out_channels(source) in (None, n_channels):
-        return source, {"init": name, "copied": "all"}
+        return source, {"init": name, "copied": "all", "started_from": start}
     if type(source).__name__ != "EMMamba" and not hasattr(source, "card"):
         raise ValueError(
             f"cannot change the output channels of {name} ({_out_channels(source)} → {n_channels}); "
@@ -109,7 +121,48 @@ def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[tor
         from dataclasses import replace
 
         target.card = replace(target.card, normalization=src_norm)  # as the source was trained
-    return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"]}
+    return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"],
+                    "started_from": start}
+
+
+def start_name(model: Any, path: Any = None) -> str:
+    """A short name for a model: its card's name, else its file's, preset or class name."""
+    card = getattr(model, "card", None)
+    if card is not None and getattr(card, "name", ""):
+        return str(card.name)
+    if path:
+        p = Path(str(path))
+        return p.stem if p.suffix in (".safetensors", ".pth", ".pt") else p.name
+    if card is not None and getattr(card, "preset", ""):
+        return str(card.preset)
+    return type(model).__name__.lower()
+
+
+def start_record(model: torch.nn.Module, path: Any = None) -> dict[str, Any]:
+    """What a finetuned card says about the model it started from."""
+    from ..model.files import weights_sha256
+
+    card = getattr(model, "card", None)
+    record: dict[str, Any] = {"name": start_name(model, path), "weights_sha256": weights_sha256(model)}
+    if path:
+        record["source"] = str(path)
+    if card is not None:
+        record["preset"] = card.preset
+        if getattr(card, "description", ""):
+            record["description"] = card.description
+        record["segmentation_threshold"] = card.recommended_threshold
+        if card.training:
+            record["training"] = {k: v for k, v in card.training.items() if k != "_extra"}
+    return record
+
+
+def default_name(start: str, date: datetime.date | None = None, tag: str | None = None) -> str:
+    """``<start>-ft-<date>`` (``<start>-ft-<tag>-<date>`` with a tag, e.g. the widget's layer)."""
+    import re
+
+    day = (date or datetime.date.today()).isoformat()
+    parts = [start, "ft", *([tag] if tag else []), day]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("_")
 
 
 def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
@@ -153,9 +206,6 @@ def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0
         weights.append(balance_weights(affs, valid))
     t = [torch.from_numpy(np.stack(x)) for x in (raws, targets, weights)]
     return t[0][:, None], t[1], t[2]
-
-
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def validate_set(
@@ -235,6 +285,33 @@ def validate(
     return dict(min(table.values(), key=lambda sc: sc["voi"]))
 
 
+def resolve_config(config: FinetuneConfig | None = None, **options: Any) -> tuple[FinetuneConfig, Any]:
+    """``config`` (default ``FinetuneConfig()``) with the keyword ``options`` applied over it.
+
+    The old keywords of :func:`finetune` still work: ``threshold`` sets ``thresholds``, and an
+    ``augment`` that is an :class:`EMAugment` (not a bool) is used as given (the config then
+    records ``augment=True``). Returns the config and that augmentation object (or None).
+    """
+    config = config if config is not None else FinetuneConfig()
+    if not isinstance(config, FinetuneConfig):
+        raise TypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
+    options = dict(options)
+    if "threshold" in options:
+        if "thresholds" in options:
+            raise TypeError("give threshold or thresholds, not both")
+        options["thresholds"] = options.pop("threshold")
+    custom_augment = None
+    if "augment" in options and not isinstance(options["augment"], bool) and options["augment"] is not None:
+        custom_augment = options["augment"]
+        options["augment"] = True
+    elif "augment" in options:
+        options["augment"] = bool(options["augment"])
+    unknown = set(options) - config_fields()
+    if unknown:
+        raise TypeError(f"finetune() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+    return config.with_(**options), custom_augment
+
+
 def finetune(
     raw,
     labels,
@@ -243,33 +320,30 @@ def finetune(
     box=None,
     init: Any = None,
     preset: str = "tiny",
-    steps: int = 500,
+    config: FinetuneConfig | None = None,
     out_dir: str | Path | None = None,
     offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS,
-    patch_shape: Sequence[int] | None = None,
-    validation: tuple | None = None,
-    val_every: int = 100,
-    threshold: float | Sequence[float] = DEFAULT_THRESHOLDS,
-    batch_size: int = 1,
-    lr: float = 1e-3,
-    augment: EMAugment | bool = True,
+    validation: tuple | list | None = None,
     teacher: Any = None,
     distill_volumes: Sequence | None = None,
-    distill_p: float = 0.5,
-    teacher_tta: str = "yx",
     teacher_affinities: Sequence | None = None,
     normalization: Any = None,
-    ema: float | None = None,
-    head_steps: int = 0,
     device: str = "auto",
-    seed: int = 0,
-    time_budget_s: float | None = None,
-    checkpoint_every: int = 50,
     resume: bool = True,
+    name: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    voxel_size_nm: Sequence[float] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    **options: Any,
 ) -> torch.nn.Module:
     """Finetune an affinity network on ``raw`` + instance ``labels``; returns the best model.
+
+    The hyper-parameters come from ``config`` (a :class:`~.config.FinetuneConfig`, default
+    ``FinetuneConfig()``); keyword ``options`` named like its fields (``steps=``, ``lr=``,
+    ``patch_shape=``, ``ema=``, ``head_steps=``, ``val_every=``, ``threshold=``/``thresholds=``,
+    ``batch_size=``, ``augment=``, ``seed=``, ``time_budget_s=``, ``checkpoint_every=``,
+    ``holdout=``, ``distill_p=``, ``teacher_tta=``) override it (:func:`resolve_config`).
 
     ``raw``/``labels`` (and ``mask``) may be lists, one entry per training volume (no ``box``
     then); patches are drawn from each in proportion to its size.
@@ -277,12 +351,16 @@ def finetune(
     prediction alike (recorded in the card); default: the starting model's, and for a new network
     ``engine.normalize.ROBUST_NORMALIZATION`` (per-volume percentiles).
 
-    ``mask`` (1 = train here) and ``box`` (three slices) restrict where the loss counts.
+    ``mask`` (1 = train here) and ``box`` (three slices) restrict where the loss counts: the
+    corrected region. A region with fewer voxels than one training patch, an empty mask or a
+    region whose labels are all 0 raise :class:`TrainingDataError` saying what to do.
     ``patch_shape`` defaults to the initial model's card patch size (else 16 × 80 × 80).
     ``validation`` = ``(raw, labels)`` or ``(raw, labels, mask)``, or a list of such volumes: scored
-    every ``val_every`` steps and at the end (at the best of ``threshold``, one or several
-    agglomeration thresholds, shared by all volumes); the model with the lowest (mean) VOI is
-    returned (without validation, the last one).
+    every ``val_every`` steps and at the end (at the best of ``thresholds``, shared by all volumes);
+    the model with the lowest (mean) VOI is returned (without validation, the last one). Without
+    ``validation``, ``holdout`` > 0 holds back that share of the corrected region to validate on.
+    With validation the starting model is scored first too (the card's "before", unless from
+    scratch), and the threshold chosen at the best step becomes the card's recommendation.
     ``ema`` (e.g. 0.999): validate, keep and return an exponential moving average of the
     weights instead of the raw ones; it smooths the step-to-step noise of small-batch training.
     ``head_steps``: train only the layers that were re-initialised (the output layer of a
@@ -293,9 +371,17 @@ def finetune(
     volumes are the point) with the teacher's affinities (``teacher_tta`` flips) as soft targets,
     see :mod:`.distill`; the rest come from ``labels`` as usual. ``teacher_affinities``: the
     teacher's affinities of each distillation volume when already predicted.
+
+    Provenance, in the returned model's card (and the exported one): ``name`` (default
+    ``<start>-ft-<date>``), ``training.started_from`` (the start's name and weights hash),
+    ``training.data`` (``data``, e.g. ``{"raw": path, "labels": path}`` or layer names, with the
+    shapes and ``voxel_size_nm``), ``training.region``, steps, seconds, device, ``training.config``
+    and ``metrics.validation``/``validation_before``. ``voxel_size_nm`` (z, y, x nm of the data)
+    also becomes the card's voxel size: the network learnt at that size.
     With ``out_dir``: ``checkpoints/last.pt``, ``model/`` (the best), ``loss.csv``, ``loss.png``,
-    ``validation.csv``.
+    ``validation.csv``. The initial model and the bundled models are never written to.
     """
+    cfg, custom_augment = resolve_config(config, **options)
     several = isinstance(raw, (list, tuple))
     raws = list(raw) if several else [raw]
     labels_list = list(labels) if several else [labels]
@@ -306,50 +392,62 @@ def finetune(
         raise TrainingDataError("box restricts one volume; give one raw volume with a box, or masks")
     for r, lab, m in zip(raws, labels_list, masks, strict=True):
         check_training_pair(r, lab, m)
+    data_record = _data_record(data, raws, voxel_size_nm)
     offsets = [tuple(int(v) for v in o) for o in offsets]
     if out_dir is not None:
         guard_output(out_dir, init)
+    patch_shape = cfg.patch_shape
     if patch_shape is None:  # the patch the initial model was trained with, when it says
         card_patch = getattr(getattr(init, "card", None), "patch_size", None)
         patch_shape = card_patch if card_patch and len(card_patch) == 3 else DEFAULT_PATCH
     patch_shape = tuple(int(p) for p in patch_shape)
+    region: dict[str, Any] = {"kind": "whole volume"}
     if box is not None:
+        region = {"kind": "box", "box": _box_bounds(box, np.shape(raw))}
         (raw, labels, mask), box_mask = _crop_box([raw, labels, mask], box, patch_shape)
         mask = box_mask if mask is None else box_mask * (np.asarray(mask) > 0)
         check_training_pair(raw, labels, mask)
         raws, labels_list, masks = [raw], [labels], [mask]
+    elif not several and mask is not None:
+        region = {"kind": "mask"}
+    if region["kind"] != "whole volume":
+        region["voxels"] = _check_region_size(masks[0], patch_shape)
+    if cfg.holdout > 0 and validation is None and not several:
+        masks[0], validation, region["holdout"] = _hold_back(
+            raws[0], labels_list[0], masks[0], cfg.holdout, patch_shape)
     dev = resolve_device(device)
-    rng, gen = seed_everything(seed)
+    rng, gen = seed_everything(cfg.seed)
     model, init_note = prepare_model(init, len(offsets), preset)
+    started_from = init_note.pop("started_from")
     # the test-time flips the starting model recommends carry over: before and after finetuning
     # the same flips are used, so the two can be compared (a new output layer starts without)
     flips = getattr(getattr(model, "card", None), "recommended_tta", "none")
     _card_patch(model, patch_shape)
     normalization = _card_normalization(model, normalization, init_note.get("init") == "scratch")
     model = model.to(dev)
-    head = _head_parameters(model, init_note, head_steps)
+    head = _head_parameters(model, init_note, cfg.head_steps)
     check_input_divisor(model, patch_shape)
-    augment = EMAugment() if augment is True else (augment or None)
+    augment = custom_augment if custom_augment is not None else (EMAugment() if cfg.augment else None)
     sampler = PatchSampler(
         raws, patch_shape, labels=labels_list, masks=masks, seed=rng, min_labelled=0.05,
         normalization=normalization,
     )
     distill = None
     if teacher is not None:
-        if not 0.0 < float(distill_p) <= 1.0:
-            raise ValueError(f"distill_p must be in (0, 1] to distil from a teacher, got {distill_p}")
+        if not 0.0 < cfg.distill_p <= 1.0:
+            raise ValueError(f"distill_p must be in (0, 1] to distil from a teacher, got {cfg.distill_p}")
         from .distill import TeacherTargets, load_teacher
 
         vols = list(distill_volumes) if distill_volumes is not None else raws
         if not vols:
             raise TrainingDataError("distill_volumes is empty: give the volumes the teacher should label")
         distill = TeacherTargets(load_teacher(teacher, offsets), vols, patch_shape, offsets,
-                                 rng, dev, tta=teacher_tta, progress=_teacher_progress(progress),
+                                 rng, dev, tta=cfg.teacher_tta, progress=_teacher_progress(progress),
                                  affinities=teacher_affinities)
     elif distill_volumes is not None:
         raise ValueError("distill_volumes needs a teacher (the model whose affinities are the targets)")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    averaged = _ema_model(model, ema)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    averaged = _ema_model(model, cfg.ema)
     scored = model if averaged is None else averaged.module  # the weights that are validated and kept
     out = Path(out_dir) if out_dir is not None else None
     log = LossLog(out / "loss.csv", resume=resume) if out is not None else None
@@ -357,6 +455,7 @@ def finetune(
     step, elapsed = 0, 0.0
     best: dict[str, Any] = {"voi": float("inf"), "state": None, "step": 0, "scores": None}
     history: list[dict] = []
+    before: dict[str, Any] | None = None
     ckpt = find_resume(out) if (resume and out is not None) else None
     if ckpt is not None:
         state = resume_state(ckpt, dev, model, optimizer, rng, gen)
@@ -370,10 +469,11 @@ def finetune(
         step, elapsed = int(state["step"]), float(state["elapsed"])
         best = state["best"]
         history = state["history"]
+        before = state.get("before")
         if log is not None:
             log.truncate_after(step)
 
-    budget = Budget(steps, time_budget_s, elapsed)
+    budget = Budget(cfg.steps, cfg.time_budget_s, elapsed)
 
     def checkpoint() -> None:
         if out is None:
@@ -388,21 +488,24 @@ def finetune(
                 "elapsed": budget.elapsed,
                 "best": best,
                 "history": history,
+                "before": before,
                 **({"ema": averaged.state_dict()} if averaged is not None else {}),
             },
         )
 
+    def score() -> dict[str, Any]:
+        if isinstance(validation, list):
+            scores = validate_set(scored, validation, device=str(dev), threshold=cfg.thresholds)
+            return {k: v for k, v in scores.items() if k != "per_volume"} | {
+                f"voi_{i}": p["voi"] for i, p in enumerate(scores["per_volume"])}
+        v_raw, v_labels = validation[0], validation[1]
+        v_mask = validation[2] if len(validation) > 2 else None
+        return validate(scored, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=cfg.thresholds)
+
     def run_validation() -> None:
         if validation is None:
             return
-        if isinstance(validation, list):
-            scores = validate_set(scored, validation, device=str(dev), threshold=threshold)
-            scores = {k: v for k, v in scores.items() if k != "per_volume"} | {
-                f"voi_{i}": p["voi"] for i, p in enumerate(scores["per_volume"])}
-        else:
-            v_raw, v_labels = validation[0], validation[1]
-            v_mask = validation[2] if len(validation) > 2 else None
-            scores = validate(scored, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=threshold)
+        scores = score()
         history.append({"step": step, **scores})
         if scores["voi"] < best["voi"]:
             best.update(
@@ -414,9 +517,12 @@ def finetune(
         if out is not None:
             _write_history(out / "validation.csv", history)
 
-    reporter = ProgressReporter(steps, progress, "finetuning", "voxels/s")
+    if validation is not None and step == 0 and before is None and init_note.get("init") != "scratch":
+        before = score()  # the starting model on the same data: the card's "before"
+
+    reporter = ProgressReporter(cfg.steps, progress, "finetuning", "voxels/s")
     reporter.done = step
-    voxels = batch_size * int(np.prod(patch_shape))
+    voxels = cfg.batch_size * int(np.prod(patch_shape))
     model.train()
     while not budget.done(step):
         try:
@@ -424,23 +530,23 @@ def finetune(
         except Cancelled:
             checkpoint()  # keep every finished step for the resume
             raise
-        x, target, weight = _batch(sampler, augment, offsets, rng, batch_size, distill, distill_p)
-        lr_now = lr_at(step, steps, lr)
+        x, target, weight = _batch(sampler, augment, offsets, rng, cfg.batch_size, distill, cfg.distill_p)
+        lr_now = lr_at(step, cfg.steps, cfg.lr)
         set_lr(optimizer, lr_now)
         if head:
-            _freeze_all_but(model, head if step < head_steps else None)
+            _freeze_all_but(model, head if step < cfg.head_steps else None)
         pred = model(x.to(dev))
         loss = soft_bce(pred, target.to(dev), weight.to(dev))
-        optimizer_step(optimizer, loss, model.parameters(), step=step, lr=lr, what="finetuning")
+        optimizer_step(optimizer, loss, model.parameters(), step=step, lr=cfg.lr, what="finetuning")
         if averaged is not None:
             averaged.update_parameters(model)
         step += 1
         if log is not None:
             log.write(step, "affinity_bce", loss.item(), lr_now, budget.elapsed)
         reporter.advance(1, voxels, loss=loss.item())
-        if val_every and step % val_every == 0:
+        if cfg.val_every and step % cfg.val_every == 0:
             run_validation()
-        if step % checkpoint_every == 0:
+        if step % cfg.checkpoint_every == 0:
             checkpoint()
     if validation is not None and (not history or history[-1]["step"] != step):
         run_validation()
@@ -452,31 +558,125 @@ def finetune(
     elif averaged is not None:
         model.load_state_dict(averaged.module.state_dict())
     model.eval()
+    threshold, threshold_choice = _chosen_threshold(best.get("scores"), started_from, region)
     training = {
         "objective": "affinity_bce_balanced",
         **{k: v for k, v in init_note.items() if k != "reinitialised"},
+        "started_from": started_from,
+        "data": data_record,
+        "region": region,
         "steps": step,
         "best_step": best["step"] if best["state"] is not None else step,
         "seconds": round(budget.elapsed, 1),
+        "device": str(dev),
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "config": cfg.with_(patch_shape=patch_shape).to_dict(),
         "patch_shape": list(patch_shape),
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
         "augment": augment is not None,
-        **({"ema": ema} if averaged is not None else {}),
-        **({"head_steps": int(head_steps)} if head else {}),
+        **({"ema": cfg.ema} if averaged is not None else {}),
+        **({"head_steps": cfg.head_steps} if head else {}),
         **({"test_time_flips": flips} if flips != "none" else {}),
-        **({"distillation": {"teacher": _teacher_name(teacher), "share": float(distill_p),
-                             "teacher_tta": teacher_tta}} if distill is not None else {}),
+        **({"segmentation_threshold": threshold, "threshold_choice": threshold_choice}
+           if threshold is not None else {}),
+        **({"distillation": {"teacher": _teacher_name(teacher), "share": cfg.distill_p,
+                             "teacher_tta": cfg.teacher_tta}} if distill is not None else {}),
         "hardware": hardware(),
     }
     model.training_info = training
     model.validation_history = history
+    model.validation_before = before
+    model.card = _card(model, preset, offsets, patch_shape, training, best.get("scores"), before,
+                       name or default_name(started_from["name"]), voxel_size_nm)
     if out is not None:
         plot_losses(out / "loss.csv", out / "loss.png")
-        card = _card(model, preset, offsets, patch_shape, training, best.get("scores"))
-        export_model(model, out / "model", card)
+        export_model(model, out / "model", model.card)
     return model
+
+
+def _data_record(data: Mapping[str, Any] | None, raws: list, voxel_size_nm: Sequence[float] | None) -> dict:
+    """``training.data`` of the card: what the caller says the data is, plus shapes and voxel size."""
+    record: dict[str, Any] = dict(data or {})
+    shapes = [[int(v) for v in np.shape(r)] for r in raws]
+    record["shape" if len(shapes) == 1 else "shapes"] = shapes[0] if len(shapes) == 1 else shapes
+    if voxel_size_nm is not None:
+        vs = [float(v) for v in np.atleast_1d(np.asarray(voxel_size_nm, dtype=float))]
+        vs = vs * 3 if len(vs) == 1 else vs
+        if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
+            raise ValueError(f"voxel_size_nm must be three positive sizes (z, y, x nm), got {voxel_size_nm}")
+        record["voxel_size_nm"] = vs
+    return record
+
+
+def _box_bounds(box, shape) -> list[list[int]]:
+    """A box (three slices or (start, stop) pairs) as ``[[z0, z1], [y0, y1], [x0, x1]]`` in the volume."""
+    out = []
+    for b, size in zip(box, shape, strict=False):
+        start, stop = (b.start, b.stop) if isinstance(b, slice) else b
+        out.append([max(0, int(start or 0)), min(int(size), int(size if stop is None else stop))])
+    return out
+
+
+def _check_region_size(mask, patch_shape: Sequence[int]) -> int:
+    """The corrected region's voxel count; :class:`TrainingDataError` below one training patch
+    (a patch would be mostly outside it: the network would learn from a handful of voxels)."""
+    n = int(np.count_nonzero(np.asarray(mask)))
+    need = int(np.prod(patch_shape))
+    if n < need:
+        dims = " × ".join(str(int(p)) for p in patch_shape)
+        raise TrainingDataError(
+            f"the corrected region holds {n} voxels, fewer than one training patch ({dims} = "
+            f"{need} voxels); mark a larger region (correct more labels around it, or give a "
+            "larger box or mask), or train on the whole volume"
+        )
+    return n
+
+
+def _hold_back(raw, labels, mask, share: float, patch_shape: Sequence[int]) -> tuple[Any, tuple | None, dict]:
+    """Hold back the last ``share`` of the corrected region along its longest axis to validate on.
+
+    Returns the training mask (the rest), the validation volume ``(raw, labels, mask)`` (cropped
+    to the held-back part with half a patch of context) and a note for the card. When the held-back
+    part holds fewer than two objects or the rest is too small to train on, nothing is held back
+    (the note says why) and training uses the whole region.
+    """
+    lab = np.asarray(labels)
+    region = np.ones(lab.shape, dtype=bool) if mask is None else np.asarray(mask) > 0
+    coords = np.nonzero(region)
+    lo = [int(c.min()) for c in coords]
+    hi = [int(c.max()) + 1 for c in coords]
+    axis = int(np.argmax([b - a for a, b in zip(lo, hi, strict=True)]))
+    extent = hi[axis] - lo[axis]
+    cut = hi[axis] - max(1, int(round(share * extent)))
+    along = np.arange(lab.shape[axis]).reshape([-1 if i == axis else 1 for i in range(3)])
+    held = region & (along >= cut)
+    train = region & (along < cut)
+    note: dict[str, Any] = {"share": share, "axis": "zyx"[axis], "from": cut}
+    ids = np.unique(lab[held])
+    if np.count_nonzero(ids) < 2:
+        return mask, None, {**note, "skipped": "the held-back part holds fewer than two objects"}
+    if np.count_nonzero(train) < int(np.prod(patch_shape)) or np.count_nonzero(np.unique(lab[train])) < 2:
+        return mask, None, {**note, "skipped": "the rest would be too small to train on"}
+    hc = np.nonzero(held)
+    sl = tuple(slice(max(0, int(c.min()) - p // 2), min(s, int(c.max()) + 1 + p // 2))
+               for c, p, s in zip(hc, patch_shape, lab.shape, strict=True))
+    validation = (np.asarray(raw[sl]), lab[sl], held[sl].astype(np.float32))
+    note["voxels"] = int(np.count_nonzero(held))
+    return train.astype(np.float32), validation, note
+
+
+def _chosen_threshold(scores: dict | None, started_from: dict, region: dict) -> tuple[float | None, str]:
+    """The card's segmentation threshold: the one chosen at the best validation, else the start's."""
+    if scores and isinstance(scores.get("threshold"), (int, float)):
+        held = region.get("holdout") and "skipped" not in region["holdout"]
+        return float(scores["threshold"]), ("best of the held-back corrections" if held
+                                            else "best at validation")
+    start = started_from.get("segmentation_threshold")
+    if isinstance(start, (int, float)):
+        return float(start), "the starting model's (no validation)"
+    return None, ""
 
 
 def _teacher_progress(progress: ProgressCallback | None) -> ProgressCallback | None:
@@ -570,7 +770,9 @@ def _write_history(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _card(model, preset, offsets, patch_shape, training, scores):
+def _card(model, preset, offsets, patch_shape, training, scores, before, name, voxel_size_nm):
+    """The finetuned model's card: the start's architecture and normalisation, a new name, this
+    run's training record and only this run's scores (never the start's old ones)."""
     from dataclasses import replace
 
     from ..model import ModelCard
@@ -579,6 +781,14 @@ def _card(model, preset, offsets, patch_shape, training, scores):
         from ..model.files import UNET_PRESET
 
         preset = UNET_PRESET
+    metrics: dict[str, Any] = {}
+    if scores:
+        metrics["validation"] = scores
+    if before:
+        metrics["validation_before"] = before
+    start = training.get("started_from", {}).get("name", "scratch")
+    data = training.get("data", {})
+    what = data.get("raw") or data.get("image") or data.get("layer") or "the given volume"
     fields = {
         "preset": preset,
         "in_channels": 1,
@@ -586,12 +796,20 @@ def _card(model, preset, offsets, patch_shape, training, scores):
         "offsets": [list(o) for o in offsets],
         "patch_size": list(patch_shape),
         "training": training,
-        "metrics": {"validation": scores} if scores else {},
+        "metrics": metrics,
+        "name": name,
+        "description": f"{start} finetuned on {what} ({training['steps']} steps, "
+                       f"{training['seconds']:.0f} s on {training['device']})",
     }
+    if voxel_size_nm is not None:
+        fields["voxel_size_nm"] = list(data.get("voxel_size_nm") or voxel_size_nm)
     base = getattr(model, "card", None)
     if base is not None:
         return replace(base, **{k: v for k, v in fields.items() if hasattr(base, k)})
     return ModelCard(**fields)
 
 
-__all__ = ["finetune", "prepare_model", "transfer_weights", "validate", "validate_set", "to_unit"]
+__all__ = [
+    "DEFAULT_THRESHOLDS", "FinetuneConfig", "default_name", "finetune", "prepare_model", "resolve_config",
+    "transfer_weights", "validate", "validate_set", "to_unit",
+]

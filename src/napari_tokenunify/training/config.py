@@ -1,0 +1,135 @@
+"""The hyper-parameters of affinity finetuning in one typed object.
+
+:class:`FinetuneConfig` is what ``tokenunify finetune``, the widget's Finetune section and the
+scripts fill in, what :func:`~napari_tokenunify.training.finetune.finetune` trains with and what a
+finetuned model's card records (``training.config``). Its defaults are *the* defaults: the CLI's
+options and the widget's fields start from ``FinetuneConfig()``, so the two cannot drift apart.
+No torch, no Qt: cheap to import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+#: agglomeration thresholds tried at validation; the best one is the card's recommendation
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+TTA_MODES = ("none", "yx", "zyx")
+MAX_HOLDOUT = 0.5
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Training hyper-parameters of :func:`finetune` (data, model and device are arguments).
+
+    ``patch_shape``: ``None`` takes the starting model's card patch (else 16 × 80 × 80).
+    ``ema``: decay of an exponential moving average of the weights that is validated and kept
+    (``None``: off). ``head_steps``: train only a re-initialised output layer first (LP-FT).
+    ``val_every``: validate every so many steps (0: only at the end). ``thresholds``: the
+    agglomeration thresholds tried at validation. ``holdout``: share of the corrected region
+    held back (a slab at the end of its longest axis) to validate on when no validation volume
+    is given; the threshold chosen there becomes the card's. ``time_budget_s``: stop after this
+    many seconds of training (the best model so far is kept). ``distill_p``/``teacher_tta``:
+    share of samples with a teacher's soft targets and the teacher's test-time flips (used only
+    with a teacher).
+    """
+
+    steps: int = 500
+    lr: float = 1e-3
+    batch_size: int = 1
+    patch_shape: tuple[int, int, int] | None = None
+    augment: bool = True
+    ema: float | None = None
+    head_steps: int = 0
+    val_every: int = 100
+    thresholds: tuple[float, ...] = field(default=DEFAULT_THRESHOLDS)
+    holdout: float = 0.0
+    time_budget_s: float | None = None
+    seed: int = 0
+    checkpoint_every: int = 50
+    distill_p: float = 0.5
+    teacher_tta: str = "yx"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise the types once, here
+        set_(self, "steps", _int("steps", self.steps, 1))
+        set_(self, "batch_size", _int("batch_size", self.batch_size, 1))
+        set_(self, "head_steps", _int("head_steps", self.head_steps, 0))
+        set_(self, "val_every", _int("val_every", self.val_every, 0))
+        set_(self, "checkpoint_every", _int("checkpoint_every", self.checkpoint_every, 1))
+        set_(self, "seed", int(self.seed))
+        set_(self, "augment", bool(self.augment))
+        lr = float(self.lr)
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"the learning rate must be a positive number, got {self.lr}")
+        set_(self, "lr", lr)
+        if self.patch_shape is not None:
+            patch = tuple(int(p) for p in self.patch_shape)
+            if len(patch) != 3 or min(patch) < 1:
+                raise ValueError(f"patch_shape must be three positive sizes (z, y, x), got {self.patch_shape}")
+            set_(self, "patch_shape", patch)
+        if self.ema is not None:
+            ema = float(self.ema)
+            if not 0.0 < ema < 1.0:
+                raise ValueError(f"ema must be a decay between 0 and 1 (e.g. 0.999), got {self.ema}")
+            set_(self, "ema", ema)
+        ts = (self.thresholds,) if isinstance(self.thresholds, (int, float)) else self.thresholds
+        ts = tuple(float(t) for t in ts)
+        if not ts or not all(0.0 <= t <= 1.0 for t in ts):
+            raise ValueError(f"thresholds must be one or more values in [0, 1], got {self.thresholds}")
+        set_(self, "thresholds", ts)
+        holdout = float(self.holdout)
+        if not 0.0 <= holdout <= MAX_HOLDOUT:
+            raise ValueError(f"holdout must be a share between 0 and {MAX_HOLDOUT} of the corrected "
+                             f"region (e.g. 0.2), got {self.holdout}")
+        set_(self, "holdout", holdout)
+        if self.time_budget_s is not None:
+            budget = float(self.time_budget_s)
+            if not (math.isfinite(budget) and budget > 0):
+                raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
+            set_(self, "time_budget_s", budget)
+        p = float(self.distill_p)
+        if not 0.0 <= p <= 1.0:  # finetune() asks for more than 0 when there is a teacher
+            raise ValueError(f"distill_p must be a share in [0, 1], got {self.distill_p}")
+        set_(self, "distill_p", p)
+        if self.teacher_tta not in TTA_MODES:
+            raise ValueError(f"teacher_tta must be one of {', '.join(TTA_MODES)}, got {self.teacher_tta!r}")
+
+    def with_(self, **changes: Any) -> FinetuneConfig:
+        """A copy with some fields changed; unknown names raise ``TypeError`` naming the fields."""
+        unknown = set(changes) - config_fields()
+        if unknown:
+            raise TypeError(f"unknown finetune option(s) {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(sorted(config_fields()))}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples as lists), as recorded in a model card's ``training.config``."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        """Read back :meth:`to_dict` (keys of a newer version are ignored)."""
+        return cls(**{k: v for k, v in data.items() if k in config_fields()})
+
+
+def config_fields() -> set[str]:
+    """The names of :class:`FinetuneConfig`'s fields."""
+    return {f.name for f in fields(FinetuneConfig)}
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value}")
+    number = int(value)
+    if number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return number
+
+
+__all__ = ["DEFAULT_THRESHOLDS", "FinetuneConfig", "config_fields"]
