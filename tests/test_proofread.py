@@ -193,20 +193,82 @@ def test_uncertainty_ranking_finds_the_undecided_block():
     assert spots[1].region == (slice(0, 8), slice(0, 32), slice(32, 64))
     assert spots[1].score == pytest.approx(0.3)
     assert spots[2].score == pytest.approx(0.01, abs=1e-6)
-    assert spots[0].center == (11.5, 47.5, 15.5)
+    assert spots[0].center == (12, 48, 16)  # a voxel: whole numbers, so a real section
+    assert spots[0].extent == (8, 32, 32)
 
 
-def test_uncertainty_ranking_ragged_edges_and_zarr(tmp_path):
+def test_block_grid_has_only_full_blocks_covering_the_volume():
+    assert pr.block_starts(10, 8) == [0, 2]
+    assert pr.block_starts(64, 32) == [0, 32]
+    assert pr.block_starts(5, 8) == [0]  # shorter than a block: the whole axis
+    shape = (10, 40, 50)
+    grid = pr.block_grid(shape, (8, 32, 32))
+    assert len(grid) == 2 * 2 * 2
+    covered = np.zeros(shape, dtype=bool)
+    for region in grid:
+        assert tuple(r.stop - r.start for r in region) == (8, 32, 32)
+        assert all(0 <= r.start and r.stop <= n for r, n in zip(region, shape, strict=True))
+        covered[region] = True
+    assert covered.all()
+
+
+def test_uncertainty_ranking_never_ranks_an_edge_sliver_first(tmp_path):
+    """The old ranking put a 2 x 8 x 18 corner block first when it alone was undecided; now
+    every ranked block is full and the undecided corner is shown inside a full block."""
     zarr = pytest.importorskip("zarr")
     affs = np.full((3, 10, 40, 50), 0.95, dtype=np.float32)
-    affs[:, 8:, 32:, 48:] = 0.5  # the small corner block at the ragged edge
+    affs[:, 8:, 32:, 48:] = 0.5  # the small corner at the ragged edge
     store = zarr.create_array(
         tmp_path / "a.zarr", shape=affs.shape, dtype="f4", chunks=(3, 4, 16, 16)
     )
     store[:] = affs
     spots = pr.uncertainty_ranking(store, block=(8, 32, 32), top=None)
-    assert len(spots) == 2 * 2 * 2
-    assert spots[0].region == (slice(8, 10), slice(32, 40), slice(32, 50))
-    assert spots[0].score == pytest.approx((2 * 8 * 16 * 0.05 + 2 * 8 * 2 * 0.5) / (2 * 8 * 18))
+    assert spots, "nothing ranked"
+    for spot in spots:
+        assert spot.extent == (8, 32, 32)
+    first = spots[0]
+    assert first.region == (slice(2, 10), slice(8, 40), slice(18, 50))  # holds the corner
+    n_corner = 2 * 8 * 2
+    assert first.score == pytest.approx((n_corner * 0.5 + (8 * 32 * 32 - n_corner) * 0.05) / (8 * 32 * 32))
+    # a partially-undecided sliver never outranks a full block that is undecided throughout
+    affs[:, :8, :32, :32] = 0.5
+    spots = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=2)
+    assert spots[0].region == (slice(0, 8), slice(0, 32), slice(0, 32))
+    assert spots[0].score == pytest.approx(0.5)
     with pytest.raises(pr.ProofreadError, match="channels"):
         pr.uncertainty_ranking(affs[0])
+
+
+def _two_cells() -> tuple[np.ndarray, np.ndarray]:
+    """Labels with a wall at x = 16 between ids 1 and 2 and affinities that are sure
+    everywhere except where the wall crosses one block."""
+    labels = np.ones((16, 64, 64), dtype=np.uint32)
+    labels[:, :, 16:] = 2
+    affs = np.full((3, 16, 64, 64), 0.99, dtype=np.float32)
+    affs[2, :, :, 16] = 0.01  # the wall, sure
+    affs[2, 8:16, 32:64, 16] = 0.7  # the wall nearly merged here (1 - threshold 0.3)
+    return labels, affs
+
+
+def test_boundary_uncertainty_counts_pairs_across_segments_near_the_decision():
+    labels, affs = _two_cells()
+    u = pr.boundary_uncertainty(affs, labels, threshold=0.3)
+    assert u[10, 40, 15] == pytest.approx(1.0) and u[10, 40, 16] == pytest.approx(1.0)
+    assert u[2, 5, 16] == 0.0  # a sure wall
+    assert u[:, :, 20:].max() == 0.0 and u[:, :, :15].max() == 0.0  # no boundary: nothing
+    labels[0, 0, 0] = 0
+    assert pr.boundary_uncertainty(affs, labels, 0.3)[0, 0, 0] == 0.0  # unlabelled: no boundary
+    with pytest.raises(pr.ProofreadError, match="do not match"):
+        pr.boundary_uncertainty(affs[:, :8], labels, 0.3)
+
+
+def test_uncertainty_ranking_with_labels_finds_the_nearly_merged_wall():
+    labels, affs = _two_cells()
+    spots = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None, labels=labels, threshold=0.3)
+    assert spots[0].region == (slice(8, 16), slice(32, 64), slice(0, 32))
+    assert spots[0].score > 0 and all(s.score == 0 for s in spots[1:])
+    # the same affinities without labels cannot tell the nearly merged wall from a sure one
+    plain = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None)
+    assert plain[0].score == pytest.approx(plain[1].score, abs=0.01)
+    with pytest.raises(pr.ProofreadError, match="do not match"):
+        pr.uncertainty_ranking(affs, labels=labels[:4])

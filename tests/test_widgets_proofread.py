@@ -8,7 +8,7 @@ import pytest
 
 from napari_tokenunify.affinities import labels_to_affinities
 from napari_tokenunify.widgets.proofread_panel import SEEDS_LAYER, parse_ids
-from napari_tokenunify.widgets.view import camera
+from napari_tokenunify.widgets.view import camera, canvas_size
 from widget_support import docked, notes, pick, wait_job  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.gui
@@ -135,19 +135,58 @@ def test_jump_to_label_moves_the_view(proof):
     assert camera(viewer).center[-2:] == pytest.approx((17.0, 22.0))
 
 
+def _assert_shows_block(viewer, panel, region, z_axis: int) -> None:
+    """The view is at the block's centre section (a whole step) and shows all of the block."""
+    center = [(r.start + r.stop) // 2 for r in region]
+    assert viewer.dims.current_step[z_axis] == center[0]
+    assert float(viewer.dims.point[z_axis]).is_integer()
+    assert camera(viewer).center[-2:] == pytest.approx(tuple(float(c) for c in center[1:]))
+    canvas = canvas_size(viewer)
+    assert canvas is not None, "the test viewer has no canvas size"
+    zoom = camera(viewer).zoom
+    for extent, pixels in zip([r.stop - r.start for r in region[1:]], canvas, strict=True):
+        assert extent * zoom <= pixels, (extent, zoom, canvas)
+    assert max(r.stop - r.start for r in region[1:]) * zoom >= 0.3 * min(canvas)  # not lost in it
+
+
 def test_next_place_to_check_visits_uncertain_blocks(proof, qtbot):
     viewer, widget, panel, layer = proof
     affs = np.full((3, 16, 64, 64), 0.97, dtype=np.float32)
     affs[:, 8:16, 32:64, 0:32] = 0.5
     aff_layer = viewer.add_image(affs, name="affs")
-    pick(panel.affinities, aff_layer)
+    pick(panel.affinities, aff_layer)  # the labels layer (6, 24, 32) does not match: plain
     panel.next_spot()
     qtbot.waitUntil(lambda: bool(panel._spots), timeout=20000)
     qtbot.waitUntil(lambda: "place 1 of" in panel.status.value, timeout=20000)
-    assert viewer.dims.point[1] == pytest.approx(11.5, abs=0.5)
-    assert camera(viewer).center[-2:] == pytest.approx((47.5, 15.5))
+    assert "affinity uncertainty" in panel.status.value
+    _assert_shows_block(viewer, panel, (slice(8, 16), slice(32, 64), slice(0, 32)), z_axis=1)
     panel.next_spot()
     assert "place 2 of" in panel.status.value
+
+
+def test_next_place_to_check_shows_a_whole_block_not_an_edge_sliver(docked, qtbot):
+    """The issue's case: the undecided voxels are on a 9-voxel strip at the volume's edge; the
+    view must go to a full block holding them, at a whole section, zoomed to show the block."""
+    viewer, widget = docked
+    panel = widget.panel("Proofread")
+    labels = np.ones((20, 41, 64), dtype=np.uint32)
+    labels[:, :, 32:] = 2
+    affs = np.full((3, 20, 41, 64), 0.99, dtype=np.float32)
+    affs[2, :, :, 32] = 0.02  # a sure wall between the two cells
+    affs[2, 12:20, 32:41, 32] = 0.7  # nearly merged on the 9-row strip at the edge (y >= 32)
+    seg = viewer.add_labels(labels, name="seg", metadata={"tokenunify": {"threshold": 0.3}})
+    aff_layer = viewer.add_image(affs, name="affs")
+    pick(panel.labels, seg)
+    pick(panel.affinities, aff_layer)
+    panel.next_spot()
+    qtbot.waitUntil(lambda: "place 1 of" in panel.status.value, timeout=20000)
+    assert "segment boundaries" in panel.status.value
+    spot = panel._spots[0]
+    assert spot.extent == (8, 32, 32)
+    assert spot.region == (slice(12, 20), slice(9, 41), slice(32, 64)) or spot.region == (
+        slice(12, 20), slice(9, 41), slice(0, 32))
+    _assert_shows_block(viewer, panel, spot.region, z_axis=1)
+    assert all(s.extent == (8, 32, 32) for s in panel._spots)
 
 
 def test_bad_requests_become_notifications(docked, notes):

@@ -314,11 +314,87 @@ class EditLog:
 
 @dataclass
 class UncertainSpot:
-    """A block of the volume where the affinities are least decided."""
+    """A block of the volume ranked by :func:`uncertainty_ranking` (higher score: check first).
+
+    ``center`` is the block's centre voxel (whole numbers, so a viewer shows a real section);
+    ``extent`` its size in voxels (z, y, x).
+    """
 
     score: float
     region: Region
-    center: tuple[float, float, float]
+    center: tuple[int, int, int]
+
+    @property
+    def extent(self) -> tuple[int, int, int]:
+        return tuple(r.stop - r.start for r in self.region)  # type: ignore[return-value]
+
+
+def block_starts(size: int, block: int) -> list[int]:
+    """Starts of full blocks along one axis: a regular grid, the last block moved back to end
+    at the edge (so it overlaps its neighbour instead of being a sliver); one block, the whole
+    axis, when the axis is shorter than a block."""
+    size, block = int(size), max(1, int(block))
+    if size <= block:
+        return [0]
+    starts = list(range(0, size - block + 1, block))
+    if starts[-1] + block < size:
+        starts.append(size - block)
+    return starts
+
+
+def block_grid(shape: Sequence[int], block: Sequence[int]) -> list[Region]:
+    """Every full block (``block`` voxels, clipped to ``shape`` only where the volume is
+    smaller) of the grid :func:`block_starts` lays over ``shape`` (z, y, x)."""
+    from itertools import product
+
+    block = [min(max(1, int(b)), int(s)) for b, s in zip(block, shape, strict=True)]
+    axes = [block_starts(s, b) for s, b in zip(shape, block, strict=True)]
+    return [
+        tuple(slice(a, a + b) for a, b in zip(starts, block, strict=True))  # type: ignore[misc]
+        for starts in product(*axes)
+    ]
+
+
+def boundary_uncertainty(
+    affinities: np.ndarray, labels: np.ndarray, threshold: float = 0.5, width: float = 0.5
+) -> np.ndarray:
+    """Per voxel: how close to a decision the boundaries between segments it touches were.
+
+    For every nearest-neighbour pair of voxels with different non-zero ``labels``, the weight
+    ``max(0, 1 - |a - (1 - threshold)| / width)`` of the pair's affinity ``a`` is added to both
+    voxels. ``1 - threshold`` is where the agglomeration (waterz's one-minus-median-affinity
+    score) decides between merging and keeping a boundary, so a pair near it is a boundary
+    that almost went the other way: a likely split, or a merge just avoided. Affinities follow
+    the package convention (channel c at voxel v links v and v - e_c; the first three channels
+    are the nearest neighbours z, y, x).
+    """
+    affs = np.asarray(affinities, dtype=np.float32)
+    lab = np.asarray(labels)
+    if affs.ndim != 4 or affs.shape[0] < 3 or affs.shape[1:] != lab.shape:
+        raise ProofreadError(
+            f"affinities (channels, z, y, x) {affs.shape} do not match labels {lab.shape}"
+        )
+    target = 1.0 - float(threshold)
+    out = np.zeros(lab.shape, dtype=np.float32)
+    for axis in range(3):
+        here = [slice(None)] * 3
+        there = [slice(None)] * 3
+        here[axis], there[axis] = slice(1, None), slice(None, -1)
+        a, b = lab[tuple(here)], lab[tuple(there)]
+        across = (a != b) & (a != 0) & (b != 0)
+        close = np.clip(1.0 - np.abs(affs[axis][tuple(here)] - target) / float(width), 0.0, 1.0)
+        weight = np.where(across, close, np.float32(0))
+        out[tuple(here)] += weight
+        out[tuple(there)] += weight
+    return out
+
+
+def _mostly_overlaps(a: Region, b: Region, share: float = 0.5) -> bool:
+    inter = 1
+    for x, y in zip(a, b, strict=True):
+        inter *= max(0, min(x.stop, y.stop) - max(x.start, y.start))
+    size = int(np.prod([s.stop - s.start for s in a]))
+    return inter > share * size
 
 
 def uncertainty_ranking(
@@ -326,38 +402,63 @@ def uncertainty_ranking(
     block: Sequence[int] = (8, 32, 32),
     top: int | None = 20,
     min_score: float = 0.0,
+    *,
+    labels: np.ndarray | None = None,
+    threshold: float = 0.5,
 ) -> list[UncertainSpot]:
-    """Blocks ranked by mean ``min(a, 1 - a)`` over channels and voxels (0 = sure, 0.5 = coin flip).
+    """Full blocks ranked by where errors are likely, best first ("Next place to check").
 
-    Reads one slab of blocks at a time, so ``affinities`` may be a zarr or dask array.
+    With ``labels`` (the segmentation being proofread, same z, y, x shape) a block's score is
+    the mean :func:`boundary_uncertainty` at ``threshold`` (the agglomeration threshold the
+    labels were made at): boundaries between segments whose affinity sits near the merge
+    decision. Without labels it is the mean ``min(a, 1 - a)`` over channels and voxels (0 sure,
+    0.5 coin flip), a weaker guide (docs/results.md, "Next place to check").
+
+    Only full blocks are ranked (:func:`block_grid`: the last block of each axis is moved back
+    inside the volume), never edge slivers, and a block mostly covered by a better-ranked one
+    is left out. Reads one slab of blocks at a time, so ``affinities`` (and ``labels``) may be
+    zarr or dask arrays.
     """
     shape = tuple(int(s) for s in np.shape(affinities))
     if len(shape) != 4:
         raise ProofreadError(f"affinities must be (channels, z, y, x), got shape {shape}")
-    block = tuple(max(1, min(int(b), s)) for b, s in zip(block, shape[1:], strict=True))
+    if labels is not None and tuple(np.shape(labels)) != shape[1:]:
+        raise ProofreadError(
+            f"labels {tuple(np.shape(labels))} do not match the affinities' volume {shape[1:]}"
+        )
+    vol = shape[1:]
+    block = tuple(min(max(1, int(b)), s) for b, s in zip(block, vol, strict=True))
     bz, by, bx = block
-    _, Z, Y, X = shape
-    ny, nx = -(-Y // by), -(-X // bx)
-    spots: list[UncertainSpot] = []
-    for z0 in range(0, Z, bz):
-        slab = np.asarray(affinities[:, z0 : z0 + bz], dtype=np.float32)
-        u = np.minimum(slab, 1.0 - slab).mean(axis=0)  # (dz, Y, X)
-        dz = u.shape[0]
-        pad = ((0, 0), (0, ny * by - Y), (0, nx * bx - X))
-        padded = np.pad(u, pad, constant_values=np.nan)
-        blocks = padded.reshape(dz, ny, by, nx, bx)
-        scores = np.nanmean(blocks, axis=(0, 2, 4))
-        for iy in range(ny):
-            for ix in range(nx):
-                s = float(scores[iy, ix])
+    ys, xs = block_starts(vol[1], by), block_starts(vol[2], bx)
+    spots: list[tuple[UncertainSpot, tuple[int, int, int]]] = []
+    for iz, z0 in enumerate(block_starts(vol[0], bz)):
+        lo = max(z0 - 1, 0)  # one section more: the boundaries across the slab's first face
+        slab = np.asarray(affinities[:, lo : z0 + bz], dtype=np.float32)
+        if labels is None:
+            u = np.minimum(slab, 1.0 - slab).mean(axis=0)
+        else:
+            u = boundary_uncertainty(slab, np.asarray(labels[lo : z0 + bz]), threshold)
+        u = u[z0 - lo :]
+        cum = u.sum(axis=0)  # (Y, X): block sums from a summed-area table
+        sat = np.zeros((vol[1] + 1, vol[2] + 1), dtype=np.float64)
+        sat[1:, 1:] = cum.cumsum(0).cumsum(1)
+        for iy, y0 in enumerate(ys):
+            for ix, x0 in enumerate(xs):
+                total = sat[y0 + by, x0 + bx] - sat[y0, x0 + bx] - sat[y0 + by, x0] + sat[y0, x0]
+                s = float(total) / (bz * by * bx)
                 if s < min_score:
                     continue
-                region = (
-                    slice(z0, z0 + dz),
-                    slice(iy * by, min((iy + 1) * by, Y)),
-                    slice(ix * bx, min((ix + 1) * bx, X)),
-                )
-                center = tuple((r.start + r.stop - 1) / 2 for r in region)
-                spots.append(UncertainSpot(s, region, center))  # type: ignore[arg-type]
-    spots.sort(key=lambda s: -s.score)
-    return spots if top is None else spots[:top]
+                region = (slice(z0, z0 + bz), slice(y0, y0 + by), slice(x0, x0 + bx))
+                center = (z0 + bz // 2, y0 + by // 2, x0 + bx // 2)
+                spots.append((UncertainSpot(s, region, center), (iz, iy, ix)))
+    spots.sort(key=lambda item: -item[0].score)
+    kept: dict[tuple[int, int, int], UncertainSpot] = {}
+    for spot, (iz, iy, ix) in spots:
+        # an edge block moved back overlaps only its grid neighbours: never show it after them
+        near = (kept.get((iz + a, iy + b, ix + c)) for a in (-1, 0, 1) for b in (-1, 0, 1)
+                for c in (-1, 0, 1))
+        if not any(k is not None and _mostly_overlaps(spot.region, k.region) for k in near):
+            kept[(iz, iy, ix)] = spot
+        if top is not None and len(kept) >= top:
+            break
+    return list(kept.values())

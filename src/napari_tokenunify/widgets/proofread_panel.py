@@ -244,38 +244,60 @@ class ProofreadPanel(Panel):
             layer.selected_label = int(label_id)
             self.status.value = f"label {label_id}: centre {tuple(round(c) for c in center)}"
 
+    def _ranking_labels(self, shape: tuple[int, ...]) -> tuple[Any, Any, float | None]:
+        """The labels layer to rank with (when it matches the affinities' volume), its data and
+        the threshold it was segmented at (recorded by Segment, else by Predict on the
+        affinities); ``(None, None, None)`` when there is none."""
+        layer = self.labels.value
+        data = None if layer is None else layer_array(layer)
+        if data is None or data.ndim != 3 or tuple(data.shape) != tuple(shape[-3:]):
+            return None, None, None
+        threshold = None
+        for source in (layer, self.affinities.value):
+            value = (getattr(source, "metadata", {}).get("tokenunify") or {}).get("threshold")
+            if isinstance(value, (int, float)):
+                threshold = float(value)
+                break
+        return layer, data, 0.5 if threshold is None else threshold
+
     def next_spot(self, *_: Any) -> None:
-        """Visit the next most uncertain block (ranking computed once per affinity layer)."""
+        """Visit the next place to check: full blocks ranked by the boundaries between the
+        labels' segments whose affinities sit near the merge decision (by plain affinity
+        uncertainty when no labels layer matches); ranked once per affinity + labels layer."""
         with reporting("Next place to check"):
             affs_layer = self.affinities.value
             affs = require_affinities(affs_layer)
-            key = (id(affs_layer), affs.shape)
+            labels_layer, labels, threshold = self._ranking_labels(affs.shape)
+            key = (id(affs_layer), affs.shape, id(labels_layer), threshold)
             if key != self._spots_key:
                 if self.busy:
-                    show_info("Still ranking uncertain regions…")
+                    show_info("Still ranking the places to check…")
                     return
-                self.status.value = "ranking uncertain regions…"
+                self.status.value = "ranking the places to check…"
 
                 def rank(progress=None, cancel=None):
-                    return pr.uncertainty_ranking(affs, top=200)
+                    return pr.uncertainty_ranking(
+                        affs, top=200, labels=labels, threshold=threshold or 0.5
+                    )
 
                 def done(spots):
                     self._spots, self._spot_index, self._spots_key = spots, -1, key
                     self.next_spot()
 
-                self.run(rank, "Rank uncertain regions", on_result=done, show_progress=False)
+                self.run(rank, "Rank places to check", on_result=done, show_progress=False)
                 return
             if not self._spots:
-                show_info("No uncertain regions found")
+                show_info("No places to check found")
                 return
             self._spot_index = (self._spot_index + 1) % len(self._spots)
             spot = self._spots[self._spot_index]
-            extent = [s.stop - s.start for s in spot.region]
-            channel = 0.0
+            channel = 0
             if self.viewer.dims.ndim >= 4:  # keep the affinity channel the user is looking at
-                channel = float(affs_layer.world_to_data(self.viewer.dims.point[-4:])[0])
-            self._go_to(affs_layer, (channel, *spot.center), [1, *extent])
+                channel = int(round(float(affs_layer.world_to_data(self.viewer.dims.point[-4:])[0])))
+            self._go_to(affs_layer, (channel, *spot.center), [1, *spot.extent])
+            by = "segment boundaries" if labels is not None else "affinity uncertainty"
             self.status.value = (
-                f"place {self._spot_index + 1} of {len(self._spots)}: "
-                f"uncertainty {spot.score:.2f} at z,y,x {tuple(int(c) for c in spot.center)}"
+                f"place {self._spot_index + 1} of {len(self._spots)} ({by}, score "
+                f"{spot.score:.3f}): block {'×'.join(str(e) for e in spot.extent)} centred at "
+                f"z,y,x {spot.center}"
             )

@@ -61,15 +61,21 @@ def go_to(viewer: Any, layer: Any, center, extent=None) -> None:
     """Centre the view on a point given in ``layer``'s data coordinates.
 
     The layer may have fewer dimensions than the viewer (a 3D labels layer beside a 4D affinity
-    map): its axes are the viewer's last ones.
+    map): its axes are the viewer's last ones. The axes that are not displayed (the section in
+    2D) go to the nearest whole voxel, so the view shows a real section, never one between two.
+    With ``extent`` (data voxels per axis) the zoom shows all of it on the canvas.
     """
-    world = np.asarray(layer.data_to_world(center), dtype=float)
     ndim = viewer.dims.ndim
-    offset = ndim - len(world)
+    offset = ndim - len(center)
+    displayed = list(viewer.dims.displayed)
+    center = [
+        float(c) if offset + i in displayed else float(np.round(float(c)))
+        for i, c in enumerate(center)
+    ]
+    world = np.asarray(layer.data_to_world(center), dtype=float)
     point = list(viewer.dims.point)
     for i, w in enumerate(world):
         point[offset + i] = w
-    displayed = list(viewer.dims.displayed)
     for axis in range(ndim):
         if axis not in displayed:
             viewer.dims.set_point(axis, point[axis])
