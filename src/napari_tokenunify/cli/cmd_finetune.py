@@ -1,10 +1,18 @@
-"""``tokenunify finetune --raw R --labels L --init MODEL --out DIR``: affinity finetuning."""
+"""``tokenunify finetune --raw R --labels L --init MODEL --out DIR``: affinity finetuning.
+
+The options' defaults are :class:`~napari_tokenunify.training.config.FinetuneConfig`'s (the
+widget's Finetune section starts from the same object); :func:`finetune_config` turns the parsed
+options back into one.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from .training_common import add_runtime_options, run_resumable, runtime_kwargs
+from ..training.config import FinetuneConfig
+from .training_common import add_runtime_options, run_resumable
+
+DEFAULTS = FinetuneConfig()
 
 
 def _read(path: str | None, dataset: str | None):
@@ -15,15 +23,35 @@ def _read(path: str | None, dataset: str | None):
     return open_image(path, dataset).data
 
 
+def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    """The training hyper-parameters the options set (unset ones keep ``FinetuneConfig()``'s)."""
+    return FinetuneConfig(
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+        patch_shape=tuple(args.patch) if args.patch else None, augment=args.augment, ema=args.ema,
+        head_steps=args.head_steps, val_every=args.val_every,
+        thresholds=tuple(args.threshold) if args.threshold else DEFAULTS.thresholds,
+        holdout=args.holdout, time_budget_s=args.time_budget, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, distill_p=args.distill_p, teacher_tta=args.teacher_tta,
+    )
+
+
 def _distill_kwargs(args: argparse.Namespace) -> dict:
-    """finetune's distillation keywords from --teacher, --distill-data, --distill-p, --teacher-tta."""
+    """finetune's distillation data from --teacher and --distill-data (share and flips: the config)."""
     if args.teacher is None:
         if args.distill_data:
             raise ValueError("--distill-data needs --teacher (the model whose affinities are the targets)")
         return {}
     volumes = [_read(path, args.distill_dataset) for path in args.distill_data] or None
-    return {"teacher": args.teacher, "distill_volumes": volumes, "distill_p": args.distill_p,
-            "teacher_tta": args.teacher_tta}
+    return {"teacher": args.teacher, "distill_volumes": volumes}
+
+
+def _raw_and_voxel_size(args: argparse.Namespace):
+    """The raw volume (lazy) and its voxel size: --voxel-size, else the file's (None if unknown)."""
+    from .engine_common import open_image
+
+    volume = open_image(args.raw, args.raw_dataset, voxel_size=args.voxel_size)
+    vs = volume.voxel_size
+    return volume.data, (None if vs is None else [float(v) for v in vs])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..training.finetune import finetune
 
-    raw = _read(args.raw, args.raw_dataset)
+    config = finetune_config(args)  # bad values are refused before anything is read
+    raw, voxel_size = _raw_and_voxel_size(args)
     labels = np.asarray(_read(args.labels, args.labels_dataset))
     mask = _read(args.mask, args.mask_dataset)
     validation = None
@@ -41,63 +70,77 @@ def run(args: argparse.Namespace) -> int:
         validation = (_read(args.val_raw, args.raw_dataset), np.asarray(_read(args.val_labels, args.labels_dataset)))
     init = None if args.init in (None, "scratch") else args.init
     offsets = [tuple(int(v) for v in o.split(",")) for o in args.offsets] if args.offsets else None
+    data = {"raw": args.raw, "labels": args.labels, **({"mask": args.mask} if args.mask else {})}
     model, status = run_resumable(
         args, finetune,
         raw, labels, mask=None if mask is None else np.asarray(mask), init=init,
-        preset=args.preset, steps=args.steps, out_dir=args.out,
+        preset=args.preset, config=config, out_dir=args.out,
         **({"offsets": offsets} if offsets else {}),
-        patch_shape=args.patch, validation=validation, val_every=args.val_every,
-        **({"threshold": args.threshold} if args.threshold else {}),
-        batch_size=args.batch_size, lr=args.lr, augment=not args.no_augment, ema=args.ema,
-        head_steps=args.head_steps,
+        validation=validation, name=args.name, data=data, voxel_size_nm=voxel_size,
+        device=args.device, resume=not args.restart,
         **_distill_kwargs(args),
-        **runtime_kwargs(args),
     )
     if status:
         return status
     history = getattr(model, "validation_history", [])
     if history:
         best = min(history, key=lambda h: h["voi"])
+        before = getattr(model, "validation_before", None)
+        was = f" (starting model: VOI {before['voi']:.3f}, ARAND {before['arand']:.3f})" if before else ""
         print(f"best validation at step {best['step']}: VOI split {best['voi_split']:.3f}, "
-              f"merge {best['voi_merge']:.3f}, ARAND {best['arand']:.3f}")
-    print(f"finetuned model: {args.out}/model (loss log {args.out}/loss.csv)")
+              f"merge {best['voi_merge']:.3f}, ARAND {best['arand']:.3f}{was}; "
+              f"threshold {model.card.recommended_threshold:g}")
+    print(f"finetuned model '{model.card.name}': {args.out}/model (loss log {args.out}/loss.csv; "
+          f"card: tokenunify info {args.out}/model)")
     return 0
 
 
 def register(sub) -> None:
+    d = DEFAULTS
     p = sub.add_parser(
         "finetune",
         help="finetune an affinity model on instance labels",
         description="Finetune EMmamba (from a pretrained model, a TokenUnify .pth, the bundled "
         "'default', or 'scratch') on raw + instance labels (0 = boundary/unlabelled). Writes "
-        "DIR/checkpoints/last.pt (a rerun resumes), DIR/model (the best model by validation VOI), "
-        "DIR/loss.csv, DIR/loss.png and DIR/validation.csv. The initial model is never overwritten.",
+        "DIR/checkpoints/last.pt (a rerun resumes), DIR/model (the best model by validation VOI, "
+        "its card naming the start, the data, the region and the settings), DIR/loss.csv, "
+        "DIR/loss.png and DIR/validation.csv. The initial model and the bundled models are never "
+        "overwritten.",
     )
     p.add_argument("--raw", required=True, help="raw EM volume")
     p.add_argument("--labels", required=True, help="instance labels, same shape as --raw")
-    p.add_argument("--mask", default=None, help="optional mask (non-zero = train here)")
+    p.add_argument("--mask", default=None, help="optional mask (non-zero = train here: the corrected region)")
     p.add_argument("--raw-dataset", default=None)
     p.add_argument("--labels-dataset", default=None)
     p.add_argument("--mask-dataset", default=None)
+    p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="voxel size of --raw in nm (default: the file's); recorded in the card")
     p.add_argument("--init", default="default",
                    help="model to start from: folder, .safetensors, TokenUnify .pth, 'default' or 'scratch'")
     p.add_argument("--out", required=True, help="output folder (must not be the --init model)")
+    p.add_argument("--name", default=None,
+                   help="the new model's name in its card (default: <start>-ft-<date>)")
     p.add_argument("--preset", default="tiny", help="network preset when --init scratch")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--patch", type=int, nargs=3, default=[16, 80, 80], metavar=("Z", "Y", "X"))
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--patch", type=int, nargs=3, default=d.patch_shape, metavar=("Z", "Y", "X"),
+                   help="training patch (default: the --init model's card patch, else 16 80 80)")
     p.add_argument("--offsets", nargs="+", default=None, metavar="DZ,DY,DX",
                    help="affinity offsets (default: nearest neighbours 1,0,0 0,1,0 0,0,1)")
     p.add_argument("--val-raw", default=None, help="validation raw volume")
     p.add_argument("--val-labels", default=None, help="validation labels")
-    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--holdout", type=float, default=d.holdout, metavar="SHARE",
+                   help="without --val-raw: hold back this share of the corrected region (--mask, "
+                   "else the volume) to validate on and choose the card's threshold (e.g. 0.2)")
     p.add_argument("--threshold", type=float, nargs="+", default=None,
-                   help="agglomeration threshold(s) tried at validation (default 0.02 ... 0.9, best kept)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--head-steps", type=int, default=0, metavar="N",
+                   help="agglomeration threshold(s) tried at validation (default "
+                   f"{' '.join(f'{t:g}' for t in d.thresholds)}, best kept)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=d.augment)
+    p.add_argument("--head-steps", type=int, default=d.head_steps, metavar="N",
                    help="train only the re-initialised output layer for the first N steps (LP-FT)")
-    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+    p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
                    help="validate and keep an exponential moving average of the weights (e.g. 0.999)")
     p.add_argument("--teacher", default=None, metavar="MODEL",
                    help="distil from this model (e.g. 'unet'): its affinities of --distill-data "
@@ -105,9 +148,9 @@ def register(sub) -> None:
     p.add_argument("--distill-data", nargs="+", default=[], metavar="VOLUME",
                    help="volumes (unlabeled is fine) the teacher predicts once (default: --raw)")
     p.add_argument("--distill-dataset", default=None, help="dataset inside the --distill-data files")
-    p.add_argument("--distill-p", type=float, default=0.5,
+    p.add_argument("--distill-p", type=float, default=d.distill_p,
                    help="share of samples with the teacher's targets (1: teacher only)")
-    p.add_argument("--teacher-tta", default="yx", choices=["none", "yx", "zyx"],
+    p.add_argument("--teacher-tta", default=d.teacher_tta, choices=["none", "yx", "zyx"],
                    help="the teacher's test-time flips")
-    add_runtime_options(p)
+    add_runtime_options(p, seed=d.seed, time_budget_s=d.time_budget_s, checkpoint_every=d.checkpoint_every)
     p.set_defaults(func=run)

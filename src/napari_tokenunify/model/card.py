@@ -92,3 +92,87 @@ class ModelCard:
         except json.JSONDecodeError as err:
             raise ValueError(f"model card is not valid JSON: {err}") from err
         return cls.from_dict(data)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def score_line(scores: Any) -> str | None:
+    """``VOI 0.412 (split 0.2, merge 0.21), ARAND 0.061 at threshold 0.3``, or None."""
+    if not isinstance(scores, dict) or "arand" not in scores:
+        return None
+    if "voi" not in scores and "voi_split" not in scores:
+        return None
+    voi = scores.get("voi", scores.get("voi_split", 0.0) + scores.get("voi_merge", 0.0))
+    parts = f"VOI {voi:.3f}"
+    if "voi_split" in scores and "voi_merge" in scores:
+        parts += f" (split {scores['voi_split']:.3f}, merge {scores['voi_merge']:.3f})"
+    parts += f", ARAND {scores['arand']:.3f}"
+    if isinstance(scores.get("threshold"), (int, float)):
+        parts += f" at threshold {scores['threshold']:g}"
+    return parts
+
+
+def describe_card(card: ModelCard) -> list[str]:
+    """The card as readable lines (``tokenunify info MODEL``): what the model is, how to run it,
+    how it was trained (and from what) and how it scored."""
+    lines = [f"name: {card.name or '(none)'}"]
+    if card.description:
+        lines.append(f"description: {card.description}")
+    lines.append(f"preset: {card.preset} ({card.in_channels} → {card.out_channels} channels)")
+    vs = card.voxel_size_nm
+    lines.append(f"voxel size (nm, z y x): {_fmt(vs) if vs else 'not recorded'}")
+    lines.append(f"normalization: {_fmt(card.normalization)}")
+    lines.append(f"patch size (z, y, x): {_fmt(card.patch_size)}")
+    lines.append(f"offsets: {card.offsets}")
+    t = card.training or {}
+    choice = f" ({t['threshold_choice']})" if t.get("threshold_choice") else ""
+    lines.append(f"recommended threshold: {card.recommended_threshold:g}{choice}")
+    lines.append(f"recommended test-time flips: {card.recommended_tta}")
+    if t:
+        lines.append("training:")
+        start = t.get("started_from")
+        if isinstance(start, dict):
+            sha = start.get("weights_sha256")
+            src = f", {start['source']}" if start.get("source") else ""
+            lines.append(f"  started from: {start.get('name', '?')}"
+                         + (f" (weights sha256 {sha[:16]}…{src})" if sha else src))
+        elif t.get("init"):
+            lines.append(f"  started from: {t['init']}")
+        data = t.get("data")
+        if isinstance(data, dict) and data:
+            lines.append(f"  data: {_fmt(data)}")
+        region = t.get("region")
+        if isinstance(region, dict) and region:
+            lines.append(f"  region: {_fmt(region)}")
+        done = [f"{t['steps']} steps" if "steps" in t else None,
+                f"best at step {t['best_step']}" if "best_step" in t else None,
+                f"{t['seconds']:g} s" if isinstance(t.get("seconds"), (int, float)) else None,
+                f"on {t['device']}" if t.get("device") else None,
+                f"finished {t['finished']}" if t.get("finished") else None]
+        done = [d for d in done if d]
+        if done:
+            lines.append("  run: " + ", ".join(done))
+        config = t.get("config")
+        if isinstance(config, dict) and config:
+            lines.append(f"  config: {_fmt(config)}")
+        for key in ("objective", "distillation", "hardware"):
+            if t.get(key):
+                lines.append(f"  {key}: {_fmt(t[key])}")
+    if card.metrics:
+        lines.append("metrics:")
+        for key, scores in card.metrics.items():
+            line = score_line(scores)
+            if line is not None:
+                lines.append(f"  {key}: {line}")
+            elif not isinstance(scores, dict):
+                lines.append(f"  {key}: {_fmt(scores)}")
+    lines.append(f"written by napari-tokenunify {card.version} (card version {card.card_version})")
+    return lines

@@ -136,6 +136,30 @@ def weights_sha256(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def read_card(source: str | Path) -> tuple[ModelCard, Path]:
+    """A model's card and the file or folder it came from, without building the network (a
+    folder, a ``.safetensors`` with its card, a bundled model's name; a ``.pth`` is loaded to
+    describe it)."""
+    path = _resolve_source(source)
+    if path.is_dir():
+        card_path = path / CARD_NAME
+    elif path.suffix == ".safetensors":
+        card_path = path.with_name(CARD_NAME)
+        if not card_path.is_file():
+            card_path = path.with_suffix(".json")
+    elif path.suffix in PTH_SUFFIXES:
+        return load_pth(path).card, path
+    else:
+        raise ModelFileError(f"{path} is not a model: give a model folder, a .safetensors file or a "
+                             f"TokenUnify .pth checkpoint ({', '.join(PTH_SUFFIXES)})")
+    if not card_path.is_file():
+        raise FileNotFoundError(f"{card_path} not found: this model has no card")
+    try:
+        return ModelCard.from_json(card_path.read_text(encoding="utf-8")), path
+    except (ValueError, TypeError) as err:
+        raise ModelFileError(f"{card_path} is not a valid model card: {err}") from err
+
+
 def _resolve_source(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.exists():

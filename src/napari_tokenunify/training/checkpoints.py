@@ -94,7 +94,7 @@ def guard_output(out_dir: str | Path, init: Any, model_subdir: str | None = "mod
         if out == place or place in out.parents or written == place or replaced:
             raise CheckpointError(
                 f"output folder {out} would overwrite or nest inside {what}; "
-                "choose a different output folder (--out)"
+                "choose a different output folder"
             )
 
 

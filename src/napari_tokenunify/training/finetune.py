@@ -675,7 +675,7 @@ def _chosen_threshold(scores: dict | None, started_from: dict, region: dict) -> 
                                             else "best at validation")
     start = started_from.get("segmentation_threshold")
     if isinstance(start, (int, float)):
-        return float(start), "the starting model's (no validation)"
+        return float(start), "the starting model's: no validation"
     return None, ""
 
 
@@ -788,7 +788,12 @@ def _card(model, preset, offsets, patch_shape, training, scores, before, name, v
         metrics["validation_before"] = before
     start = training.get("started_from", {}).get("name", "scratch")
     data = training.get("data", {})
-    what = data.get("raw") or data.get("image") or data.get("layer") or "the given volume"
+    if data.get("raw"):
+        what = str(data["raw"])
+    elif data.get("image") and data.get("labels"):  # napari layers
+        what = f"layer '{data['image']}' with labels '{data['labels']}'"
+    else:
+        what = "the given volume" if "shape" in data else "the given volumes"
     fields = {
         "preset": preset,
         "in_channels": 1,

@@ -1,0 +1,262 @@
+"""Finetuning settings (FinetuneConfig), the finetuned model's card (provenance), bad input that
+is refused with what to do, outputs that would overwrite a model, and ``tokenunify info MODEL``."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_tokenunify.cli import build_parser, main
+from napari_tokenunify.model import build_model, load_model, save_model, weights_sha256
+from napari_tokenunify.model.bundled import BUNDLED_DIR
+from napari_tokenunify.training.checkpoints import CheckpointError, guard_output
+from napari_tokenunify.training.config import DEFAULT_THRESHOLDS, FinetuneConfig
+from napari_tokenunify.training.finetune import finetune, resolve_config
+from napari_tokenunify.training.targets import TrainingDataError
+
+PATCH = (16, 32, 32)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def volume():
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    return make_synthetic_volume((16, 48, 48), seed=1)
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory):
+    """A saved tiny model with a name, a threshold and old scores of its own."""
+    torch.manual_seed(0)
+    net = build_model("tiny")
+    net.card.name = "start-net"
+    net.card.training = {"segmentation_threshold": 0.3, "steps": 99}
+    net.card.metrics = {"old-test": {"voi": 9.0, "arand": 0.9}}
+    return save_model(net, tmp_path_factory.mktemp("start") / "start-net")
+
+
+# -- the config ------------------------------------------------------------------------------
+
+def test_config_defaults_types_and_round_trip():
+    c = FinetuneConfig()
+    assert c.steps == 500 and c.lr == 1e-3 and c.patch_shape is None and c.thresholds == DEFAULT_THRESHOLDS
+    d = FinetuneConfig(patch_shape=[16, 32, 32], thresholds=[0.3], steps=10.0)
+    assert d.patch_shape == PATCH and d.thresholds == (0.3,) and d.steps == 10
+    assert FinetuneConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    assert c.with_(lr=3e-3).lr == 3e-3 and c.lr == 1e-3  # frozen: a copy
+    with pytest.raises(TypeError, match="unknown finetune option"):
+        c.with_(learning_rate=1)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"steps": 0}, "steps must be at least 1"), ({"lr": 0}, "learning rate"),
+    ({"ema": 1.5}, "between 0 and 1"), ({"patch_shape": (16, 32)}, "three positive"),
+    ({"holdout": 0.9}, "holdout"), ({"time_budget_s": -1}, "time budget"),
+    ({"thresholds": ()}, "thresholds"), ({"teacher_tta": "xy"}, "teacher_tta"),
+    ({"steps": 2.5}, "whole number"),
+])
+def test_config_refuses_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        FinetuneConfig(**bad)
+
+
+def test_keywords_override_the_config_as_before():
+    base = FinetuneConfig(steps=7, lr=2e-3)
+    cfg, aug = resolve_config(base, steps=3, threshold=0.4)
+    assert (cfg.steps, cfg.lr, cfg.thresholds, aug) == (3, 2e-3, (0.4,), None)
+    from napari_tokenunify.training.augment import EMAugment
+
+    custom = EMAugment()
+    cfg, aug = resolve_config(None, augment=custom)
+    assert cfg.augment is True and aug is custom
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        resolve_config(None, stepz=3)
+
+
+def test_finetune_takes_a_config_and_records_it(volume):
+    cfg = FinetuneConfig(steps=2, patch_shape=PATCH, augment=False, lr=2e-3, seed=4)
+    model = finetune(volume.image, volume.labels, config=cfg, steps=3)  # the keyword wins
+    recorded = model.card.training["config"]
+    assert recorded["steps"] == 3 and recorded["lr"] == 2e-3 and recorded["seed"] == 4
+    assert FinetuneConfig.from_dict(recorded) == cfg.with_(steps=3)
+    assert model.training_info["steps"] == 3
+
+
+# -- provenance ------------------------------------------------------------------------------
+
+def test_finetuned_card_says_what_it_came_from_and_was_trained_on(volume, start_model, tmp_path):
+    mask = np.zeros(volume.labels.shape, np.uint8)
+    mask[:, 4:44, 4:44] = 1
+    model = finetune(volume.image, volume.labels, mask=mask, init=start_model, out_dir=tmp_path / "ft",
+                     steps=2, patch_shape=PATCH, augment=False, data={"raw": "em.h5", "labels": "gt.h5"},
+                     voxel_size_nm=(40, 8, 8))
+    card = json.loads((tmp_path / "ft" / "model" / "card.json").read_text())
+    today = datetime.date.today().isoformat()
+    assert card["name"] == f"start-net-ft-{today}" == model.card.name
+    assert "start-net finetuned on em.h5" in card["description"]
+    t = card["training"]
+    start = t["started_from"]
+    assert start["name"] == "start-net" and start["source"] == str(start_model.resolve())
+    assert start["weights_sha256"] == weights_sha256(load_model(start_model, device="cpu"))
+    assert start["training"]["steps"] == 99  # the start's own record, kept beside the new one
+    assert t["data"] == {"raw": "em.h5", "labels": "gt.h5", "shape": [16, 48, 48], "voxel_size_nm": [40.0, 8.0, 8.0]}
+    assert t["region"] == {"kind": "mask", "voxels": int(mask.sum())}
+    assert t["steps"] == 2 and t["device"] == "cpu" and t["seconds"] >= 0 and t["finished"].startswith(today)
+    assert t["config"]["patch_shape"] == list(PATCH) and t["config"]["steps"] == 2
+    assert card["voxel_size_nm"] == [40.0, 8.0, 8.0]  # the network learnt at the data's voxel size
+    assert "old-test" not in card["metrics"]  # never the start's old scores
+    # no validation: the start's threshold carries over
+    assert t["segmentation_threshold"] == 0.3 and "starting model" in t["threshold_choice"]
+    # the finetuned model's own hash is what `info` prints and a next finetune records
+    assert weights_sha256(load_model(tmp_path / "ft" / "model", device="cpu")) == weights_sha256(model)
+
+
+def test_holdout_validates_on_held_back_corrections_and_sets_the_threshold(volume):
+    box = (slice(0, 16), slice(0, 48), slice(0, 40))
+    model = finetune(volume.image, volume.labels, box=box, init=build_model("tiny"), steps=2,
+                     patch_shape=PATCH, augment=False, holdout=0.25, thresholds=(0.1, 0.5, 0.9),
+                     name="my-model")
+    card = model.card
+    assert card.name == "my-model"
+    region = card.training["region"]
+    assert region["kind"] == "box" and region["box"] == [[0, 16], [0, 48], [0, 40]]
+    held = region["holdout"]
+    assert held["share"] == 0.25 and held["axis"] == "y" and held["voxels"] > 0 and "skipped" not in held
+    after, before = card.metrics["validation"], card.metrics["validation_before"]
+    assert after["threshold"] in (0.1, 0.5, 0.9) and "voi" in before
+    assert card.recommended_threshold == after["threshold"]
+    assert card.training["threshold_choice"] == "best of the held-back corrections"
+    assert model.validation_before == before
+
+
+def test_a_holdout_without_two_objects_is_skipped_and_says_so(volume):
+    labels = volume.labels.copy()
+    labels[:, 40:, :] = 0  # the held-back end of the region holds no object
+    model = finetune(volume.image, labels, init=None, steps=1, patch_shape=PATCH, augment=False,
+                     holdout=0.1, voxel_size_nm=8)
+    held = model.card.training["region"]["holdout"]
+    assert "fewer than two objects" in held["skipped"] and "validation" not in model.card.metrics
+    assert model.card.training["started_from"] == {"name": "scratch", "preset": "tiny"}
+    assert model.card.name.startswith("scratch-ft-") and model.card.voxel_size_nm == [8.0, 8.0, 8.0]
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("region, match", [
+    ("empty", "mask is empty"),
+    ("zeros", "all zero inside the mask"),
+    ("small mask", "fewer than one training patch"),
+    ("small box", "fewer than one training patch"),
+])
+def test_finetune_refuses_regions_it_cannot_learn_from(volume, tmp_path, region, match):
+    labels, mask, box = volume.labels.copy(), np.zeros(volume.labels.shape, np.uint8), None
+    if region == "zeros":
+        mask[:, :24] = 1
+        labels[:, :24] = 0  # corrections only of label 0
+    elif region == "small mask":
+        mask[:8, 10:30, 10:30] = 1
+    elif region == "small box":
+        mask, box = None, (slice(0, 16), slice(8, 30), slice(8, 30))
+    with pytest.raises(TrainingDataError, match=match) as err:
+        finetune(volume.image, labels, mask=mask, box=box, steps=1, out_dir=tmp_path / "x", patch_shape=PATCH)
+    if "patch" in match:
+        assert "mark a larger region" in str(err.value)
+    if region == "zeros":
+        assert "paint at least two" in str(err.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_outputs_never_overwrite_the_start_or_the_bundled_models(tmp_path, start_model):
+    for out in (BUNDLED_DIR, BUNDLED_DIR / "default", BUNDLED_DIR / "new", BUNDLED_DIR.parent.parent):
+        with pytest.raises(CheckpointError, match="bundled models"):
+            guard_output(out, None)
+    from napari_tokenunify.training.checkpoints import _protected
+
+    assert (BUNDLED_DIR / "default").resolve() in [p for p, _ in _protected("default")]  # a name
+    loaded = load_model(start_model, device="cpu")  # a model remembers where it was read from
+    with pytest.raises(CheckpointError, match="initial model"):
+        guard_output(start_model, loaded, model_subdir=None)
+    with pytest.raises(CheckpointError, match="initial model"):
+        guard_output(start_model.parent, loaded, model_subdir="start-net")  # out/start-net is the start
+    guard_output(start_model.parent, loaded, model_subdir=None)  # beside it is fine
+    guard_output(tmp_path / "run", "default")
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def _args(*extra):
+    return build_parser().parse_args(["finetune", "--raw", "r.tif", "--labels", "l.tif", "--out", "o", *extra])
+
+
+def test_cli_defaults_are_the_config_defaults():
+    from napari_tokenunify.cli.cmd_finetune import finetune_config
+
+    args = _args()
+    assert finetune_config(args) == FinetuneConfig()
+    d = FinetuneConfig()
+    assert (args.steps, args.lr, args.batch_size, args.patch, args.augment, args.ema, args.head_steps,
+            args.val_every, args.holdout, args.time_budget, args.seed, args.checkpoint_every,
+            args.distill_p, args.teacher_tta) == (
+        d.steps, d.lr, d.batch_size, d.patch_shape, d.augment, d.ema, d.head_steps, d.val_every,
+        d.holdout, d.time_budget_s, d.seed, d.checkpoint_every, d.distill_p, d.teacher_tta)
+    cfg = finetune_config(_args("--steps", "3", "--patch", "16", "32", "32", "--no-augment",
+                                "--threshold", "0.2", "0.4", "--holdout", "0.2", "--time-budget", "60"))
+    assert cfg == d.with_(steps=3, patch_shape=PATCH, augment=False, thresholds=(0.2, 0.4), holdout=0.2,
+                          time_budget_s=60.0)
+
+
+def _write(tmp_path, volume, mask=None):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "raw.tif", volume.image)
+    tifffile.imwrite(tmp_path / "labels.tif", volume.labels)
+    if mask is not None:
+        tifffile.imwrite(tmp_path / "mask.tif", mask)
+    return ["--raw", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "labels.tif")]
+
+
+def test_cli_finetune_name_card_and_info(tmp_path, volume, start_model, capsys):
+    io = _write(tmp_path, volume)
+    rc = main(["finetune", *io, "--init", str(start_model), "--out", str(tmp_path / "ft"), "--steps", "2",
+               "--patch", "16", "32", "32", "--name", "lab-ft", "--voxel-size", "40", "8", "8", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "finetuned model 'lab-ft'" in out
+    card = json.loads((tmp_path / "ft" / "model" / "card.json").read_text())
+    assert card["name"] == "lab-ft" and card["training"]["data"]["raw"] == str(tmp_path / "raw.tif")
+    assert card["training"]["config"]["steps"] == 2
+    assert main(["info", str(tmp_path / "ft" / "model")]) == 0
+    text = capsys.readouterr().out
+    sha = weights_sha256(load_model(tmp_path / "ft" / "model", device="cpu"))
+    start_sha = weights_sha256(load_model(start_model, device="cpu"))
+    for words in ("name: lab-ft", "start-net finetuned on", "preset: tiny", "voxel size (nm, z y x): (40, 8, 8)",
+                  "normalization:", "recommended threshold: 0.3", "recommended test-time flips: none",
+                  f"started from: start-net (weights sha256 {start_sha[:16]}", "region: kind whole volume",
+                  "run: 2 steps", "steps 2, teacher_tta yx", f"weights sha256: {sha}"):
+        assert words in text, words
+    assert main(["info"]) == 0  # without a model: versions and devices, as before
+    assert "napari-tokenunify" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "nothing-here")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_finetune_bad_input_is_a_sentence_not_a_traceback(tmp_path, volume, capsys):
+    mask = np.zeros(volume.labels.shape, np.uint8)
+    mask[:4, :10, :10] = 1
+    io = _write(tmp_path, volume, mask)
+    rc = main(["finetune", *io, "--mask", str(tmp_path / "mask.tif"), "--init", "scratch",
+               "--out", str(tmp_path / "ft"), "--steps", "1", "--patch", "16", "32", "32", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "fewer than one training patch" in err and "mark a larger region" in err
+    assert "Traceback" not in err and not (tmp_path / "ft").exists()
+    rc = main(["finetune", *io, "--init", "default", "--out", str(BUNDLED_DIR / "default"), "--steps", "1",
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "would overwrite" in err and "Traceback" not in err
+    rc = main(["finetune", *io, "--out", str(tmp_path / "x"), "--holdout", "0.9", "--quiet"])
+    assert rc == 1 and "holdout" in capsys.readouterr().err
