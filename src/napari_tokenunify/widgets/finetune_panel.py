@@ -1,24 +1,32 @@
 """Finetune section: train the current model on the corrected labels, watch the loss, save the
-new model, and re-predict the visible region with it to compare."""
+new model (under a new name, its card saying what it came from and was trained on), use it, and
+predict the image again with it (into a new store and a new labels layer; the edited labels stay
+as they are). The training settings start from ``FinetuneConfig()``, as ``tokenunify finetune``'s
+options do."""
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 
+from napari_tokenunify.training.config import FinetuneConfig
+
 from .base import Panel, is_volume_layer, layer_combo
 from .checks import LayerError, require_image, require_labels
 from .notify import reporting, show_info
-from .predict_panel import parse_region
+from .predict_panel import _voxel_size, default_store, parse_region
 from .state import edit_log_for
 from .view import visible_box
 from .workers import limit_torch_threads
 
 REGIONS = ("edited regions", "box", "whole volume")
+DEFAULTS = FinetuneConfig()  # the CLI's defaults too (cli/cmd_finetune.py)
 
 
 class LossPlot:
@@ -67,34 +75,74 @@ class FinetunePanel(Panel):
         self.labels = layer_combo(viewer, "Labels", "labels", nullable=False)
         self.region = ComboBox(label="train on", choices=list(REGIONS), value=REGIONS[0])
         self.box = LineEdit(label="box", tooltip="z0:z1, y0:y1, x0:x1 (when training on a box)")
-        self.steps = SpinBox(label="steps", min=1, max=100000, value=200)
-        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=1e-3)
+        d = DEFAULTS
+        self.steps = SpinBox(label="steps", min=1, max=100000, value=d.steps)
+        self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4, value=d.lr)
+        self.lr.native.setDecimals(6)
+        self.budget = SpinBox(label="time budget (s)", min=0, max=10**7, value=int(d.time_budget_s or 0),
+                              tooltip="stop after this many seconds with the best model so far (0: no limit)")
+        self.holdout = FloatSpinBox(
+            label="hold back", min=0.0, max=0.5, step=0.05, value=d.holdout,
+            tooltip="share of the corrected region held back to check the new model on and to "
+                    "choose its threshold (0: train on all of it)")
+        self.name = LineEdit(label="new model name", tooltip="the name in the new model's card")
         self.start_btn = PushButton(text="Finetune")
         self.cancel_btn = PushButton(text="Cancel")
         self.save_dir = FileEdit(label="save to", mode="d")
         self.save_btn = PushButton(text="Save as new model")
         self.use_btn = PushButton(text="Use new model")
+        self.again_btn = PushButton(text="Predict again with new model")
         self.compare_btn = PushButton(text="Re-predict view with new model")
         self.status = Label(value="")
         self.form.extend(
             [
-                self.image, self.labels, self.region, self.box, self.steps, self.lr,
-                self.start_btn, self.cancel_btn,
+                self.image, self.labels, self.region, self.box, self.steps, self.lr, self.budget,
+                self.holdout, self.name, self.start_btn, self.cancel_btn,
             ]
         )
         self.plot = LossPlot()
         self._layout.addWidget(self.plot.canvas)
         self.after = type(self.form)(labels=True, widgets=[
-            self.save_dir, self.save_btn, self.use_btn, self.compare_btn, self.status,
+            self.save_dir, self.save_btn, self.use_btn, self.again_btn, self.compare_btn, self.status,
         ])
         self._layout.addWidget(self.after.native)
         self.start_btn.changed.connect(self.start)
         self.cancel_btn.changed.connect(self.cancel)
         self.save_btn.changed.connect(self.save)
         self.use_btn.changed.connect(self.use)
+        self.again_btn.changed.connect(self.predict_again)
         self.compare_btn.changed.connect(self.compare)
+        self.labels.changed.connect(self._propose_name)
+        events.model_changed.connect(self._propose_name)
         self.losses: list[float] = []
         self.patch_shape: tuple[int, int, int] | None = None  # finetune's default; tests use small
+        self.tile_shape: tuple[int, int, int] | None = None  # Predict again: the engine's default
+        self.again_layers: tuple[Any, Any] | None = None  # the layers the last Predict again added
+        self._proposed = ""
+        self._propose_name()
+
+    def config(self) -> FinetuneConfig:
+        """The training settings: ``FinetuneConfig()`` with the section's fields applied."""
+        return DEFAULTS.with_(
+            steps=int(self.steps.value), lr=float(self.lr.value),
+            time_budget_s=float(self.budget.value) or None, holdout=float(self.holdout.value),
+            patch_shape=self.patch_shape,
+        )
+
+    def proposed_name(self) -> str:
+        """``<start model>-ft-<labels layer>-<date>``: the name the section offers."""
+        from napari_tokenunify.training.finetune import default_name, start_name
+
+        model = self.session.model
+        start = start_name(model) if model is not None else "default"
+        layer = self.labels.value
+        return default_name(start, tag=getattr(layer, "name", None))
+
+    def _propose_name(self, *_: Any) -> None:
+        """Offer a new name unless the user typed one."""
+        if self.name.value.strip() in ("", self._proposed):
+            self._proposed = self.proposed_name()
+            self.name.value = self._proposed
 
     def reset_choices(self, *_: Any) -> None:
         super().reset_choices()
@@ -120,13 +168,18 @@ class FinetunePanel(Panel):
             if self.busy:
                 show_info("Finetuning is already running; cancel it first")
                 return None
-            image_layer = self.image.value
+            image_layer, labels_layer = self.image.value, self.labels.value
             raw = require_image(image_layer, "finetuning")
-            labels = require_labels(self.labels.value, image_layer, "finetuning")
-            mask, box = self._mask(self.labels.value, labels.shape)
+            labels = require_labels(labels_layer, image_layer, "finetuning")
+            mask, box = self._mask(labels_layer, labels.shape)
+            config = self.config()
             init = self.session.model if self.session.model is not None else "default"
-            steps, lr, device = int(self.steps.value), float(self.lr.value), self.session.device
-            kwargs = {} if self.patch_shape is None else {"patch_shape": self.patch_shape}
+            device = self.session.device
+            name = self.name.value.strip() or self.proposed_name()
+            src = getattr(getattr(image_layer, "source", None), "path", None)
+            data = {"image": image_layer.name, "labels": labels_layer.name,
+                    **({"image_file": str(src)} if src else {})}
+            voxel = _voxel_size("", image_layer)
             labels_copy = np.array(labels, copy=True)  # the user may keep editing meanwhile
             self.losses = []
             losses = self.losses
@@ -141,8 +194,9 @@ class FinetunePanel(Panel):
                         progress(p)
 
                 return finetune(
-                    np.asarray(raw), labels_copy, mask=mask, box=box, init=init, steps=steps,
-                    lr=lr, device=device, resume=False, progress=report, cancel=cancel, **kwargs,
+                    np.asarray(raw), labels_copy, mask=mask, box=box, init=init, config=config,
+                    device=device, resume=False, name=name, data=data, voxel_size_nm=voxel,
+                    progress=report, cancel=cancel,
                 )
 
             self.status.value = "finetuning…"
@@ -167,12 +221,23 @@ class FinetunePanel(Panel):
     def _on_result(self, model: Any) -> None:
         self.session.finetuned = model
         self.plot.show(list(self.losses), force=True)
-        self.status.value = f"finetuned ({len(self.losses)} steps); save it or re-predict to compare"
+        t = getattr(model, "training_info", {}) or {}
+        line = f"'{model.card.name}': {t.get('steps', len(self.losses))} steps, {t.get('seconds', 0):.0f} s"
+        before, after = getattr(model, "validation_before", None), model.card.metrics.get("validation")
+        if after:
+            was = f"{before['voi']:.3f} → " if before else ""
+            line += f"; held-back VOI {was}{after['voi']:.3f}, threshold {model.card.recommended_threshold:g}"
+        self.status.value = line + "; save it, use it or predict again"
 
     def _require_finetuned(self) -> Any:
         if self.session.finetuned is None:
             raise LayerError("no finetuned model yet: press Finetune first")
-        return self.session.finetuned
+        model = self.session.finetuned
+        name = self.name.value.strip()
+        card = getattr(model, "card", None)
+        if card is not None and name and card.name != name:  # the field is editable after training too
+            model.card = replace(card, name=name)
+        return model
 
     def save(self, *_: Any):
         with reporting("Save model"):
@@ -181,6 +246,7 @@ class FinetunePanel(Panel):
             if directory in ("", "."):
                 raise LayerError("choose a folder to save the new model in")
             path = Path(directory)
+            _guard_save(path, model, self.session.model)
 
             def work(progress=None, cancel=None):
                 from napari_tokenunify.model import save_model
@@ -197,7 +263,92 @@ class FinetunePanel(Panel):
         with reporting("Use new model"):
             model = self._require_finetuned()
             self.session.model = model
+            card = getattr(model, "card", None)
+            self.session.model_source = f"finetuned: {getattr(card, 'name', '') or 'new model'}"
             self.events.model_changed.emit(model)
+
+    def predict_again(self, *_: Any):
+        """Predict the whole image with the new model into a new store and segment it at the new
+        card's threshold into a new labels layer; old affinities and the edited labels are kept."""
+        with reporting("Predict again"):
+            model = self._require_finetuned()
+            if self.busy:
+                show_info("Finetuning is still running; wait for it or cancel it first")
+                return None
+            if self.session.model is not model:
+                self.use()  # the loop goes on with the new model (the Model section shows its card)
+            image_layer = self.image.value
+            image = require_image(image_layer, "prediction")
+            edited = self.labels.value
+            card = model.card
+            name = card.name or "finetuned"
+            threshold = float(card.recommended_threshold)
+            store = again_store(image_layer, name)
+            device, tta, tile = self.session.device, self.session.tta, self.tile_shape
+            voxel = _voxel_size("", image_layer)
+            chosen: dict[str, Any] = {"out": store, "tta": tta}
+            from .segment_panel import in_memory_limit
+
+            in_memory = int(np.prod(image.shape)) <= in_memory_limit()
+
+            def work(progress=None, cancel=None):
+                from napari_tokenunify.engine.predict import TilePredictor, predict_affinities
+
+                from .predict_stores import in_free_store_call
+
+                predict = in_free_store_call(predict_affinities, chosen)
+                store.parent.mkdir(parents=True, exist_ok=True)
+                predictor = TilePredictor(model, device=device, tta=tta)
+                limit_torch_threads()
+                affs = predict(image, model, out=store, tile_shape=tile, device=device,
+                               voxel_size=voxel, progress=progress, cancel=cancel,
+                               predictor=predictor, rescale=True)
+                used = Path(chosen["out"])
+                if in_memory:
+                    from napari_tokenunify.engine.agglomerate import Agglomerator
+
+                    labels = Agglomerator(np.asarray(affs), max_threshold=threshold).segment(threshold)
+                else:
+                    from napari_tokenunify.engine.blockwise import segment_blockwise
+                    from napari_tokenunify.engine.store import unfinished_blockwise
+
+                    out = used.with_name(f"{used.stem}-labels-t{threshold:.2f}.zarr")
+                    labels = segment_blockwise(
+                        affs, out, threshold=threshold, voxel_size=voxel,
+                        overwrite=not unfinished_blockwise(str(out)), progress=progress, cancel=cancel)
+                return used, affs, labels
+
+            def show(result) -> None:
+                used, affs, labels = result
+                self._show_again(image_layer, edited, model, used, affs, labels, threshold, tta)
+
+            self.status.value = f"predicting again with '{name}'…"
+            return self.run(work, "Predict again", on_result=show)
+        return None
+
+    def _show_again(self, image_layer: Any, edited: Any, model: Any, store: Path, affs: Any,
+                    labels: Any, threshold: float, tta: str) -> None:
+        """New layers for the new prediction and segmentation (existing ones are left alone)."""
+        card = model.card
+        name = card.name or "finetuned"
+        scale, translate = tuple(image_layer.scale[-3:]), tuple(image_layer.translate[-3:])
+        affs_layer = self.viewer.add_image(
+            affs, name=_free_name(self.viewer, f"{image_layer.name} affinities ({name})"),
+            contrast_limits=(0, 1), colormap="magma", opacity=0.6, scale=(1, *scale),
+            translate=(0, *translate), visible=False,
+        )
+        affs_layer.metadata["tokenunify"] = {
+            "kind": "affinities", "store": str(store), "model": name, "threshold": threshold, "tta": tta}
+        seg_layer = self.viewer.add_labels(
+            labels, name=_free_name(self.viewer, f"segmentation ({name})"), scale=scale, translate=translate)
+        seg_layer.metadata["tokenunify"] = {"kind": "labels", "threshold": threshold, "model": name}
+        self.events.affinities_changed.emit(affs_layer)
+        kept = f"; your edited labels in '{edited.name}' are unchanged" if edited is not None else ""
+        message = (f"Predicted again with '{name}' into {store.name} (the old affinities are kept) and "
+                   f"segmented at its threshold {threshold:g} into the new layer '{seg_layer.name}'{kept}")
+        self.status.value = f"'{seg_layer.name}': threshold {threshold:g}{kept}"
+        show_info(message)
+        self.again_layers = (affs_layer, seg_layer)
 
     def compare(self, *_: Any):
         """Predict the visible region with the finetuned model into a new in-memory layer."""
@@ -234,3 +385,34 @@ class FinetunePanel(Panel):
 
             return self.run(work, "Re-predict with finetuned model", on_result=show)
         return None
+
+
+def again_store(image_layer: Any, model_name: str) -> Path:
+    """Where *Predict again* writes: beside the Predict section's default store, named after the
+    model (``<image>-affinities-<model>.zarr``); a store of another run there is kept and the next
+    free name used, so old affinities are never written over."""
+    base = default_store(image_layer)
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") or "finetuned"
+    return base.with_name(f"{base.name.removesuffix('.zarr')}-{tag}.zarr")
+
+
+def _free_name(viewer: Any, name: str) -> str:
+    """``name``, or ``name 2``, ``name 3``… when a layer already has it."""
+    if name not in viewer.layers:
+        return name
+    n = 2
+    while f"{name} {n}" in viewer.layers:
+        n += 1
+    return f"{name} {n}"
+
+
+def _guard_save(path: Path, model: Any, current: Any) -> None:
+    """Refuse to save over the model the new one started from, the current model's folder or the
+    bundled models (``CheckpointError`` with what to do)."""
+    from napari_tokenunify.training.checkpoints import guard_output
+
+    start = (getattr(model, "training_info", None) or {}).get("started_from") \
+        or (getattr(getattr(model, "card", None), "training", None) or {}).get("started_from") or {}
+    guard_output(path, start.get("source") if isinstance(start, dict) else None, model_subdir=None)
+    if current is not None and current is not model:
+        guard_output(path, current, model_subdir=None)

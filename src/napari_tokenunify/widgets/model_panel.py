@@ -61,6 +61,12 @@ def describe(model: Any) -> str:
     lines = [f"parameters: {n / 1e6:.2f} M"]
     if card is not None:  # what a person needs first comes first: the box shows a few lines
         lines.insert(0, f"preset: {card.preset}" + (f" ({card.name})" if getattr(card, "name", "") else ""))
+        start = (card.training or {}).get("started_from")
+        if isinstance(start, dict):  # a finetuned model: what it came from and was trained on
+            t, data = card.training, card.training.get("data") or {}
+            on = data.get("labels") or data.get("raw") or data.get("image")
+            lines.append(f"finetuned from {start.get('name', '?')}" + (f" on {on}" if on else "")
+                         + f": {t.get('steps', '?')} steps, {t.get('seconds', 0):.0f} s ({t.get('device', '?')})")
         lines.append(f"recommended: threshold {card.recommended_threshold:g}, "
                      f"test-time flips {card.recommended_tta}")
         for name, scores in (card.metrics or {}).items():
@@ -72,7 +78,7 @@ def describe(model: Any) -> str:
         lines.append(f"voxel size (nm): {tuple(vs) if vs else 'not recorded'}")
         lines.append(f"offsets: {card.offsets}")
         steps = card.training.get("steps") if card.training else None
-        if steps:
+        if steps and not isinstance((card.training or {}).get("started_from"), dict):
             lines.append(f"last training stage: {steps} steps")
         if getattr(card, "description", ""):
             lines.append(card.description)

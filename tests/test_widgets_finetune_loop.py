@@ -1,0 +1,156 @@
+"""The Finetune section as one loop in a real viewer (tiny model, few steps, small volume): its
+defaults are FinetuneConfig()'s (as the CLI's are), the new model gets a name and a card saying
+where it came from, the Model section shows that card, *Predict again* writes a new store and a
+new labels layer and leaves the edited labels alone, bad regions and unsafe folders are refused."""
+# ruff: noqa: F811  (pytest fixtures imported from widget_support)
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+import pytest
+
+from napari_tokenunify.training.config import FinetuneConfig
+from widget_support import docked, notes, pick, small_volume, wait_job  # noqa: F401
+
+pytestmark = pytest.mark.gui
+PATCH = (16, 32, 32)
+
+
+def test_finetune_section_defaults_are_the_config_defaults(docked):
+    _, widget = docked
+    panel = widget.panel("Finetune")
+    d = FinetuneConfig()
+    assert panel.steps.value == d.steps
+    assert panel.lr.value == pytest.approx(d.lr, rel=1e-9)
+    assert panel.budget.value == int(d.time_budget_s or 0)
+    assert panel.holdout.value == pytest.approx(d.holdout)
+    assert panel.config() == d  # what it trains with when nothing is changed
+    from napari_tokenunify.cli import build_parser
+    from napari_tokenunify.cli.cmd_finetune import finetune_config
+
+    args = build_parser().parse_args(["finetune", "--raw", "r", "--labels", "l", "--out", "o"])
+    assert finetune_config(args) == panel.config()  # the CLI's defaults are the widget's
+
+
+def _layers(viewer, vol):
+    image = viewer.add_image(vol.image, name="em")
+    labels = viewer.add_labels(np.array(vol.labels), name="seg")
+    return image, labels
+
+
+def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, notes):
+    import torch
+
+    from napari_tokenunify.model import build_model, weights_sha256
+
+    viewer, widget = docked
+    torch.manual_seed(0)
+    start = build_model("tiny")
+    start_sha = weights_sha256(start)
+    widget.session.model = start
+    image, labels = _layers(viewer, small_volume)
+    # an earlier prediction with the old model: Predict again must leave its store alone
+    predict = widget.panel("Predict")
+    pick(predict.image, image)
+    predict.scope.value = "whole volume"
+    predict.tile_shape = PATCH
+    wait_job(qtbot, predict.predict(), timeout_ms=120_000)
+    old_store = predict.store_path(image)
+    old_affs = np.asarray(viewer.layers["em affinities"].data[...]).copy()
+
+    panel = widget.panel("Finetune")
+    pick(panel.image, image)
+    pick(panel.labels, labels)
+    today = datetime.date.today().isoformat()
+    assert panel.name.value == f"tiny-ft-seg-{today}"  # proposed, editable
+    panel.name.value = "my-tiny"
+    panel.region.value = "box"
+    panel.box.value = "0:16, 0:48, 0:40"
+    panel.steps.value = 2
+    panel.holdout.value = 0.25
+    panel.patch_shape = PATCH
+    job = wait_job(qtbot, panel.start(), timeout_ms=300_000)
+    assert job.error is None, notes.messages
+    model = widget.session.finetuned
+    card = model.card
+    assert card.name == "my-tiny"
+    t = card.training
+    assert t["started_from"]["name"] == "tiny" and t["started_from"]["weights_sha256"] == start_sha
+    assert t["data"]["image"] == "em" and t["data"]["labels"] == "seg" and t["data"]["shape"] == [16, 48, 48]
+    assert t["region"]["kind"] == "box" and t["region"]["box"] == [[0, 16], [0, 48], [0, 40]]
+    assert t["config"] == panel.config().with_(patch_shape=PATCH, holdout=0.25, steps=2).to_dict()
+    assert card.recommended_threshold == card.metrics["validation"]["threshold"]  # held-back choice
+    assert "held-back VOI" in panel.status.value
+
+    panel.use()
+    text = widget.panel("Model").card.value
+    assert "my-tiny" in text and "finetuned from tiny on seg" in text
+
+    edited = np.array(labels.data, copy=True)
+    job = wait_job(qtbot, panel.predict_again(), timeout_ms=300_000)
+    assert job.error is None, notes.messages
+    affs_layer, seg_layer = panel.again_layers
+    assert seg_layer.name == "segmentation (my-tiny)" and "my-tiny" in affs_layer.name
+    assert np.array_equal(np.asarray(labels.data), edited)  # the edited labels are untouched
+    assert seg_layer.metadata["tokenunify"]["threshold"] == card.recommended_threshold
+    assert np.asarray(seg_layer.data).shape == small_volume.labels.shape and np.asarray(seg_layer.data).any()
+    new_store = affs_layer.metadata["tokenunify"]["store"]
+    assert new_store != str(old_store)
+    assert np.array_equal(np.asarray(viewer.layers["em affinities"].data[...]), old_affs)
+    import zarr
+
+    assert np.array_equal(np.asarray(zarr.open_group(str(old_store), mode="r")["affinities"][...]), old_affs)
+    assert notes.has("predicted again", "my-tiny", "unchanged")
+    # a second run goes to new layers again (nothing is replaced)
+    job = wait_job(qtbot, panel.predict_again(), timeout_ms=300_000)
+    assert job.error is None, notes.messages
+    assert panel.again_layers[1].name == "segmentation (my-tiny) 2"
+    assert seg_layer in viewer.layers
+
+
+@pytest.mark.parametrize("case, words", [
+    ("small box", ("fewer than one training patch", "mark a larger region")),
+    ("only zeros", ("all zero", "paint at least two")),
+])
+def test_finetune_refuses_regions_with_a_message(docked, small_volume, qtbot, notes, case, words):
+    from napari_tokenunify.model import build_model
+
+    viewer, widget = docked
+    widget.session.model = build_model("tiny")
+    image, labels = _layers(viewer, small_volume)
+    if case == "only zeros":
+        labels.data = np.zeros_like(small_volume.labels)
+    panel = widget.panel("Finetune")
+    pick(panel.image, image)
+    pick(panel.labels, labels)
+    panel.region.value = "box"
+    panel.box.value = "0:8, 0:20, 0:20" if case == "small box" else "0:16, 0:48, 0:48"
+    panel.patch_shape = PATCH
+    panel.steps.value = 1
+    job = wait_job(qtbot, panel.start())
+    assert job.error is not None and notes.has("Finetune failed", *words), notes.messages
+    assert widget.session.finetuned is None
+
+
+def test_save_refuses_the_start_models_folder_and_the_bundled_models(docked, tmp_path, qtbot, notes):
+    from napari_tokenunify.model import build_model, load_model, save_model
+    from napari_tokenunify.model.bundled import BUNDLED_DIR
+
+    _, widget = docked
+    folder = save_model(build_model("tiny"), tmp_path / "start")
+    before = (folder / "model.safetensors").read_bytes()
+    widget.session.model = load_model(folder, device="cpu")
+    new = build_model("tiny")
+    new.training_info = {"started_from": {"name": "start", "source": str(folder)}}
+    widget.session.finetuned = new
+    panel = widget.panel("Finetune")
+    for target in (folder, BUNDLED_DIR / "default"):
+        panel.save_dir.value = target
+        assert panel.save() is None
+        assert notes.has("Save model failed", "would overwrite"), notes.messages
+    assert (folder / "model.safetensors").read_bytes() == before
+    panel.save_dir.value = tmp_path / "elsewhere"
+    wait_job(qtbot, panel.save())
+    assert (tmp_path / "elsewhere" / "card.json").exists()
