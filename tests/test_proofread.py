@@ -272,3 +272,45 @@ def test_uncertainty_ranking_with_labels_finds_the_nearly_merged_wall():
     assert plain[0].score == pytest.approx(plain[1].score, abs=0.01)
     with pytest.raises(pr.ProofreadError, match="do not match"):
         pr.uncertainty_ranking(affs, labels=labels[:4])
+
+
+def test_minority_voxels_counts_where_two_labelings_disagree():
+    a = np.array([1, 1, 1, 2, 2, 3])
+    assert pr.minority_voxels(a, a) == 0
+    assert pr.minority_voxels(a, np.zeros_like(a)) == 3  # one segment: all but its largest piece
+    assert pr.minority_voxels(np.zeros_like(a), a) == 3
+    b = np.array([1, 1, 1, 1, 1, 9])
+    assert pr.minority_voxels(a, b) == 2  # piece 2 is the minority of segment 1
+
+
+class _History:
+    """Stands in for the engine's Agglomerator: ``segment(t)`` of a fixed merge history."""
+
+    def __init__(self, below, at):
+        self.below, self.at, self.asked = below, at, []
+
+    def segment(self, threshold):
+        self.asked.append(threshold)
+        return self.below if threshold < 0.3 else self.at
+
+
+def test_uncertainty_ranking_with_an_agglomerator_finds_a_merge_near_the_threshold():
+    """Two cells merged into one segment only near the threshold: no segment boundary there
+    (the boundary term sees nothing), but the lower thresholds' pieces disagree with the labels."""
+    cells = np.ones((16, 64, 64), dtype=np.uint32)
+    cells[:, 44:, :32] = 2  # a second cell, in the blocks at y 32:64, x 0:32
+    cells[:8] = 3  # the upper half is one sure cell
+    merged = cells.copy()
+    merged[merged == 2] = 1  # the labels: cells 1 and 2 merged
+    affs = np.full((3, 16, 64, 64), 0.99, dtype=np.float32)
+    affs[0, 8] = 0.01  # a sure wall under the upper cell
+    history = _History(below=cells, at=merged)
+    spots = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None, labels=merged,
+                                   threshold=0.3, agglomerator=history)
+    assert sorted(history.asked) == pytest.approx([0.1, 0.15, 0.2])
+    assert spots[0].region == (slice(8, 16), slice(32, 64), slice(0, 32)) and spots[0].score > 0
+    assert spots[-1].score == 0.0
+    plain = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None, labels=merged, threshold=0.3)
+    assert all(s.score == 0.0 for s in plain)  # without the merge history: nothing to tell
+    with pytest.raises(pr.ProofreadError, match="agglomerator"):
+        pr.uncertainty_ranking(affs, labels=merged, agglomerator=_History(cells[:4], merged[:4]))

@@ -389,6 +389,34 @@ def boundary_uncertainty(
     return out
 
 
+def minority_voxels(a: np.ndarray, b: np.ndarray) -> int:
+    """Voxels where two labelings of the same block disagree: those whose piece in ``a`` is not
+    the largest one of their segment in ``b``, or whose segment in ``b`` is not the largest one
+    of their piece in ``a`` (0 is a label like any other here)."""
+    a = np.asarray(a).ravel()
+    b = np.asarray(b).ravel()
+    au, ai = np.unique(a, return_inverse=True)
+    bu, bi = np.unique(b, return_inverse=True)
+    if len(au) == 1 or len(bu) == 1:
+        return int(len(a) - np.bincount(bi if len(au) == 1 else ai).max())
+    pairs, counts = np.unique(ai.astype(np.int64) * len(bu) + bi, return_counts=True)
+    pa, pb = pairs // len(bu), pairs % len(bu)
+    main_b = np.empty(len(au), dtype=np.int64)
+    order = np.lexsort((-counts, pa))
+    first = np.r_[True, pa[order][1:] != pa[order][:-1]]
+    main_b[pa[order][first]] = pb[order][first]
+    main_a = np.empty(len(bu), dtype=np.int64)
+    order = np.lexsort((-counts, pb))
+    first = np.r_[True, pb[order][1:] != pb[order][:-1]]
+    main_a[pb[order][first]] = pa[order][first]
+    return int(np.count_nonzero((main_b[ai] != bi) | (main_a[bi] != ai)))
+
+
+#: the lower agglomeration thresholds (shares of the labels' one) whose pieces the merge term of
+#: :func:`uncertainty_ranking` compares the labels with
+MERGE_LEVELS = (1 / 3, 1 / 2, 2 / 3)
+
+
 def _mostly_overlaps(a: Region, b: Region, share: float = 0.5) -> bool:
     inter = 1
     for x, y in zip(a, b, strict=True):
@@ -405,14 +433,21 @@ def uncertainty_ranking(
     *,
     labels: np.ndarray | None = None,
     threshold: float = 0.5,
+    agglomerator: Any = None,
 ) -> list[UncertainSpot]:
     """Full blocks ranked by where errors are likely, best first ("Next place to check").
 
     With ``labels`` (the segmentation being proofread, same z, y, x shape) a block's score is
     the mean :func:`boundary_uncertainty` at ``threshold`` (the agglomeration threshold the
     labels were made at): boundaries between segments whose affinity sits near the merge
-    decision. Without labels it is the mean ``min(a, 1 - a)`` over channels and voxels (0 sure,
-    0.5 coin flip), a weaker guide (docs/results.md, "Next place to check").
+    decision (a likely split). With an ``agglomerator`` too (the engine's ``Agglomerator`` of
+    these affinities, or anything with ``segment(threshold)``), a merge term is added: the share
+    of the block's voxels where the labels and the agglomeration at lower thresholds
+    (:data:`MERGE_LEVELS` × ``threshold``) disagree (:func:`minority_voxels`, averaged over the
+    levels): segments that only merged close to the threshold (a likely merge). Each term is
+    divided by its mean over the volume's blocks, and the score is their sum. Without labels it
+    is the mean ``min(a, 1 - a)`` over channels and voxels (0 sure, 0.5 coin flip), a weaker
+    guide (docs/results.md, "Next place to check").
 
     Only full blocks are ranked (:func:`block_grid`: the last block of each axis is moved back
     inside the volume), never edge slivers, and a block mostly covered by a better-ranked one
@@ -430,7 +465,15 @@ def uncertainty_ranking(
     block = tuple(min(max(1, int(b)), s) for b, s in zip(block, vol, strict=True))
     bz, by, bx = block
     ys, xs = block_starts(vol[1], by), block_starts(vol[2], bx)
+    lower = []
+    if labels is not None and agglomerator is not None:
+        lower = [np.asarray(agglomerator.segment(f * float(threshold))) for f in MERGE_LEVELS]
+        if any(seg.shape != vol for seg in lower):
+            raise ProofreadError(
+                f"the agglomerator segments a volume of {lower[0].shape}, not the affinities' {vol}"
+            )
     spots: list[tuple[UncertainSpot, tuple[int, int, int]]] = []
+    merge: list[float] = []
     for iz, z0 in enumerate(block_starts(vol[0], bz)):
         lo = max(z0 - 1, 0)  # one section more: the boundaries across the slab's first face
         slab = np.asarray(affinities[:, lo : z0 + bz], dtype=np.float32)
@@ -439,6 +482,7 @@ def uncertainty_ranking(
         else:
             u = boundary_uncertainty(slab, np.asarray(labels[lo : z0 + bz]), threshold)
         u = u[z0 - lo :]
+        lab_slab = np.asarray(labels[z0 : z0 + bz]) if lower else None
         cum = u.sum(axis=0)  # (Y, X): block sums from a summed-area table
         sat = np.zeros((vol[1] + 1, vol[2] + 1), dtype=np.float64)
         sat[1:, 1:] = cum.cumsum(0).cumsum(1)
@@ -446,11 +490,20 @@ def uncertainty_ranking(
             for ix, x0 in enumerate(xs):
                 total = sat[y0 + by, x0 + bx] - sat[y0, x0 + bx] - sat[y0 + by, x0] + sat[y0, x0]
                 s = float(total) / (bz * by * bx)
-                if s < min_score:
-                    continue
                 region = (slice(z0, z0 + bz), slice(y0, y0 + by), slice(x0, x0 + bx))
                 center = (z0 + bz // 2, y0 + by // 2, x0 + bx // 2)
                 spots.append((UncertainSpot(s, region, center), (iz, iy, ix)))
+                if lower:
+                    local = (slice(None), region[1], region[2])
+                    merge.append(float(np.mean([
+                        minority_voxels(seg[region], lab_slab[local]) for seg in lower
+                    ])) / (bz * by * bx))
+    if lower:  # the two terms in units of their volume means, added
+        split_mean = float(np.mean([sp.score for sp, _ in spots])) or 1.0
+        merge_mean = float(np.mean(merge)) or 1.0
+        for (sp, _), m in zip(spots, merge, strict=True):
+            sp.score = sp.score / split_mean + m / merge_mean
+    spots = [item for item in spots if item[0].score >= min_score]
     spots.sort(key=lambda item: -item[0].score)
     kept: dict[tuple[int, int, int], UncertainSpot] = {}
     for spot, (iz, iy, ix) in spots:

@@ -17,6 +17,7 @@ from napari_tokenunify import proofread as pr
 from .base import Panel, is_affinity_layer, is_volume_layer, layer_combo
 from .checks import LayerError, labels_in_memory, layer_array, require_affinities, require_labels
 from .notify import reporting, show_info
+from .segment_panel import in_memory_limit
 from .view import go_to
 
 SEEDS_LAYER = "split seeds"
@@ -95,6 +96,7 @@ class ProofreadPanel(Panel):
         self._spots: list[pr.UncertainSpot] = []
         self._spot_index = -1
         self._spots_key: Any = None
+        self._ranked_by = ""
         self._bound: Any = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -260,10 +262,17 @@ class ProofreadPanel(Panel):
                 break
         return layer, data, 0.5 if threshold is None else threshold
 
+    def _agglomerator(self, affs_layer: Any) -> Any:
+        """The merge history Segment kept for this affinity layer (its key there), or None."""
+        return self.session.agglomerators.get(f"{affs_layer.name}:{id(affs_layer)}")
+
     def next_spot(self, *_: Any) -> None:
         """Visit the next place to check: full blocks ranked by the boundaries between the
-        labels' segments whose affinities sit near the merge decision (by plain affinity
-        uncertainty when no labels layer matches); ranked once per affinity + labels layer."""
+        labels' segments whose affinities sit near the merge decision plus the segments that
+        merged only close to the threshold (``proofread.uncertainty_ranking`` with Segment's
+        merge history, built here when there is none and the volume fits in memory); by plain
+        affinity uncertainty when no labels layer matches. Ranked once per affinity + labels
+        layer."""
         with reporting("Next place to check"):
             affs_layer = self.affinities.value
             affs = require_affinities(affs_layer)
@@ -275,13 +284,24 @@ class ProofreadPanel(Panel):
                     return
                 self.status.value = "ranking the places to check…"
 
+                agg = self._agglomerator(affs_layer) if labels is not None else None
+                build = agg is None and labels is not None and int(np.prod(affs.shape[1:])) <= in_memory_limit()
+                by = ("affinity uncertainty" if labels is None else "segment boundaries and merges"
+                      if agg is not None or build else "segment boundaries")
+
                 def rank(progress=None, cancel=None):
+                    a = agg
+                    if build:
+                        from napari_tokenunify.engine.agglomerate import Agglomerator
+
+                        a = Agglomerator(np.asarray(affs), max_threshold=threshold or 0.5)
                     return pr.uncertainty_ranking(
-                        affs, top=200, labels=labels, threshold=threshold or 0.5
+                        affs, top=200, labels=labels, threshold=threshold or 0.5, agglomerator=a
                     )
 
                 def done(spots):
                     self._spots, self._spot_index, self._spots_key = spots, -1, key
+                    self._ranked_by = by
                     self.next_spot()
 
                 self.run(rank, "Rank places to check", on_result=done, show_progress=False)
@@ -295,9 +315,8 @@ class ProofreadPanel(Panel):
             if self.viewer.dims.ndim >= 4:  # keep the affinity channel the user is looking at
                 channel = int(round(float(affs_layer.world_to_data(self.viewer.dims.point[-4:])[0])))
             self._go_to(affs_layer, (channel, *spot.center), [1, *spot.extent])
-            by = "segment boundaries" if labels is not None else "affinity uncertainty"
             self.status.value = (
-                f"place {self._spot_index + 1} of {len(self._spots)} ({by}, score "
+                f"place {self._spot_index + 1} of {len(self._spots)} ({self._ranked_by}, score "
                 f"{spot.score:.3f}): block {'×'.join(str(e) for e in spot.extent)} centred at "
                 f"z,y,x {spot.center}"
             )

@@ -1,0 +1,424 @@
+#!/usr/bin/env python
+"""Correct, finetune, predict again: how fast a few corrections adapt a model to a volume it
+was not trained on (issue 14, item 1), and whether *Next place to check* points at errors
+(item 4, ``--ranking``).
+
+**The loop** (default mode). For each ``--volume`` (a crop of ``quality_sets``):
+
+1. predict it with ``--model`` through the library (the card's normalisation and tiles; the
+   card's test-time flips unless ``--tta``) and segment at the card's threshold: *before*;
+2. "correct" a share of it (``--share``, default a tenth), the way a user's edits end up: the
+   ground truth copied into a region of the labels, that region the finetuning mask. Two
+   regions, each its own run: ``slab`` (a contiguous slab at the start of the volume's longest
+   axis) and ``blocks`` (the top blocks of *Next place to check* on the *before* segmentation,
+   as many as make the same share);
+3. finetune from the model with ``finetune(...)`` and the defaults of ``FinetuneConfig()`` (what
+   ``tokenunify finetune`` and the widget's Finetune start from), stopped by ``--budget``
+   seconds of training (``time_budget_s``);
+4. predict the whole volume again with the finetuned model (same flips) and segment it at the
+   finetuned card's threshold: *after*;
+5. score *before* and *after* only on the voxels that were never corrected (VOI split + merge,
+   ARAND; ground-truth label 0 ignored, as ``bench_quality`` scores). Also printed: the score at
+   the best of ``quality_sets.THRESHOLDS`` on that part (an oracle, for reference only).
+
+Default volumes: ``medulla-dense z90-119`` (a ``quality_sets.VALIDATION`` crop; the bundled
+default of sessions 1-6 never saw ``medulla-dense``; a default retrained on ``quality_sets.TRAIN``
+has seen its sections 0-85, never these), and ``medulla-labeled/test`` (``quality_sets.TEST``:
+the kind of volume the default was trained for, where finetuning must not make things worse).
+"The other way round" (a model trained on ``medulla-dense`` adapted to ``medulla-labeled``) is
+the same command with ``--model`` a ``medulla-dense`` model.
+
+**The ranking** (``--ranking``). On each volume (the two ``VALIDATION`` crops; ``--test`` adds
+the test volume, reported only), the full blocks of ``proofread.block_grid`` are ranked by
+``proofread.uncertainty_ranking`` (with the *before* labels at the card's threshold and their
+agglomerator, as the widget ranks after Segment; with the labels only; without labels) and the error density of the top ``--top`` blocks (10) is compared with that of
+``--top`` random full blocks of the same grid, averaged over ``--draws`` draws (seeds 0, 1, ...).
+
+*Error density* of a set of blocks = error voxels / counted voxels, summed over the blocks.
+Counted voxels: ground truth not 0, and, where the ground truth is dense (under 1 % of voxels 0,
+so membranes belong to bodies), not on a ground-truth boundary (a voxel with a 6-neighbour of
+another id), so that a one-voxel shift of a correct boundary is no error. Two definitions:
+
+- *in-block* (the criterion): the errors a proofreader sees in the block. Within the block, a
+  counted voxel is a merge error when its segment's largest ground-truth body in the block is
+  another body, and a split error when its body's largest segment in the block is another
+  segment; error = merge or split.
+- *whole-volume*: the same with the majorities taken over the whole volume: every voxel of a
+  body merged into a larger one is an error, however far from where the two touch (so a block
+  deep inside it counts as erroneous though nothing there can be seen or corrected).
+
+  python benchmarks/bench_adapt.py --ranking [--test] [--tta none]
+  python benchmarks/bench_adapt.py --budget 300 [--model default] [--volume NAME ...] [--tta none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import quality_sets as qs  # noqa: E402
+
+Region = tuple[slice, slice, slice]
+DEFAULT_VOLUMES = ("medulla-dense z90-119", "medulla-labeled/test")
+BLOCK = (8, 32, 32)  # the widget's block (uncertainty_ranking's default)
+#: the rankings compared: with labels and an agglomerator (what the widget ranks by after
+#: Segment), with labels only, with neither
+SIGNALS = ("boundaries + merges", "segment boundaries", "affinity uncertainty")
+
+
+# -- error densities ---------------------------------------------------------------------------
+def counted_voxels(gt: np.ndarray) -> np.ndarray:
+    """Voxels an error density counts: ground truth not 0 and, for dense ground truth (under 1 %
+    zeros), not on a ground-truth boundary (a 6-neighbour with another id)."""
+    keep = gt != 0
+    if np.mean(~keep) >= 0.01:
+        return keep
+    for axis in range(gt.ndim):
+        here = [slice(None)] * gt.ndim
+        there = [slice(None)] * gt.ndim
+        here[axis], there[axis] = slice(1, None), slice(None, -1)
+        edge = gt[tuple(here)] != gt[tuple(there)]
+        keep[tuple(here)] &= ~edge
+        keep[tuple(there)] &= ~edge
+    return keep
+
+
+def error_voxels(seg: np.ndarray, gt: np.ndarray, counted: np.ndarray | None = None) -> np.ndarray:
+    """Boolean map of merge or split error voxels among ``counted`` (default ``gt != 0``):
+    merge: the voxel's segment has another ground-truth body as its largest one; split: the
+    voxel's body has another segment as its largest one (majorities over the given arrays)."""
+    counted = gt != 0 if counted is None else counted
+    out = np.zeros(gt.shape, dtype=bool)
+    if not counted.any():
+        return out
+    s = seg[counted].astype(np.int64)
+    g = gt[counted].astype(np.int64)
+    su, si = np.unique(s, return_inverse=True)
+    gu, gi = np.unique(g, return_inverse=True)
+    pairs, counts = np.unique(si * len(gu) + gi, return_counts=True)
+    ps, pg = pairs // len(gu), pairs % len(gu)
+    main_g = np.empty(len(su), dtype=np.int64)
+    order = np.lexsort((-counts, ps))  # per segment, its largest body first
+    first = np.r_[True, ps[order][1:] != ps[order][:-1]]
+    main_g[ps[order][first]] = pg[order][first]
+    main_s = np.empty(len(gu), dtype=np.int64)
+    order = np.lexsort((-counts, pg))
+    first = np.r_[True, pg[order][1:] != pg[order][:-1]]
+    main_s[pg[order][first]] = ps[order][first]
+    out[counted] = (main_g[si] != gi) | (main_s[gi] != si)
+    return out
+
+
+def block_errors(seg: np.ndarray, gt: np.ndarray, blocks: Sequence[Region],
+                 in_block: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(error voxels, counted voxels) per block, by the in-block or whole-volume definition."""
+    counted = counted_voxels(gt)
+    whole = None if in_block else error_voxels(seg, gt, counted)
+    errors, totals = [], []
+    for b in blocks:
+        err = error_voxels(seg[b], gt[b], counted[b]) if in_block else whole[b]
+        errors.append(int(err.sum()))
+        totals.append(int(counted[b].sum()))
+    return np.array(errors), np.array(totals)
+
+
+def density(errors: np.ndarray, totals: np.ndarray, idx: Sequence[int]) -> float:
+    """Error voxels per counted voxel over the blocks ``idx``."""
+    idx = np.asarray(idx, dtype=int)
+    return float(errors[idx].sum() / max(int(totals[idx].sum()), 1))
+
+
+def random_density(errors: np.ndarray, totals: np.ndarray, k: int, draws: int) -> float:
+    """Mean error density of ``k`` random blocks (without replacement), seeds 0 .. draws-1."""
+    k = min(k, len(errors))
+    return float(np.mean([density(errors, totals, np.random.default_rng(seed).choice(
+        len(errors), k, replace=False)) for seed in range(draws)]))
+
+
+# -- corrected regions -------------------------------------------------------------------------
+def slab_region(shape: Sequence[int], share: float, axis: int | None = None,
+                min_voxels: int = 0) -> Region:
+    """A slab at the start of ``axis`` (default the longest) holding ``share`` of the volume,
+    at least one section and at least ``min_voxels`` (finetuning refuses a corrected region
+    smaller than one training patch)."""
+    axis = int(np.argmax(shape)) if axis is None else int(axis)
+    plane = int(np.prod(shape)) // int(shape[axis])
+    n = max(1, int(round(share * shape[axis])), math.ceil(min_voxels / plane))
+    n = min(int(shape[axis]), n)
+    region = [slice(0, int(s)) for s in shape]
+    region[axis] = slice(0, n)
+    return tuple(region)  # type: ignore[return-value]
+
+
+def n_blocks_for(shape: Sequence[int], share: float, block: Sequence[int] = BLOCK,
+                 min_voxels: int = 0) -> int:
+    """How many blocks of ``block`` voxels make ``share`` of a volume of ``shape`` (and at
+    least ``min_voxels``)."""
+    size = int(np.prod([min(b, s) for b, s in zip(block, shape, strict=True)]))
+    return max(1, math.ceil(share * int(np.prod(shape)) / size), math.ceil(min_voxels / size))
+
+
+def regions_mask(shape: Sequence[int], regions: Sequence[Region]) -> np.ndarray:
+    """Boolean volume, True inside any of ``regions``."""
+    mask = np.zeros(tuple(int(s) for s in shape), dtype=bool)
+    for r in regions:
+        mask[r] = True
+    return mask
+
+
+def corrected_labels(seg: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The labels a user's corrections leave: the ground truth inside ``mask``, the model's
+    segmentation (ids moved past the ground truth's) elsewhere."""
+    out = seg.astype(np.uint64) + np.uint64(int(gt.max()) + 1)
+    out[seg == 0] = 0
+    out[mask] = gt[mask]
+    return out
+
+
+def score_uncorrected(seg: np.ndarray, gt: np.ndarray, corrected: np.ndarray) -> dict[str, float]:
+    """VOI (split, merge, total) and ARAND on the voxels outside ``corrected`` (label 0 ignored)."""
+    from napari_tokenunify.engine.evaluate import evaluate
+
+    scores = {k: float(v) for k, v in evaluate(seg, gt, ignore_label=0, mask=~corrected).items()}
+    scores["voi"] = scores["voi_split"] + scores["voi_merge"]
+    return scores
+
+
+# -- prediction --------------------------------------------------------------------------------
+def find_crop(name: str) -> qs.Crop:
+    """The ``quality_sets`` crop called ``name``."""
+    crops = {c.name: c for c in (*qs.VALIDATION, *qs.TEST, *qs.TRAIN)}
+    if name not in crops:
+        raise SystemExit(f"unknown volume {name!r}; choose from: {', '.join(crops)}")
+    return crops[name]
+
+
+def weights_key(model: Any) -> str:
+    """A short hash of the model's card and weights (cache key)."""
+    from napari_tokenunify.engine.predict import model_id
+
+    h = hashlib.sha256(model_id(model).encode())
+    for value in model.state_dict().values():
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def predict(model: Any, raw: np.ndarray, tta: str, cache: Path | None = None,
+            name: str = "") -> tuple[np.ndarray, float]:
+    """Affinities (float32) of ``raw`` and the seconds taken (0 when read from ``cache``)."""
+    from napari_tokenunify.engine.predict import predict_affinities
+
+    path = None
+    if cache is not None:
+        tag = hashlib.sha256(f"{name}|{raw.shape}|{tta}".encode()).hexdigest()[:12]
+        path = cache / f"affs-{weights_key(model)}-{tag}.npy"
+        if path.exists():
+            return np.load(path), 0.0
+    t0 = time.perf_counter()
+    affs = np.asarray(predict_affinities(raw, model, device="cpu", dtype="float32", tta=tta))
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, affs)
+    return affs, seconds
+
+
+def segment_at(affs: np.ndarray, threshold: float) -> tuple[np.ndarray, Any]:
+    """Labels at ``threshold`` and the agglomerator (for other thresholds)."""
+    from napari_tokenunify.engine.agglomerate import Agglomerator
+
+    agg = Agglomerator(affs, max_threshold=max(max(qs.THRESHOLDS), threshold))
+    return agg.segment(threshold), agg
+
+
+def oracle(agg: Any, gt: np.ndarray, corrected: np.ndarray) -> dict[str, float]:
+    """The best VOI over ``quality_sets.THRESHOLDS`` on the uncorrected part (reference only)."""
+    rows = [dict(score_uncorrected(agg.segment(t), gt, corrected), threshold=t) for t in qs.THRESHOLDS]
+    return min(rows, key=lambda r: r["voi"])
+
+
+def flips(model: Any, tta: str | None) -> str:
+    card = getattr(model, "card", None)
+    return tta or (card.recommended_tta if card is not None else "none")
+
+
+# -- the two modes -----------------------------------------------------------------------------
+def bench_ranking(model_name: str, volumes: Sequence[str], *, tta: str | None, top: int,
+                  draws: int, cache: Path | None) -> dict:
+    """Error density of the top ``top`` ranked blocks against random ones, per volume."""
+    from napari_tokenunify import proofread as pr
+    from napari_tokenunify.model import load_model
+
+    model = load_model(model_name, device="cpu")
+    mode = flips(model, tta)
+    threshold = model.card.recommended_threshold
+    results = {}
+    for name in volumes:
+        raw, gt = find_crop(name).load()
+        affs, seconds = predict(model, raw, mode, cache, name)
+        seg, agg = segment_at(affs, threshold)
+        grid = pr.block_grid(gt.shape, BLOCK)
+        index = {tuple((r.start, r.stop) for r in b): i for i, b in enumerate(grid)}
+        row: dict[str, Any] = {"shape": list(gt.shape), "blocks": len(grid), "predict_s": seconds}
+        for definition in ("in-block", "whole-volume"):
+            errors, totals = block_errors(seg, gt, grid, in_block=definition == "in-block")
+            rnd = random_density(errors, totals, top, draws)
+            row[definition] = {"all": density(errors, totals, range(len(grid))), "random": rnd}
+            for signal in SIGNALS:
+                labels = None if signal == "affinity uncertainty" else seg
+                spots = pr.uncertainty_ranking(affs, BLOCK, top=top, labels=labels, threshold=threshold,
+                                               agglomerator=agg if signal == "boundaries + merges" else None)
+                idx = [index[tuple((r.start, r.stop) for r in s.region)] for s in spots]
+                d = density(errors, totals, idx)
+                row[definition][signal] = {"top": d, "ratio": d / rnd if rnd > 0 else float("inf")}
+        results[name] = row
+    return {"model": model_name, "tta": mode, "threshold": threshold, "top": top, "draws": draws,
+            "volumes": results}
+
+
+def print_ranking(res: dict) -> None:
+    print(f"model {res['model']} (flips {res['tta']}, threshold {res['threshold']}); top {res['top']} "
+          f"blocks of {'x'.join(map(str, BLOCK))} against {res['top']} random ones ({res['draws']} draws)")
+    print(f"{'volume':<34} {'errors':<13} {'signal':<21} {'top':>6} {'random':>7} {'ratio':>6}")
+    for name, row in res["volumes"].items():
+        for definition in ("in-block", "whole-volume"):
+            d = row[definition]
+            for signal in SIGNALS:
+                print(f"{name:<34} {definition:<13} {signal:<21} {d[signal]['top']:6.3f} "
+                      f"{d['random']:7.3f} {d[signal]['ratio']:6.2f}")
+
+
+def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, budget: float,
+               tta: str | None, cache: Path | None, before: dict | None = None) -> dict:
+    """One correct → finetune → predict-again run; ``before`` reuses the first prediction."""
+    import torch
+
+    from napari_tokenunify import proofread as pr
+    from napari_tokenunify.model import load_model
+    from napari_tokenunify.training.config import FinetuneConfig
+    from napari_tokenunify.training.finetune import finetune
+
+    raw, gt = find_crop(name).load()
+    model = load_model(model_name, device="cpu")
+    mode = flips(model, tta)
+    t_before = model.card.recommended_threshold
+    if before is None:
+        affs, seconds = predict(model, raw, mode, cache, name)
+        seg, agg = segment_at(affs, t_before)
+        before = {"affs": affs, "seg": seg, "agg": agg, "predict_s": seconds}
+    config = FinetuneConfig().with_(time_budget_s=budget)
+    patch = config.patch_shape or tuple(model.card.patch_size)
+    need = int(np.prod(patch))  # finetuning refuses a corrected region under one patch
+    if region_kind == "slab":
+        regions = [slab_region(gt.shape, share, min_voxels=need)]
+    elif region_kind == "blocks":
+        k = n_blocks_for(gt.shape, share, BLOCK, min_voxels=need)
+        spots = pr.uncertainty_ranking(before["affs"], BLOCK, top=k, labels=before["seg"],
+                                       threshold=t_before, agglomerator=before["agg"])
+        regions = [s.region for s in spots]
+    else:
+        raise ValueError(f"unknown region kind {region_kind!r}: slab or blocks")
+    corrected = regions_mask(gt.shape, regions)
+    labels = corrected_labels(before["seg"], gt, corrected)
+    t0 = time.perf_counter()
+    tuned = finetune(raw, labels, mask=corrected.astype(np.float32), init=model, config=config,
+                     device="cpu", name=f"bench-adapt-{region_kind}")
+    train_s = time.perf_counter() - t0
+    t_after = tuned.card.recommended_threshold
+    with torch.no_grad():
+        affs_after, predict_after_s = predict(tuned, raw, mode)
+    seg_after, agg_after = segment_at(affs_after, t_after)
+    info = getattr(tuned, "training_info", {}) or {}
+    return {
+        "volume": name, "region": region_kind, "model": model_name, "tta": mode,
+        "share_corrected": float(corrected.mean()), "n_regions": len(regions),
+        "budget_s": budget, "train_s": train_s, "steps": info.get("steps"),
+        "predict_before_s": before["predict_s"], "predict_after_s": predict_after_s,
+        "threshold_before": t_before, "threshold_after": t_after,
+        "before": score_uncorrected(before["seg"], gt, corrected),
+        "after": score_uncorrected(seg_after, gt, corrected),
+        "before_best": oracle(before["agg"], gt, corrected),
+        "after_best": oracle(agg_after, gt, corrected),
+        "config": config.to_dict(),
+        "_before": before,
+    }
+
+
+def print_adapt(rows: list[dict]) -> None:
+    print(f"{'volume':<24} {'region':<7} {'share':>6} {'steps':>5} {'train s':>7} "
+          f"{'VOI before':>10} {'after':>6} {'ARAND before':>12} {'after':>6} {'t':>9} "
+          f"{'best-t VOI before/after':>24}")
+    for r in rows:
+        b, a = r["before"], r["after"]
+        print(f"{r['volume'][-24:]:<24} {r['region']:<7} {r['share_corrected']:6.3f} {r['steps']!s:>5} "
+              f"{r['train_s']:7.0f} {b['voi']:10.3f} {a['voi']:6.3f} {b['arand']:12.3f} {a['arand']:6.3f} "
+              f"{r['threshold_before']:4g}/{r['threshold_after']:<4g} "
+              f"{r['before_best']['voi']:11.3f} / {r['after_best']['voi']:.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="bundled name or model folder (default: default)")
+    p.add_argument("--ranking", action="store_true", help="measure Next place to check instead")
+    p.add_argument("--test", action="store_true", help="--ranking: add the test volume (reported only)")
+    p.add_argument("--volume", nargs="+", default=None,
+                   help=f"quality_sets crops (default: {', '.join(DEFAULT_VOLUMES)}; "
+                   "--ranking: the validation crops)")
+    p.add_argument("--regions", nargs="+", default=["slab", "blocks"], choices=["slab", "blocks"])
+    p.add_argument("--share", type=float, default=0.1, help="share of the volume corrected")
+    p.add_argument("--budget", type=float, default=300.0, help="seconds of finetuning (time_budget_s)")
+    p.add_argument("--tta", default=None, choices=["none", "yx", "zyx"], help="override the card's flips")
+    p.add_argument("--top", type=int, default=10, help="--ranking: blocks compared")
+    p.add_argument("--draws", type=int, default=100, help="--ranking: random draws averaged")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tokenunify-bench-adapt",
+                   help="where the first predictions are kept between runs ('' for none)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+    missing = [c.name for c in (*qs.VALIDATION, *qs.TEST) if not c.available()]
+    if missing:
+        sys.exit(f"shared data missing for {missing}: put it at {qs.DATA} or set TOKENUNIFY_SHARED_DATA")
+    if args.threads:
+        import torch
+
+        os.environ["TOKENUNIFY_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+    cache = args.cache if str(args.cache) else None
+    print(f"threads {os.environ.get('TOKENUNIFY_THREADS') or os.environ.get('OMP_NUM_THREADS') or 'default'}, "
+          f"model {args.model}")
+    if args.ranking:
+        volumes = args.volume or [c.name for c in qs.VALIDATION] + ([c.name for c in qs.TEST] if args.test else [])
+        res = bench_ranking(args.model, volumes, tta=args.tta, top=args.top, draws=args.draws, cache=cache)
+        print_ranking(res)
+    else:
+        rows = []
+        for name in args.volume or DEFAULT_VOLUMES:
+            before = None
+            for kind in args.regions:
+                row = adapt_case(args.model, name, kind, share=args.share, budget=args.budget,
+                                 tta=args.tta, cache=cache, before=before)
+                before = row.pop("_before")
+                rows.append(row)
+                print_adapt([row])
+        print()
+        print_adapt(rows)
+        res = {"runs": rows}
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
