@@ -47,8 +47,9 @@ def test_segment_uses_the_threshold_recorded_with_the_affinities(tmp_path, capsy
     assert "model card" not in capsys.readouterr().err
 
 
-def test_demo_auto_sample_prefers_real_data(shared_data, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("TOKENUNIFY_SHARED_DATA", str(shared_data))
+def test_demo_auto_sample_is_the_shipped_real_crop(tmp_path, capsys, monkeypatch):
+    """The real sample ships inside the package: the demo needs no ../shared/data."""
+    monkeypatch.setenv("TOKENUNIFY_SHARED_DATA", str(tmp_path / "nowhere"))
     assert main(["demo", str(tmp_path / "demo"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "sample: medulla" in out and "at threshold" in out and "VOI split" in out

@@ -1,9 +1,9 @@
 """``tokenunify demo OUT``: the whole pipeline on the bundled sample, with its scores.
 
-The sample (``--sample auto``, the default) is a crop of the real FIB-SEM test volume in
-../shared/data when it is present — the default model was trained on that kind of data and never
-on this volume — and otherwise the synthetic EM volume from :mod:`napari_tokenunify.synthetic`
-(always there, deterministic); both have dense ground truth, so VOI/ARAND are printed.
+The sample (``--sample auto`` or ``medulla``, the default) is the real FIB-SEM crop shipped in the
+package (:mod:`napari_tokenunify.samples`: gala's test volume, which the default model never
+trained on); ``--sample synthetic`` is the synthetic EM volume from
+:mod:`napari_tokenunify.synthetic`. Both have ground truth, so VOI/ARAND are printed.
 The agglomeration threshold defaults to the one the model card recommends.
 The model is the bundled ``default``; while none is bundled, a freshly built ``tiny`` model
 (random weights) stands in with a clear warning, so the command still runs end to end.
@@ -12,7 +12,6 @@ The model is the bundled ``default``; while none is bundled, a freshly built ``t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,36 +27,19 @@ from .engine_common import (
 SAMPLE_SHAPE = (32, 128, 128)
 
 
-def medulla_path() -> Path:
-    root = Path(os.environ.get("TOKENUNIFY_SHARED_DATA",
-                               Path(__file__).resolve().parents[3].parent / "shared" / "data"))
-    return root / "medulla-labeled"
-
-
 def resolve_sample(which: str) -> str:
-    """``auto`` → ``medulla`` when the real data is present, else ``synthetic``."""
-    if which != "auto":
-        return which
-    return "medulla" if (medulla_path() / "test-image.h5").exists() else "synthetic"
+    """``auto`` → ``medulla``: the real sample shipped with the package is always there."""
+    return "medulla" if which == "auto" else which
 
 
 def load_sample(which: str):
     """(image, ground truth, voxel size nm) of the demo sample."""
     which = resolve_sample(which)
     if which == "medulla":
-        folder = medulla_path()
-        if not (folder / "test-image.h5").exists():
-            raise FileNotFoundError(
-                f"the real sample is not at {folder} (set TOKENUNIFY_SHARED_DATA); use "
-                "--sample synthetic"
-            )
-        import h5py
+        from ..samples import medulla_sample
 
-        with h5py.File(folder / "test-image.h5", "r") as f:
-            image = f["stack"][:32, :100, :128]
-        with h5py.File(folder / "test-gt.lzf.h5", "r") as f:
-            gt = f["stack"][:32, :100, :128].astype("uint32")
-        return image, gt, (10.0, 10.0, 10.0)
+        sample = medulla_sample()
+        return sample.image, sample.labels, sample.voxel_size
     from ..synthetic import make_synthetic_volume
 
     vol = make_synthetic_volume(SAMPLE_SHAPE, seed=0)
@@ -120,8 +102,8 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample and score it")
     p.add_argument("output", help="folder for the image, affinities, labels and ground truth")
     p.add_argument("--sample", choices=["auto", "synthetic", "medulla"], default="auto",
-                   help="auto (default): a crop of the real FIB-SEM test volume in "
-                        "../shared/data when present, else the synthetic volume")
+                   help="auto or medulla (default): the real FIB-SEM crop shipped with the "
+                        "package; synthetic: the synthetic volume")
     p.add_argument("--model", default=None, help="model to use instead of the bundled default")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--threshold", type=float, default=None,
