@@ -250,3 +250,16 @@ def test_labels_opened_from_a_file_can_be_proofread(docked, notes, tmp_path, suf
     edited.undo()
     np.testing.assert_array_equal(edited.data, truth)
     assert widget.autosaver.pending == 1
+
+
+def test_split_that_leaves_a_tiny_piece_says_so(proof, notes):
+    """Issue 15, defect 1: the widget said "split label 6 into [6, 61]" over a one-voxel piece."""
+    viewer, widget, panel, layer = proof
+    labels = np.zeros((4, 24, 32), np.uint32)
+    labels[:, :, :20] = 6
+    labels[0, 0, 25] = 6  # a stray voxel of label 6
+    layer.data = labels
+    viewer.add_points(np.array([[2, 12, 10], [0, 0, 25]], dtype=float), ndim=3, name=SEEDS_LAYER)
+    panel.split()
+    assert "fewer than 10 voxels" in panel.status.value
+    assert notes.has("Split", "fewer than 10 voxels", "undo")

@@ -35,6 +35,8 @@ class Edit:
     before: np.ndarray
     after: np.ndarray
     ids: tuple[int, ...] = ()
+    #: what the user should know about the result (e.g. a degenerate split piece); "" if nothing
+    warning: str = ""
 
     @property
     def changed(self) -> np.ndarray:
@@ -179,6 +181,11 @@ def split_label(
     given, else on the image (EM membranes are dark, so dark = high), else on the inverted
     distance to the label's border. The first seed keeps the old id; the others get fresh ids.
     Voxels no seed can reach (other pieces of a disconnected label) keep the old id.
+
+    Each seed floods from the whole catchment basin it falls in (see :func:`seed_markers`), not
+    from its single voxel: a seed clicked on or near a membrane sits high on the elevation, and a
+    one-voxel marker there was flooded by the other seed (a 1-voxel piece, issue 15). A piece
+    smaller than ``MIN_PIECE`` voxels is reported in ``Edit.warning``.
     """
     _check_labels(labels)
     pts = [tuple(int(round(float(c))) for c in p) for p in seeds]
@@ -217,9 +224,8 @@ def split_label(
 
     from skimage.segmentation import watershed
 
-    markers = np.zeros(before.shape, dtype=np.int32)
-    for k, p in enumerate(pts, start=1):
-        markers[tuple(c - sl.start for c, sl in zip(p, region, strict=True))] = k
+    local = [tuple(c - sl.start for c, sl in zip(p, region, strict=True)) for p in pts]
+    markers = seed_markers(elevation, mask, local)
     pieces = watershed(elevation, markers=markers, mask=mask)
 
     fresh = next_free_id(labels)
@@ -227,7 +233,45 @@ def split_label(
     after = before.copy()
     after[mask] = new_ids[pieces[mask]]
     after[mask & (pieces == 0)] = label_id
-    return Edit("split", region, before, after, tuple(int(i) for i in new_ids[1:]))
+    sizes = np.bincount(pieces[mask].ravel(), minlength=len(pts) + 1)[1:]
+    small = [int(new_ids[k + 1]) for k, n in enumerate(sizes) if n < MIN_PIECE]
+    warning = (
+        f"piece(s) {small} have fewer than {MIN_PIECE} voxels ({', '.join(str(int(n)) for n in sizes)}"
+        " voxels per piece): no boundary separates those seeds; undo (Ctrl-Z) and place the seeds "
+        "deeper inside each neuron, or paint the split"
+    ) if small else ""
+    return Edit("split", region, before, after, tuple(int(i) for i in new_ids[1:]), warning)
+
+
+#: split pieces smaller than this many voxels are reported as degenerate
+MIN_PIECE = 10
+
+
+def seed_markers(elevation: np.ndarray, mask: np.ndarray, seeds: Sequence[tuple[int, ...]]) -> np.ndarray:
+    """Watershed markers (1..n) for seed points: the catchment basin of ``elevation`` (inside
+    ``mask``) that each seed falls in. Seeds that share a basin (no ridge between them) share it
+    out by distance: each gets the basin's voxels nearer to it than to the others."""
+    from skimage.segmentation import watershed
+
+    basins = watershed(elevation, mask=mask)  # one basin per local minimum
+    flat = mask & (basins == 0)  # no minimum found (a flat elevation): its connected pieces
+    if flat.any():
+        pieces, _ = ndi.label(flat)
+        basins = np.where(pieces > 0, pieces + basins.max(), basins)
+    owner = np.array([int(basins[p]) for p in seeds])
+    markers = np.zeros(mask.shape, dtype=np.int32)
+    for b in np.unique(owner[owner > 0]):
+        ks = np.flatnonzero(owner == b)
+        voxels = np.argwhere(basins == b)
+        if len(ks) == 1:
+            markers[tuple(voxels.T)] = ks[0] + 1
+            continue
+        pts = np.array([seeds[k] for k in ks], dtype=np.float64)
+        d = ((voxels[:, None, :] - pts[None, :, :]) ** 2).sum(axis=2)
+        markers[tuple(voxels.T)] = ks[np.argmin(d, axis=1)] + 1
+    for k, p in enumerate(seeds, start=1):  # every seed keeps at least its own voxel
+        markers[p] = k
+    return markers
 
 
 def apply_edit(labels: np.ndarray, edit: Edit) -> np.ndarray:

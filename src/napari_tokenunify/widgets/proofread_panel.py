@@ -16,7 +16,7 @@ from napari_tokenunify import proofread as pr
 
 from .base import Panel, is_affinity_layer, is_volume_layer, layer_combo
 from .checks import LayerError, labels_in_memory, layer_array, require_affinities, require_labels
-from .notify import reporting, show_info
+from .notify import reporting, show_info, show_warning
 from .segment_panel import in_memory_limit
 from .view import go_to
 
@@ -215,7 +215,10 @@ class ProofreadPanel(Panel):
                 affinities=require_affinities(affs, data.shape) if affs is not None else None,
                 image=layer_array(image) if affs is None and image is not None else None,
             )
-            self._apply(layer, edit, f"split label {edit.ids[0]} into {list(edit.ids)}")
+            message = f"split label {edit.ids[0]} into {list(edit.ids)}"
+            self._apply(layer, edit, f"{message}; {edit.warning}" if edit.warning else message)
+            if edit.warning:
+                show_warning(f"Split: {edit.warning}")
             seeds.data = np.zeros((0, 3))
 
     def delete(self, *_: Any) -> None:
