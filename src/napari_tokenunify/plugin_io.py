@@ -178,10 +178,10 @@ def affinity_layer(path: Path, dataset: str | None = None, *, store: bool = Fals
     if is_large(data.shape, data.dtype):  # a lazy pyramid: napari reads only the visible tile
         kwargs["multiscale"] = True
         if store:  # only finished blocks are read (a partial store is mostly empty chunks)
-            from .io.store_view import StoreView, store_pyramid
+            from .io.store_view import StoreView, store_layer_data, store_pyramid
 
-            data = store_pyramid(StoreView(path, data.shape, data.dtype, name=raw.dataset or "affinities"),
-                                 voxel)
+            view = StoreView(path, data.shape, data.dtype, name=raw.dataset or "affinities")
+            data = store_layer_data(store_pyramid(view, voxel))
         else:
             data = lazy_pyramid(data, voxel)
     return (data, kwargs, "image")

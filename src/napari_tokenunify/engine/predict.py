@@ -7,6 +7,7 @@ voxel_size_nm), ``valid_shape(shape)`` and ``input_divisor``.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -346,10 +347,11 @@ class PredictionPlan:
 def plan_prediction(
     image, model, *, out=None, tile_shape=None, halo=None, dtype="float16", roi=None,
     roi_only=False, crop=None, voxel_size=None, overwrite=False, tta="none",
-    norm: IntensityRange | None = None,
+    norm: IntensityRange | None = None, first_point: Sequence[float] | None = None,
 ) -> PredictionPlan:
     """Check the inputs, lay out the tiles and open (or resume) the output (``norm``: the
-    intensity range, when decided already; else from the image and the card)."""
+    intensity range, when decided already; else from the image and the card; ``first_point``:
+    the block holding it goes first, see ``predict_affinities``)."""
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype must be one of {OUT_DTYPES}, got {dtype!r}")
     shape = tuple(int(s) for s in image.shape)
@@ -365,9 +367,10 @@ def plan_prediction(
     if norm is None:
         norm = intensity_range(image, getattr(model_card(model), "normalization", None))
     n_ch = len(offsets)
-    blocks = order_blocks(grid.blocks(), roi)
-    if roi is not None and roi_only:
-        blocks = [b for b in blocks if boxes_intersect(b.core, roi)]
+    if roi is not None and roi_only:  # only the blocks in view are listed (a large volume has millions)
+        blocks = order_blocks(grid.blocks_meeting(roi), roi, first_point)
+    else:
+        blocks = order_blocks(grid.blocks(), roi, first_point)
     store = None
     if out is not None:
         settings = prediction_settings(model, shape, tile, halo, crop, dtype, norm, tta)
@@ -407,6 +410,7 @@ def predict_affinities(
     tta: str | None = None,
     rescale: bool = True,
     info: dict[str, Any] | None = None,
+    first_point: Sequence[float] | None = None,
 ):
     """Predict affinities (C, Z, Y, X) for ``image`` (z, y, x) tile by tile.
 
@@ -415,7 +419,8 @@ def predict_affinities(
       to return a numpy array.
     - ``dtype``: "float16", "float32" or "uint8" (affinity × 255, rounded).
     - ``roi``: a box (z, y, x) predicted first (nearest its centre first); with ``roi_only`` the
-      rest is left for a later call. ``crop``: predict only this box (the output has its shape,
+      rest is left for a later call; ``first_point`` (z, y, x voxels, e.g. the centre of the
+      view) puts the block holding it first. ``crop``: predict only this box (the output has its shape,
       the context around it is still read from the image).
     - a 2D image is predicted as a single section: the output is (C, 1, Y, X).
     - ``cancel`` is checked before every batch of tiles (one tile on CPU by default).
@@ -446,7 +451,7 @@ def predict_affinities(
         return run_plan(img, plan, predictor, progress=progress, cancel=cancel)
 
     common = dict(out=out, tile_shape=tile_shape, halo=halo, dtype=dtype, roi=roi,
-                  roi_only=roi_only, crop=crop, overwrite=overwrite)
+                  roi_only=roi_only, crop=crop, overwrite=overwrite, first_point=first_point)
     if plan_rs is None:
         return on_grid(image, voxel_size=validate_voxel_size(voxel_size), **common)
     return predict_rescaled(image, model, plan_rs, on_grid, tta=tta, progress=progress,
@@ -514,7 +519,7 @@ def predict_rescaled(
     image, model, plan_rs: Rescale, on_grid: Callable[..., Any], *, out=None, tile_shape=None,
     halo=None, dtype="float16", roi=None, roi_only=False, crop=None, overwrite=False,
     tta="none", progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-    client=None,
+    client=None, first_point: Sequence[float] | None = None,
 ):
     """Predict ``image`` on the model's grid through ``on_grid(view, **plan_kwargs)`` (which plans
     and runs the model-grid prediction, here or on a cluster) and map the affinities back to the
@@ -535,13 +540,17 @@ def predict_rescaled(
     norm = intensity_range(image, getattr(model_card(model), "normalization", None))
     chunk = _map_back_chunks(region, factors)
     cgrid = tuple(-(-r // c) for r, c in zip(region, chunk, strict=True))
+    index_ranges = [range(n) for n in cgrid]
+    if roi is not None and roi_only:  # only the chunks in view are listed
+        index_ranges = [range(max(0, (r0 - a) // c), min(n, -(-(r1 - a) // c)))
+                        for (r0, r1), (a, _), c, n in zip(roi, crop, chunk, cgrid, strict=True)]
     chunks = [
         Block(ix, box, box)
-        for ix in np.ndindex(*cgrid)
+        for ix in itertools.product(*index_ranges)
         for box in [tuple((a + i * c, min(a + (i + 1) * c, b))
                           for i, c, (a, b) in zip(ix, chunk, crop, strict=True))]
     ]
-    chunks = order_blocks(chunks, roi)
+    chunks = order_blocks(chunks, roi, first_point)
     if roi is not None and roi_only:
         chunks = [b for b in chunks if boxes_intersect(b.core, roi)]
     crop_m = source_box(crop, factors, m_shape)
@@ -568,9 +577,13 @@ def predict_rescaled(
         target = np.zeros((n_ch,) + region, dtype=dtype)
     todo = [b for b in chunks if b.index not in done]
     if todo:
+        point_m = None
+        if first_point is not None:  # the same point on the model's grid
+            near = tuple((int(p), int(p) + 1) for p in first_point)
+            point_m = tuple((a + b) / 2 for a, b in source_box(near, factors, m_shape))
         grid_kw = dict(tile_shape=tile_shape, halo=halo, dtype=grid_dtype, roi=roi_m,
                        roi_only=roi_only, crop=crop_m, voxel_size=plan_rs.model_voxel_size,
-                       norm=norm)
+                       norm=norm, first_point=point_m)
         view = ResampledView(image, factors)
         if out is None:
             source = on_grid(view, out=None, overwrite=False, **grid_kw)

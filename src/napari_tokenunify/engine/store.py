@@ -21,6 +21,8 @@ import numpy as np
 DONE = "done"
 #: above this many voxels (~0.5 GB per float32 channel) the CLI and the widget segment blockwise
 IN_MEMORY_MAX_VOXELS = 2**27
+#: grids with more blocks than this find their finished blocks by listing files
+LIST_DONE_ABOVE = 2**14
 
 
 class StoreExists(FileExistsError):
@@ -194,6 +196,15 @@ class BlockStore:
         self.done[tuple(index)] = 1
 
     def done_indices(self) -> set[tuple[int, ...]]:
+        """The finished blocks. Large grids are listed from the ``done`` folder (a byte per
+        block read one chunk at a time costs minutes for the millions of blocks of a large
+        volume); small ones, or a layout the listing does not know, are read."""
+        if int(np.prod(self.done.shape)) > LIST_DONE_ABOVE:
+            from ..io.store_view import stored_chunk_indices
+
+            listed = stored_chunk_indices(self.done)
+            if listed is not None:
+                return listed
         return {tuple(int(i) for i in ix) for ix in np.argwhere(self.done[...] > 0)}
 
     @property

@@ -139,23 +139,44 @@ class TileGrid:
     def blocks(self) -> list[Block]:
         return [self.block(ix) for ix in product(*(range(n) for n in self.grid_shape))]
 
+    def blocks_meeting(self, box: Box) -> list[Block]:
+        """The blocks whose core meets ``box`` (volume coordinates), found from the grid's index
+        ranges: a view of a large volume never lists the millions of blocks of the volume."""
+        ranges = []
+        for (a, b), o, c, n in zip(box, self.origin, self.core_shape, self.grid_shape, strict=False):
+            lo = max(0, (int(a) - o) // c)
+            hi = min(n, -(-(int(b) - o) // c))
+            ranges.append(range(lo, hi))
+        return [blk for blk in (self.block(ix) for ix in product(*ranges))
+                if boxes_intersect(blk.core, box)]
+
+    def index_of(self, point: Sequence[float]) -> tuple[int, int, int]:
+        """The grid index of the block whose core holds ``point`` (clipped to the grid)."""
+        return tuple(
+            int(min(max((float(p) - o) // c, 0), n - 1))
+            for p, o, c, n in zip(point, self.origin, self.core_shape, self.grid_shape, strict=False)
+        )
+
 
 def boxes_intersect(a: Box, b: Box) -> bool:
     return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b, strict=False))
 
 
-def order_blocks(blocks: Sequence[Block], first: Box | None = None) -> list[Block]:
-    """Blocks that meet ``first`` (e.g. the region in view), nearest its centre first, then the
-    rest in grid order. Without ``first`` the grid order is kept."""
+def order_blocks(blocks: Sequence[Block], first: Box | None = None,
+                 point: Sequence[float] | None = None) -> list[Block]:
+    """Blocks that meet ``first`` (e.g. the region in view), nearest ``point`` (default: the
+    centre of ``first``; e.g. the centre of the view) first, the block holding it before all,
+    then the rest in grid order. Without ``first`` the grid order is kept."""
     if first is None:
         return list(blocks)
-    centre = np.array([(a + b) / 2 for a, b in first])
+    centre = np.array([(a + b) / 2 for a, b in first] if point is None else point, dtype=float)
     inside = [b for b in blocks if boxes_intersect(b.core, first)]
     outside = [b for b in blocks if not boxes_intersect(b.core, first)]
 
-    def dist(b: Block) -> float:
+    def dist(b: Block) -> tuple[bool, float]:
+        holds = all(x0 <= p < x1 for p, (x0, x1) in zip(centre, b.core, strict=False))
         c = np.array([(x0 + x1) / 2 for x0, x1 in b.core])
-        return float(np.sum((c - centre) ** 2))
+        return (not holds, float(np.sum((c - centre) ** 2)))
 
     return sorted(inside, key=dist) + outside
 
