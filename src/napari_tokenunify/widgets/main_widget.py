@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from .autosave import Autosaver
+from .reader_preference import prefer_our_reader
 from .state import Session, SessionEvents, edit_log_for
 from .workers import cancel_all_and_wait
 
@@ -64,6 +65,7 @@ class TokenUnifyWidget(QWidget):
         self.autosaver = Autosaver(autosave_interval_s, image_for=self._image_for)
         self.panels: dict[str, Any] = {}
         self._closed = False
+        prefer_our_reader()  # File > Open of .h5/.n5 uses our reader, not imageio's
 
         inner = QWidget()
         inner_layout = QVBoxLayout(inner)
