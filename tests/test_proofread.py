@@ -386,3 +386,18 @@ def test_degenerate_split_piece_is_reported():
     assert "fewer than 10 voxels" in edit.warning and "undo" in edit.warning
     ok = pr.split_label(labels, [(0, 4, 1), (0, 4, 8)])
     assert ok.warning == ""
+
+
+def test_boundary_ranking_counts_both_faces_of_a_slab():
+    """A wall between two sections that is also a block face counts for both blocks (read
+    slab by slab, the ranking equals the whole-volume boundary map averaged per block)."""
+    labels = np.ones((16, 32, 32), dtype=np.uint32)
+    labels[8:] = 2  # the wall between sections 7 and 8: the face of both z blocks
+    affs = np.full((3, 16, 32, 32), 0.99, dtype=np.float32)
+    affs[0, 8] = 0.7
+    spots = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None, labels=labels, threshold=0.3)
+    whole = pr.boundary_uncertainty(affs, labels, 0.3)
+    assert len(spots) == 2
+    for spot in spots:
+        assert spot.score == pytest.approx(float(whole[spot.region].mean()))
+        assert spot.score > 0

@@ -519,13 +519,14 @@ def uncertainty_ranking(
     spots: list[tuple[UncertainSpot, tuple[int, int, int]]] = []
     merge: list[float] = []
     for iz, z0 in enumerate(block_starts(vol[0], bz)):
-        lo = max(z0 - 1, 0)  # one section more: the boundaries across the slab's first face
-        slab = np.asarray(affinities[:, lo : z0 + bz], dtype=np.float32)
+        # one section more each side: the boundaries across the slab's two faces count too
+        lo, hi = max(z0 - 1, 0), min(z0 + bz + 1, vol[0])
+        slab = np.asarray(affinities[:, lo:hi], dtype=np.float32)
         if labels is None:
             u = np.minimum(slab, 1.0 - slab).mean(axis=0)
         else:
-            u = boundary_uncertainty(slab, np.asarray(labels[lo : z0 + bz]), threshold)
-        u = u[z0 - lo :]
+            u = boundary_uncertainty(slab, np.asarray(labels[lo:hi]), threshold)
+        u = u[z0 - lo : z0 - lo + bz]
         lab_slab = np.asarray(labels[z0 : z0 + bz]) if lower else None
         cum = u.sum(axis=0)  # (Y, X): block sums from a summed-area table
         sat = np.zeros((vol[1] + 1, vol[2] + 1), dtype=np.float64)
