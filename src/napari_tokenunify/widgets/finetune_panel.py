@@ -29,15 +29,51 @@ REGIONS = ("edited regions", "box", "whole volume")
 DEFAULTS = FinetuneConfig()  # the CLI's defaults too (cli/cmd_finetune.py)
 
 
+def _luminance(rgb: tuple[float, float, float]) -> float:
+    """WCAG relative luminance of an sRGB colour (0..1 channels)."""
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(a: Any, b: Any) -> float:
+    """WCAG contrast ratio of two colours (anything matplotlib reads): 1 (none) to 21."""
+    from matplotlib.colors import to_rgb
+
+    la, lb = sorted((_luminance(to_rgb(a)), _luminance(to_rgb(b))), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def theme_colours(theme_id: str | None) -> dict[str, str]:
+    """The loss plot's colours from a napari theme: its background, its text for ticks and
+    labels, and its accent for the curve (mixed towards the text where the accent is too pale on
+    the background, as the light theme's is)."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(theme_id or "dark")
+        bg, text = theme.background.as_hex(), theme.text.as_hex()
+        line, edge = theme.current.as_hex(), theme.icon.as_hex()
+    except Exception:  # noqa: BLE001 (no napari theme of that name: matplotlib's own look)
+        bg, text, line, edge = "#ffffff", "#000000", "#1f77b4", "#000000"
+    mix = 0.0
+    while contrast(line, bg) < 3.0 and mix < 1.0:
+        mix += 0.25
+        line = to_hex([(1 - mix) * a + mix * b for a, b in zip(to_rgb(line), to_rgb(text), strict=True)])
+    return {"background": bg, "text": text, "line": line, "edge": edge}
+
+
 class LossPlot:
-    """A small matplotlib canvas with the loss curve.
+    """A small matplotlib canvas with the loss curve, in the viewer's theme colours (and
+    following a change of theme).
 
     Drawing happens in the GUI thread, so it is kept cheap: a fixed layout (``tight_layout``
     doubled the cost) and at most one redraw per ``min_interval_s`` (measured: 30-60 ms a draw on
     a busy 2-core machine; redrawing every step made one 100-190 ms stall per step).
     """
 
-    def __init__(self, min_interval_s: float = 1.0) -> None:
+    def __init__(self, min_interval_s: float = 1.0, viewer: Any = None) -> None:
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
@@ -45,6 +81,7 @@ class LossPlot:
         self.figure.subplots_adjust(left=0.2, right=0.97, top=0.95, bottom=0.27)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(120)
+        self.canvas.setMinimumWidth(120)  # shrinks with a narrow dock (its own hint is 300 px)
         self.ax = self.figure.add_subplot(111)
         (self.line,) = self.ax.plot([], [], lw=1)
         self.ax.set_xlabel("step", fontsize=7)
@@ -52,6 +89,31 @@ class LossPlot:
         self.ax.tick_params(labelsize=6)
         self.min_interval_s = min_interval_s
         self._last_draw = 0.0
+        self.colours: dict[str, str] = {}
+        self.viewer = viewer
+        self.set_theme(getattr(viewer, "theme", None))
+        theme_event = getattr(getattr(viewer, "events", None), "theme", None)
+        if theme_event is not None:
+            theme_event.connect(self._on_theme)
+
+    def _on_theme(self, event: Any) -> None:
+        try:
+            self.set_theme(getattr(event, "value", None) or getattr(self.viewer, "theme", None))
+        except RuntimeError:  # the canvas was deleted with the widget
+            pass
+
+    def set_theme(self, theme_id: str | None) -> None:
+        """Colour the figure, axes, ticks, labels and curve from napari theme ``theme_id``."""
+        c = self.colours = theme_colours(theme_id)
+        self.figure.set_facecolor(c["background"])
+        self.ax.set_facecolor(c["background"])
+        self.ax.tick_params(colors=c["text"], labelcolor=c["text"])
+        for spine in self.ax.spines.values():
+            spine.set_color(c["edge"])
+        self.ax.xaxis.label.set_color(c["text"])
+        self.ax.yaxis.label.set_color(c["text"])
+        self.line.set_color(c["line"])
+        self.canvas.draw_idle()
 
     def show(self, losses: list[float], force: bool = False) -> bool:
         """Update the curve; returns whether it was redrawn (skipped if drawn very recently)."""
@@ -100,7 +162,7 @@ class FinetunePanel(Panel):
                 self.holdout, self.name, self.start_btn, self.cancel_btn,
             ]
         )
-        self.plot = LossPlot()
+        self.plot = LossPlot(viewer=viewer)
         self._layout.addWidget(self.plot.canvas)
         self.after = type(self.form)(labels=True, widgets=[
             self.save_dir, self.save_btn, self.use_btn, self.again_btn, self.compare_btn, self.status,

@@ -11,10 +11,11 @@ from functools import partial
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from .autosave import Autosaver
+from .help_text import apply_help
 from .reader_preference import prefer_our_reader
 from .state import Session, SessionEvents, edit_log_for
 from .workers import cancel_all_and_wait
@@ -53,6 +54,55 @@ def painted_region(atoms: list) -> tuple[slice, ...] | None:
     return tuple(slice(x, y) for x, y in zip(lo, hi, strict=True))
 
 
+#: napari's default width of a dock widget on the right (the sections fit it without scrolling)
+DEFAULT_DOCK_WIDTH = 377
+QWIDGETSIZE_MAX = (1 << 24) - 1
+
+
+class Section(QCollapsible):
+    """A collapsible section whose content, once expanded, takes the height it needs: a status
+    line that wraps onto more lines is not cut off (``QCollapsible`` fixes the height it had
+    when expanded)."""
+
+    def _expand_collapse(self, direction: Any, animate: bool = True, emit: bool = True) -> None:
+        super()._expand_collapse(direction, animate, emit)
+        if not animate and self.isExpanded():
+            self.content().setMaximumHeight(QWIDGETSIZE_MAX)
+
+    def _on_animation_done(self) -> None:
+        super()._on_animation_done()
+        if self.isExpanded():
+            self.content().setMaximumHeight(QWIDGETSIZE_MAX)
+
+
+def fit_width(panel: QWidget) -> None:
+    """Let a section shrink to a narrow dock: layer and choice boxes size to a few characters
+    rather than their longest item (a long layer name would widen the dock), and text lines
+    (status, paths) wrap, anywhere in a long path, instead of widening it."""
+    from magicgui.widgets import Label
+
+    for combo in panel.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(10)
+    for value in vars(panel).values():
+        if isinstance(value, Label) and isinstance(value.native, QLabel):
+            wrap_label(value.native)
+            row = value.native.parentWidget()
+            if not value.label and row is not None:  # a status line: the whole row, no indent
+                for lab in row.findChildren(QLabel):
+                    if lab is not value.native and lab.parentWidget() is row and not lab.text():
+                        lab.hide()
+
+
+def wrap_label(label: QLabel) -> None:
+    """A word-wrapped QLabel that grows in height, not width (magicgui makes labels Fixed)."""
+    label.setWordWrap(True)
+    policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+    policy.setHeightForWidth(True)
+    label.setSizePolicy(policy)
+    label.setMinimumWidth(40)
+
+
 class TokenUnifyWidget(QWidget):
     """One dock widget with a collapsible section per step of the workflow."""
 
@@ -69,10 +119,16 @@ class TokenUnifyWidget(QWidget):
 
         inner = QWidget()
         inner_layout = QVBoxLayout(inner)
+        inner_layout.setContentsMargins(2, 2, 2, 2)
+        self.sections: dict[str, Section] = {}
         for cls in _panel_classes():
             panel = cls(self.viewer, self.session, self.events)
             self.panels[cls.title] = panel
-            section = QCollapsible(cls.title)
+            section = Section(cls.title)
+            section.layout().setContentsMargins(2, 2, 2, 2)
+            self.sections[cls.title] = section
+            fit_width(panel)
+            apply_help(cls.title, panel, header=section.toggleButton())
             section.addWidget(panel)
             inner_layout.addWidget(section)
             if cls.title in ("Model", "Predict", "Segment"):
@@ -81,6 +137,7 @@ class TokenUnifyWidget(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(inner)
+        self.scroll = scroll
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(scroll)
