@@ -60,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"real EM data not found at {DATA} (set TOKENUNIFY_SHARED_DATA)")
 
     import napari
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     from napari_tokenunify.model import build_model, load_model
-    from napari_tokenunify.widgets.main_widget import TokenUnifyWidget
+    from napari_tokenunify.widgets.main_widget import DEFAULT_DOCK_WIDTH, TokenUnifyWidget
 
     tmp = Path(tempfile.mkdtemp(prefix="tokenunify-shot-"))
     os.environ.setdefault("TOKENUNIFY_AUTOSAVE_DIR", str(tmp / "autosave"))
@@ -71,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window._qt_window.resize(1600, 900)
     app = QApplication.instance()
     widget = TokenUnifyWidget(viewer)
-    widget.setMinimumWidth(430)
-    viewer.window.add_dock_widget(widget, name="TokenUnify", area="right")
+    dock = viewer.window.add_dock_widget(widget, name="TokenUnify", area="right")
+    # napari's default dock width, which the sections fit without a horizontal scrollbar
+    viewer.window._qt_window.resizeDocks([dock], [DEFAULT_DOCK_WIDTH], Qt.Orientation.Horizontal)
 
     choice = args.model
     model = None
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     viewer.dims.set_point(0, image.data.shape[0] // 2)
     viewer.reset_view()
     _settle(app, 1.5)
+    print(f"dock width: {dock.width()} px; horizontal scrollbar: "
+          f"{widget.scroll.horizontalScrollBar().isVisible()}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out), canvas_only=False, flash=False)

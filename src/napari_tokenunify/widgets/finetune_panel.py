@@ -87,6 +87,7 @@ class LossPlot:
         self.ax.set_xlabel("step", fontsize=7)
         self.ax.set_ylabel("loss", fontsize=7)
         self.ax.tick_params(labelsize=6)
+        self.ax.xaxis.get_major_locator().set_params(integer=True)  # steps: no 1.5
         self.min_interval_s = min_interval_s
         self._last_draw = 0.0
         self.colours: dict[str, str] = {}
