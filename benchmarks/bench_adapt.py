@@ -264,7 +264,7 @@ def bench_ranking(model_name: str, volumes: Sequence[str], *, tta: str | None, t
     model = load_model(model_name, device="cpu")
     mode = flips(model, tta)
     threshold = model.card.recommended_threshold
-    results = {}
+    results: dict[str, Any] = {}
     for name in volumes:
         raw, gt = find_crop(name).load()
         affs, seconds = predict(model, raw, mode, cache, name)
@@ -284,12 +284,12 @@ def bench_ranking(model_name: str, volumes: Sequence[str], *, tta: str | None, t
                 d = density(errors, totals, idx)
                 row[definition][signal] = {"top": d, "ratio": d / rnd if rnd > 0 else float("inf")}
         results[name] = row
-    return {"model": model_name, "tta": mode, "threshold": threshold, "top": top, "draws": draws,
-            "volumes": results}
+    return {"model": model_name, "model_key": weights_key(model), "tta": mode, "threshold": threshold,
+            "top": top, "draws": draws, "volumes": results}
 
 
 def print_ranking(res: dict) -> None:
-    print(f"model {res['model']} (flips {res['tta']}, threshold {res['threshold']}); top {res['top']} "
+    print(f"model {res['model']} [{res['model_key']}] (flips {res['tta']}, threshold {res['threshold']}); top {res['top']} "
           f"blocks of {'x'.join(map(str, BLOCK))} against {res['top']} random ones ({res['draws']} draws)")
     print(f"{'volume':<34} {'errors':<13} {'signal':<21} {'top':>6} {'random':>7} {'ratio':>6}")
     for name, row in res["volumes"].items():
@@ -301,8 +301,10 @@ def print_ranking(res: dict) -> None:
 
 
 def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, budget: float,
-               tta: str | None, cache: Path | None, before: dict | None = None) -> dict:
-    """One correct → finetune → predict-again run; ``before`` reuses the first prediction."""
+               tta: str | None, cache: Path | None, before: dict | None = None,
+               model: Any = None) -> dict:
+    """One correct → finetune → predict-again run; ``before`` reuses the first prediction and
+    ``model`` the loaded starting model (never changed: finetuning trains a copy)."""
     import torch
 
     from napari_tokenunify import proofread as pr
@@ -311,7 +313,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
     from napari_tokenunify.training.finetune import finetune
 
     raw, gt = find_crop(name).load()
-    model = load_model(model_name, device="cpu")
+    model = load_model(model_name, device="cpu") if model is None else model
     mode = flips(model, tta)
     t_before = model.card.recommended_threshold
     if before is None:
@@ -342,7 +344,8 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
     seg_after, agg_after = segment_at(affs_after, t_after)
     info = getattr(tuned, "training_info", {}) or {}
     return {
-        "volume": name, "region": region_kind, "model": model_name, "tta": mode,
+        "volume": name, "region": region_kind, "model": model_name, "model_key": weights_key(model),
+        "tta": mode,
         "share_corrected": float(corrected.mean()), "n_regions": len(regions),
         "budget_s": budget, "train_s": train_s, "steps": info.get("steps"),
         "predict_before_s": before["predict_s"], "predict_after_s": predict_after_s,
@@ -357,12 +360,12 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
 
 
 def print_adapt(rows: list[dict]) -> None:
-    print(f"{'volume':<24} {'region':<7} {'share':>6} {'steps':>5} {'train s':>7} "
+    print(f"{'volume':<30} {'region':<7} {'share':>6} {'steps':>5} {'train s':>7} "
           f"{'VOI before':>10} {'after':>6} {'ARAND before':>12} {'after':>6} {'t':>9} "
           f"{'best-t VOI before/after':>24}")
     for r in rows:
         b, a = r["before"], r["after"]
-        print(f"{r['volume'][-24:]:<24} {r['region']:<7} {r['share_corrected']:6.3f} {r['steps']!s:>5} "
+        print(f"{r['volume'][-30:]:<30} {r['region']:<7} {r['share_corrected']:6.3f} {r['steps']!s:>5} "
               f"{r['train_s']:7.0f} {b['voi']:10.3f} {a['voi']:6.3f} {b['arand']:12.3f} {a['arand']:6.3f} "
               f"{r['threshold_before']:4g}/{r['threshold_after']:<4g} "
               f"{r['before_best']['voi']:11.3f} / {r['after_best']['voi']:.3f}")
@@ -403,12 +406,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = bench_ranking(args.model, volumes, tta=args.tta, top=args.top, draws=args.draws, cache=cache)
         print_ranking(res)
     else:
+        from napari_tokenunify.model import load_model
+
+        model = load_model(args.model, device="cpu")  # once: every case starts from the same
+        print(f"model key {weights_key(model)} (card threshold {model.card.recommended_threshold}, "
+              f"flips {flips(model, args.tta)})")
         rows = []
         for name in args.volume or DEFAULT_VOLUMES:
             before = None
             for kind in args.regions:
                 row = adapt_case(args.model, name, kind, share=args.share, budget=args.budget,
-                                 tta=args.tta, cache=cache, before=before)
+                                 tta=args.tta, cache=cache, before=before, model=model)
                 before = row.pop("_before")
                 rows.append(row)
                 print_adapt([row])
