@@ -410,3 +410,124 @@ def test_bad_voxel_sizes_are_refused_in_the_notification_area(docked, small_volu
     assert panel.predict() is None
     assert notes.has("Predict failed", "40000.0", "pass the data's voxel size")
     assert "odd affinities" not in viewer.layers
+
+
+def _record_writes(monkeypatch):
+    """The cores the engine writes into a store, in order (in the worker thread)."""
+    from napari_tokenunify.engine.predict import PredictionPlan
+
+    written: list = []
+    original = PredictionPlan.write
+
+    def write(self, block, result):
+        original(self, block, result)
+        if self.store is not None:  # not the preview, which is kept in memory
+            written.append(block.core)
+
+    monkeypatch.setattr(PredictionPlan, "write", write)
+    return written
+
+
+def _record_refreshes(layer, panel, written, centre):
+    """Each refresh of ``layer``: (tiles written by then, whether the view centre shows data)."""
+    seen: list = []
+    original = layer.refresh
+
+    def refresh(*args, **kwargs):
+        out = original(*args, **kwargs)
+        cz, cy, cx = (int(c) for c in centre)
+        seen.append((len(written), bool(np.asarray(panel.live[:, cz, cy, cx]).any())))
+        return out
+
+    layer.refresh = refresh
+    return seen
+
+
+def _view_near_a_corner(viewer, image):
+    """A view centred near a corner of the volume and wider than it there: the centre of the
+    visible part (clipped to the volume) lies in another tile than the centre of the view."""
+    from napari_tokenunify.widgets.view import camera, canvas_size
+
+    h, w = canvas_size(viewer) or (600, 800)
+    viewer.dims.set_point(0, 8)
+    cam = camera(viewer)
+    cam.center = (90.0, 5.0)
+    cam.zoom = min(h, w) / 120.0  # about 120 voxels across: half of it falls outside
+    from napari_tokenunify.widgets.predict_panel import view_centre
+
+    centre = view_centre(viewer, image)
+    assert abs(centre[1] - 90) < 1 and abs(centre[2] - 5) < 1
+    return centre
+
+
+def test_current_view_first_starts_at_the_view_centre_and_shows_it_at_once(
+        docked, qtbot, tmp_path, monkeypatch):
+    """Issue 16 item 3: the tile under the centre of the view is predicted (and written) first,
+    and the layer is refreshed right after it, before the next tile is done."""
+    from napari_tokenunify.engine.tiling import boxes_intersect
+    from napari_tokenunify.model import build_model
+    from napari_tokenunify.synthetic import make_synthetic_volume
+    from napari_tokenunify.widgets.view import visible_box
+
+    viewer, widget = docked
+    vol = make_synthetic_volume((16, 96, 96), seed=4)
+    image = viewer.add_image(vol.image, name="em")
+    model = build_model("tiny").eval()
+    widget.session.model = model
+    SlowCounter(model, delay_s=0.4)
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "current view first"
+    panel.tile_shape = (16, 32, 32)
+    panel.tta.value = "none"
+    panel.store.value = tmp_path / "first.zarr"
+    centre = _view_near_a_corner(viewer, image)
+    box = visible_box(viewer, image)
+    clipped_centre = [(a + b) / 2 for a, b in box]
+    written = _record_writes(monkeypatch)
+    job = panel.predict()
+    seen = _record_refreshes(panel.layer, panel, written, centre)
+    wait_job(qtbot, job)
+    assert job.error is None and len(written) == 16
+    holds = lambda core, p: all(a <= v < b for v, (a, b) in zip(p, core, strict=True))  # noqa: E731
+    assert holds(written[0], centre)
+    assert not holds(written[0], clipped_centre)  # the old order started from the visible box
+    assert all(boxes_intersect(c, box) for c in written[:4])  # the rest of the view next
+    # refreshed with the centre tile shown while it was the only one written
+    assert (1, True) in seen, seen
+    assert panel.first_tile_s is not None
+
+
+def test_flips_show_a_preview_of_the_centre_tile_first(docked, qtbot, tmp_path, monkeypatch):
+    """With test-time flips the centre tile is first predicted once without them and shown,
+    before any full-quality tile is written; the finished layer holds only the store."""
+    import zarr
+
+    from napari_tokenunify.model import build_model
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    viewer, widget = docked
+    vol = make_synthetic_volume((16, 96, 96), seed=4)
+    image = viewer.add_image(vol.image, name="em")
+    model = build_model("tiny").eval()
+    widget.session.model = model
+    counter = SlowCounter(model, delay_s=0.2)
+    panel = widget.panel("Predict")
+    pick(panel.image, image)
+    panel.scope.value = "current view only"
+    panel.tile_shape = (16, 32, 32)
+    panel.tta.value = "yx"
+    store = tmp_path / "flips-first.zarr"
+    panel.store.value = store
+    centre = _view_near_a_corner(viewer, image)
+    written = _record_writes(monkeypatch)
+    job = panel.predict()
+    seen = _record_refreshes(panel.layer, panel, written, centre)
+    wait_job(qtbot, job)
+    assert job.error is None and written
+    assert seen and seen[0] == (0, True), seen  # the preview, before any tile was written
+    assert counter.tiles == 1 + 4 * len(written)  # one preview tile without flips, then 4 each
+    assert zarr.open_group(str(store), mode="r").attrs["settings"]["tta"] == "yx"
+    assert panel.live.preview is None
+    np.testing.assert_array_equal(np.asarray(viewer.layers["em affinities"].data),
+                                  zarr.open_group(str(store), mode="r")["affinities"][...])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 
 import numpy as np
@@ -35,7 +36,7 @@ class Block:
     def core_slices(self) -> tuple[slice, slice, slice]:
         return tuple(slice(a, b) for a, b in self.core)
 
-    @property
+    @cached_property
     def core_shape(self) -> Shape3:
         return tuple(b - a for a, b in self.core)
 
@@ -103,7 +104,7 @@ class TileGrid:
             return tuple((int(a), int(b)) for a, b in self.bounds)
         return tuple((o, o + s) for o, s in zip(self.origin, self.shape, strict=False))
 
-    @property
+    @cached_property  # a frozen grid: computed once (a large volume's block() calls it often)
     def grid_shape(self) -> Shape3:
         return tuple(
             _axis_plan(s, t, h, o == lo, o + s == hi)
@@ -112,7 +113,7 @@ class TileGrid:
             )
         )
 
-    @property
+    @cached_property
     def core_shape(self) -> Shape3:
         return tuple(-(-s // n) for s, n in zip(self.shape, self.grid_shape, strict=False))
 

@@ -18,6 +18,8 @@ import re
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,8 @@ AFFINITY_SUFFIX = " affinities"
 REFRESH_MS = 500
 #: how often the GUI looks for the first tile (shown at once, not at the next throttled refresh)
 FIRST_TILE_POLL_MS = 20
-#: a whole-volume run from the viewer needs at most this many tiles (more: ``tokenunify predict``)
-MAX_VIEWER_TILES = 2**20
+#: a run from the viewer predicts at most this many tiles (more: ``tokenunify predict``)
+MAX_VIEWER_TILES = 2**18
 VIEW_SCOPES = ("current view first", "current view only")
 
 
@@ -185,6 +187,13 @@ class PredictPanel(Panel):
                         raise LayerError(why)
                     if why:  # current view first: the view only
                         roi_only, chosen["note"] = True, why.split(": choose")[0] + ": predicted the view only"
+                if roi is not None and roi_only:
+                    n_tiles = tiles_in_box(m, shape, tile, roi)
+                    if n_tiles > MAX_VIEWER_TILES:
+                        raise LayerError(
+                            f"the {'view' if point is not None else 'region'} of '{name}' needs "
+                            f"{n_tiles:,} tiles (at most {MAX_VIEWER_TILES:,} from the viewer): zoom "
+                            "in or choose a smaller region, or run `tokenunify predict`")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if point is not None and (tta != "none" or _rescales(m, voxel, shape, rescale)):
                     if not _complete_store(out):
@@ -285,11 +294,12 @@ class PredictPanel(Panel):
             layer.data = data
         elif image_layer is not None or layer is None:
             src = image_layer if image_layer is not None else self._pending_layer[0]
-            layer = self.viewer.add_image(
-                data, name=src.name + AFFINITY_SUFFIX, contrast_limits=(0, 1), colormap="magma",
-                opacity=0.6, multiscale=multiscale,
-                scale=(1, *src.scale[-3:]), translate=(0, *src.translate[-3:]),
-            )
+            with kept_view(self.viewer):  # a 4D layer would reset the view: the user's stays
+                layer = self.viewer.add_image(
+                    data, name=src.name + AFFINITY_SUFFIX, contrast_limits=(0, 1),
+                    colormap="magma", opacity=0.6, multiscale=multiscale,
+                    scale=(1, *src.scale[-3:]), translate=(0, *src.translate[-3:]),
+                )
         layer.metadata.setdefault("tokenunify", {}).update(kind="affinities", store=str(levels[0].path))
         self.layer, self.live, self.live_levels = layer, levels[0], levels
 
@@ -367,6 +377,24 @@ class PredictPanel(Panel):
             show_info(note)
 
 
+@contextmanager
+def kept_view(viewer: Any) -> Iterator[None]:
+    """Keep the camera and the shown section through the block (adding a layer with more
+    dimensions makes napari reset the view, so a second *current view* run would predict the
+    whole section)."""
+    cam = camera(viewer)
+    center, zoom, point = tuple(cam.center), float(cam.zoom), tuple(viewer.dims.point)
+    try:
+        yield
+    finally:
+        offset = viewer.dims.ndim - len(point)
+        for axis, value in enumerate(point):
+            if offset + axis not in viewer.dims.displayed:
+                viewer.dims.set_point(offset + axis, value)
+        cam = camera(viewer)
+        cam.center, cam.zoom = center, zoom
+
+
 def view_centre(viewer: Any, layer: Any) -> tuple[float, float, float]:
     """The centre of the view in ``layer``'s data voxels (z, y, x): the shown section and the
     camera's centre, clipped into the volume (in 3D display, the camera's 3D centre)."""
@@ -408,6 +436,20 @@ def whole_volume_problem(model: Any, shape: tuple[int, ...], tile: Any, out: Pat
     return (f"'{name}' ({size} voxels) is too large to predict whole from the viewer: {reason}; "
             "choose 'current view only' or 'region only', or run `tokenunify predict` "
             "(resumable, can run on a cluster)")
+
+
+def tiles_in_box(model: Any, shape: tuple[int, ...], tile: Any,
+                 box: tuple[tuple[int, int], ...]) -> int:
+    """How many tiles of the prediction grid meet ``box`` (counted from index ranges)."""
+    from napari_tokenunify.engine.predict import plan_tiles
+    from napari_tokenunify.engine.tiling import TileGrid
+
+    tile_shape, halo = plan_tiles(model, shape, tile)
+    grid = TileGrid(shape, tile_shape, halo)
+    n = 1
+    for (a, b), c, g in zip(box, grid.core_shape, grid.grid_shape, strict=True):
+        n *= max(0, min(g, -(-int(b) // c)) - max(0, int(a) // c))
+    return n
 
 
 def _rescales(model: Any, voxel: Any, shape: tuple[int, ...], rescale: bool) -> bool:
