@@ -167,3 +167,33 @@ def test_reader_opens_a_huge_zarr_as_a_lazy_pyramid(tmp_path):
     assert all(hasattr(level, "dask") for level in data)  # napari slices levels lazily
     section, peak = _peak_mb(lambda: np.asarray(data[-1][7]))
     assert section.shape == data[-1].shape[1:] and peak < 20
+
+
+def test_reader_opens_huge_labels_and_affinity_stores_as_pyramids(tmp_path):
+    """Labels and affinities of large volumes open lazily too; a Predict store's levels read
+    only its finished blocks."""
+    import zarr
+
+    from napari_tokenunify.engine.store import BlockStore
+    from napari_tokenunify.plugin_io import get_reader
+
+    labels = tmp_path / "huge-labels.zarr"
+    zarr.create_array(str(labels), shape=HUGE, chunks=(64, 512, 512), dtype="uint32", fill_value=0)
+    (data, kwargs, kind), = get_reader(str(labels))(str(labels))
+    assert kind == "labels" and kwargs["multiscale"] and tuple(data[0].shape) == HUGE
+
+    shape, chunks = (3, *HUGE), (3, 14, 70, 70)
+    grid = tuple(-(-s // c) for s, c in zip(shape[1:], chunks[1:], strict=True))
+    store = BlockStore.create(tmp_path / "huge-affinities.zarr", "affinities", shape=shape,
+                              chunks=chunks, dtype="float16", grid_shape=grid, settings={},
+                              attrs={"kind": "affinities", "tokenunify": {"kind": "affinities"}})
+    store.array[:, 0:14, 0:70, 0:70] = 0.5
+    store.mark_done((0, 0, 0))
+    path = str(tmp_path / "huge-affinities.zarr")
+    t0 = time.perf_counter()
+    (data, kwargs, kind), = get_reader(path)(path)
+    assert kind == "image" and kwargs["multiscale"] and tuple(data[0].shape) == shape
+    coarse, peak = _peak_mb(lambda: np.asarray(data[-1][:, 0]))
+    assert time.perf_counter() - t0 < 10 and peak < 20
+    step = HUGE[1] // data[-1].shape[2] + 1  # 64: voxels 0 and 64 of the finished block
+    assert step == 64 and (coarse[:, :2, :2] == 0.5).all() and coarse.sum() == 0.5 * 12
