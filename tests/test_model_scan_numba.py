@@ -153,24 +153,29 @@ def test_selection(kernels, monkeypatch):
     assert scan_backend(cpu) == "torch"
 
 
-def test_network_numba_equals_chunked(kernels, monkeypatch):
+def test_network_numba_equals_the_sequential_scan(kernels, monkeypatch):
+    """The whole network with the numba scan against the plain sequential recurrence ("ref"),
+    forward and backward; the chunked torch scan is shown beside it: its float32 chunk products
+    put its gradients 2.4e-4 (relative) off the reference on this machine, numba's 2e-6."""
     from napari_tokenunify.model import build_model
 
     torch.manual_seed(0)
     net = build_model("tiny")
     x = torch.rand(1, 1, 16, 32, 32)
     outs, grads = {}, {}
-    for backend in ("torch", "numba"):
+    for backend in ("ref", "torch", "numba"):
         monkeypatch.setenv("TOKENUNIFY_SCAN", backend)
         net.zero_grad()
         out = net(x)
         out.square().mean().backward()
         outs[backend] = out.detach()
         grads[backend] = torch.cat([p.grad.flatten() for p in net.parameters()])
-    assert _rel(outs["numba"], outs["torch"]) < 1e-5
+    assert _rel(outs["numba"], outs["ref"]) < 1e-5
+    assert _rel(outs["torch"], outs["ref"]) < 1e-4
     # all gradients together (some biases before normalisations have gradients that are zero
     # up to rounding; per-tensor relative errors of those mean nothing)
-    assert _rel(grads["numba"], grads["torch"]) < 1e-4
+    assert _rel(grads["numba"], grads["ref"]) < 2e-5
+    assert _rel(grads["numba"], grads["ref"]) <= _rel(grads["torch"], grads["ref"])
 
 
 # --- the fallback --------------------------------------------------------------------------
