@@ -88,10 +88,12 @@ class Panel(QWidget):
 
         p = job._latest
         where = f" after {p.done}/{p.total}" if p is not None and p.total else ""
-        if isinstance(job.error, Cancelled):
-            status.value = f"{job.name}: cancelled{where}"
-        else:
-            status.value = f"{job.name} failed{where} (see the notification)"
+        text = (f"{job.name}: cancelled{where}" if isinstance(job.error, Cancelled)
+                else f"{job.name} failed{where} (see the notification)")
+        try:
+            status.value = text
+        except RuntimeError:  # the section was closed (viewer closed) before the job ended
+            pass
 
     def current_job(self) -> Job | None:
         return self.jobs[-1] if self.jobs else None
