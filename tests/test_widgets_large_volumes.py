@@ -60,6 +60,7 @@ def test_predict_on_a_huge_image_predicts_the_view_and_refuses_the_whole(
         docked, huge_zarr, qtbot, notes, tmp_path):
     from napari_tokenunify.model import build_model
     from napari_tokenunify.progress import Cancelled
+    from napari_tokenunify.widgets.checks import LayerError
     from napari_tokenunify.widgets.view import camera, canvas_size
 
     viewer, widget = docked
@@ -77,9 +78,9 @@ def test_predict_on_a_huge_image_predicts_the_view_and_refuses_the_whole(
 
     panel.scope.value = "whole volume"
     panel.store.value = tmp_path / "whole.zarr"
-    job = wait_job(qtbot, panel.predict())
-    assert job.error is not None and not isinstance(job.error, Cancelled)
+    assert panel.predict() is None  # refused before anything starts
     assert notes.has("too large to predict whole", "current view only", "tokenunify predict")
+    assert image.name + " affinities" not in viewer.layers
 
     panel.scope.value = "current view only"
     store = tmp_path / "view.zarr"
@@ -104,5 +105,8 @@ def test_predict_on_a_huge_image_predicts_the_view_and_refuses_the_whole(
     camera(viewer).zoom = 0.03  # the whole section in view: millions of tiles
     panel.scope.value = "current view only"
     panel.store.value = tmp_path / "zoomed-out.zarr"
+    assert panel.predict() is None and notes.has("tiles", "zoom in")
+    # with the bundled default not loaded yet, the same checks run in the worker
+    widget.session.model = None
     job = wait_job(qtbot, panel.predict())
-    assert job.error is not None and notes.has("tiles", "zoom in")
+    assert isinstance(job.error, LayerError) and not isinstance(job.error, Cancelled)

@@ -125,6 +125,8 @@ class PredictPanel(Panel):
         self.tile_shape: tuple[int, int, int] | None = None  # engine default; tests use small tiles
         self.layer: Any = None
         self.live: LiveArray | None = None
+        self.live_levels: list[LiveArray] = []
+        self.first_tile_s: float | None = None  # last run: Predict pressed -> first tile shown
 
     def _set_tta(self, value: str) -> None:
         self.session.tta = value
@@ -166,8 +168,10 @@ class PredictPanel(Panel):
             info: dict[str, Any] = {"voxel_size": voxel}
             self.status.value = f"writing to {out}"
             chosen: dict[str, Any] = {"out": out, "tta": tta}  # the store used: see _follow_store
-            first: dict[str, float] = {}  # "at": when the first tile (or its preview) was ready
+            first: dict[str, Any] = {}  # "at": when the first tile (or its preview) was ready
             scope, name = self.scope.value, image_layer.name
+            if model is not None:  # refused before any layer is added
+                roi_only = viewer_limits(model, shape, tile, out, name, scope, roi, roi_only, chosen)
             self._show_store(image_layer, out, model, shape)
 
             def work(progress=None, cancel=None):
@@ -181,19 +185,8 @@ class PredictPanel(Panel):
 
                     m = load_model("default", device=device)
                 nonlocal roi_only
-                if roi is None or not roi_only:  # the whole volume: can the viewer do it?
-                    why = whole_volume_problem(m, shape, tile, out, name)
-                    if why and scope == "whole volume":
-                        raise LayerError(why)
-                    if why:  # current view first: the view only
-                        roi_only, chosen["note"] = True, why.split(": choose")[0] + ": predicted the view only"
-                if roi is not None and roi_only:
-                    n_tiles = tiles_in_box(m, shape, tile, roi)
-                    if n_tiles > MAX_VIEWER_TILES:
-                        raise LayerError(
-                            f"the {'view' if point is not None else 'region'} of '{name}' needs "
-                            f"{n_tiles:,} tiles (at most {MAX_VIEWER_TILES:,} from the viewer): zoom "
-                            "in or choose a smaller region, or run `tokenunify predict`")
+                if model is None:  # checked here once the default is loaded
+                    roi_only = viewer_limits(m, shape, tile, out, name, scope, roi, roi_only, chosen)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if point is not None and (tta != "none" or _rescales(m, voxel, shape, rescale)):
                     if not _complete_store(out):
@@ -231,7 +224,7 @@ class PredictPanel(Panel):
         """Refresh the layer as soon as the first tile (or its preview) is ready, not at the next
         throttled refresh; ``first_tile_s`` is then the time from pressing Predict."""
         pressed = time.perf_counter()
-        self.first_tile_s: float | None = None
+        self.first_tile_s = None
         timer = QTimer(self)
         timer.setInterval(FIRST_TILE_POLL_MS)
 
@@ -438,6 +431,28 @@ def whole_volume_problem(model: Any, shape: tuple[int, ...], tile: Any, out: Pat
             "(resumable, can run on a cluster)")
 
 
+def viewer_limits(model: Any, shape: tuple[int, ...], tile: Any, out: Path, name: str,
+                  scope: str, roi: Any, roi_only: bool, chosen: dict[str, Any]) -> bool:
+    """What a run from the viewer may do (the new ``roi_only``): a whole large volume (see
+    :func:`whole_volume_problem`) is refused for *whole volume* and cut to the view for *current
+    view first* (the reason goes to ``chosen["note"]``); a view or region of more than
+    ``MAX_VIEWER_TILES`` tiles is refused (``LayerError``)."""
+    if roi is None or not roi_only:
+        why = whole_volume_problem(model, shape, tile, out, name)
+        if why and scope == "whole volume":
+            raise LayerError(why)
+        if why:
+            roi_only, chosen["note"] = True, why.split(": choose")[0] + ": predicted the view only"
+    if roi is not None and roi_only:
+        n_tiles = tiles_in_box(model, shape, tile, roi)
+        if n_tiles > MAX_VIEWER_TILES:
+            where = "view" if scope in VIEW_SCOPES else "region"
+            raise LayerError(
+                f"the {where} of '{name}' needs {n_tiles:,} tiles (at most {MAX_VIEWER_TILES:,} "
+                "from the viewer): zoom in or choose a smaller region, or run `tokenunify predict`")
+    return roi_only
+
+
 def tiles_in_box(model: Any, shape: tuple[int, ...], tile: Any,
                  box: tuple[tuple[int, int], ...]) -> int:
     """How many tiles of the prediction grid meet ``box`` (counted from index ranges)."""
@@ -507,7 +522,9 @@ def preview_tile(image: Any, model: Any, point: tuple[float, ...], *, tile: Any 
     box = preview_box(model, shape, point, tile, plan.factors if plan is not None else None)
     predictor = TilePredictor(model, device=device, tta="none")
     limit_torch_threads()  # the predictor set all cores; leave one to the GUI
-    with warnings.catch_warnings():  # the run itself says it (voxel size, resampling)
+    # the run itself warns about the voxel size and resampling; said once is enough (the filter
+    # is process-wide for the ~1 s of the preview)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         affs = predict_affinities(image, model, out=None, crop=box, tile_shape=tile,
                                   predictor=predictor, voxel_size=voxel_size, rescale=rescale,
