@@ -302,7 +302,7 @@ def print_ranking(res: dict) -> None:
 
 def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, budget: float,
                tta: str | None, cache: Path | None, before: dict | None = None,
-               model: Any = None) -> dict:
+               model: Any = None, overrides: dict | None = None) -> dict:
     """One correct → finetune → predict-again run; ``before`` reuses the first prediction and
     ``model`` the loaded starting model (never changed: finetuning trains a copy)."""
     import torch
@@ -320,7 +320,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         affs, seconds = predict(model, raw, mode, cache, name)
         seg, agg = segment_at(affs, t_before)
         before = {"affs": affs, "seg": seg, "agg": agg, "predict_s": seconds}
-    config = FinetuneConfig().with_(time_budget_s=budget)
+    config = FinetuneConfig().with_(**{**(overrides or {}), "time_budget_s": budget})
     patch = config.patch_shape or tuple(model.card.patch_size)
     need = int(np.prod(patch))  # finetuning refuses a corrected region under one patch
     if region_kind == "slab":
@@ -347,7 +347,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         "volume": name, "region": region_kind, "model": model_name, "model_key": weights_key(model),
         "tta": mode,
         "share_corrected": float(corrected.mean()), "n_regions": len(regions),
-        "budget_s": budget, "train_s": train_s, "steps": info.get("steps"),
+        "budget_s": budget, "config_overrides": dict(overrides or {}), "train_s": train_s, "steps": info.get("steps"),
         "predict_before_s": before["predict_s"], "predict_after_s": predict_after_s,
         "threshold_before": t_before, "threshold_after": t_after,
         "before": score_uncorrected(before["seg"], gt, corrected),
@@ -371,6 +371,20 @@ def print_adapt(rows: list[dict]) -> None:
               f"{r['before_best']['voi']:11.3f} / {r['after_best']['voi']:.3f}")
 
 
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``["lr=2e-4", "ema=0.99"]`` → ``{"lr": 0.0002, "ema": 0.99}`` (numbers where they parse)."""
+    out: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes NAME=VALUE, got {item!r}")
+        try:
+            out[name] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[name] = None if value == "none" else value
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="bundled name or model folder (default: default)")
@@ -382,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--regions", nargs="+", default=["slab", "blocks"], choices=["slab", "blocks"])
     p.add_argument("--share", type=float, default=0.1, help="share of the volume corrected")
     p.add_argument("--budget", type=float, default=300.0, help="seconds of finetuning (time_budget_s)")
+    p.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="FinetuneConfig fields instead of their defaults (to compare candidates), "
+                        "e.g. --set lr=2e-4 ema=0.99")
     p.add_argument("--tta", default=None, choices=["none", "yx", "zyx"], help="override the card's flips")
     p.add_argument("--top", type=int, default=10, help="--ranking: blocks compared")
     p.add_argument("--draws", type=int, default=100, help="--ranking: random draws averaged")
@@ -416,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = None
             for kind in args.regions:
                 row = adapt_case(args.model, name, kind, share=args.share, budget=args.budget,
-                                 tta=args.tta, cache=cache, before=before, model=model)
+                                 tta=args.tta, cache=cache, before=before, model=model,
+                                 overrides=parse_overrides(args.set))
                 before = row.pop("_before")
                 rows.append(row)
                 print_adapt([row])
