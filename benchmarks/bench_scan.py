@@ -14,7 +14,7 @@ of ours; ``--network`` times a whole ``tiny`` forward + backward and forward on 
         [--threads 2] [--backward] [--network]
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (napari_tokenunify before torch, on purpose)
 
 import argparse
 import math
@@ -22,6 +22,7 @@ import os
 import platform
 import time
 
+import napari_tokenunify  # noqa: F401  (before torch: OpenMP waits passively, see threads.py)
 import torch
 import torch.nn.functional as F
 

@@ -14,6 +14,7 @@ rm -rf "$VENV"
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
 
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # see src/napari_tokenunify/threads.py
 set +e
 "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
 rc=$?

@@ -225,3 +225,25 @@ def test_cache_dir_defaults_to_a_user_folder(kernels):
     st = scan_numba.load()
     assert st["compile_s"] > 0 and isinstance(st["cached"], bool)
     assert "kernels" in st["reason"] and ("compiled" in st["reason"] or "cache" in st["reason"])
+
+
+def test_spinning_openmp_makes_the_scan_use_numbas_workqueue_threads(kernels):
+    """torch imported before the package (OpenMP spins): numba must not add a spinning OpenMP
+    pool of its own (it slowed torch's ops 15x after each scan); imported first: the default."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import {first}, {second}; from napari_tokenunify.model import scan_numba; "
+            "scan_numba.load(); import numba; print(numba.config.THREADING_LAYER)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER")}
+
+    def layer(first: str, second: str) -> str:
+        out = subprocess.run([sys.executable, "-c", code.format(first=first, second=second)],
+                             env=env, capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[-1], out.stderr
+
+    late, why = layer("torch", "napari_tokenunify")
+    assert late == "workqueue" and "OMP_WAIT_POLICY=PASSIVE" in why
+    early, _ = layer("napari_tokenunify", "torch")
+    assert early == "default"

@@ -42,6 +42,11 @@ def passive_wait_policy() -> bool:
     return True
 
 
+def spinning_waits() -> bool:
+    """Whether OpenMP threads in this process spin while waiting (the policy is not PASSIVE)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+
+
 def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """CPUs allowed by a cgroup quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), else None."""
     try:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 _lock = threading.Lock()
+_run_lock = threading.Lock()  # one kernel launch at a time (the workqueue layer needs it)
 _state: dict = {}  # filled by load(): kernels or the reason they are unavailable
 
 
@@ -55,6 +56,17 @@ def _build():
     import numba
     import numpy as np
 
+    from ..threads import spinning_waits
+
+    if spinning_waits() and not os.environ.get("NUMBA_THREADING_LAYER"):
+        # torch was loaded before this package could make OpenMP wait passively: numba's OpenMP
+        # pool would then spin beside torch's and slow torch's own ops after every scan (15x
+        # measured, see threads.py); numba's workqueue layer has no spinning pool
+        numba.config.THREADING_LAYER = "workqueue"
+        log.warning(
+            "OpenMP threads spin while waiting (torch was imported before napari_tokenunify and "
+            "OMP_WAIT_POLICY is not PASSIVE): the numba scan uses its workqueue threads; import "
+            "napari_tokenunify first or set OMP_WAIT_POLICY=PASSIVE for full speed on a busy CPU")
     if not numba.config.CACHE_DIR:  # numba was imported before we set the variable
         numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
     from ._scan_kernels import scan_bwd, scan_fwd
@@ -162,8 +174,9 @@ def scan_forward(u, delta, A, B, C, save: bool):
     y = torch.empty(batch, d, L, dtype=torch.float32)
     _, tile = _geometry()
     hsave = torch.empty((batch, d, (L + tile - 1) // tile, n) if save else (1, 1, 1, 1))
-    _threads(st["numba"])
-    st["fwd"](*_arrays(u, delta, A, B, C), y.numpy(), hsave.numpy(), save)
+    with _run_lock:
+        _threads(st["numba"])
+        st["fwd"](*_arrays(u, delta, A, B, C), y.numpy(), hsave.numpy(), save)
     return y, (hsave if save else None)
 
 
@@ -181,9 +194,10 @@ def scan_backward(u, delta, A, B, C, hsave, gy):
     gA = torch.empty(batch, d, n)
     gBp = torch.empty(batch, g, nblk, n, L)
     gCp = torch.empty(batch, g, nblk, n, L)
-    _threads(st["numba"])
-    st["bwd"](
-        *_arrays(u, delta, A, B, C, gy, hsave),
-        gu.numpy(), gdt.numpy(), gA.numpy(), gBp.numpy(), gCp.numpy(),
-    )
+    with _run_lock:
+        _threads(st["numba"])
+        st["bwd"](
+            *_arrays(u, delta, A, B, C, gy, hsave),
+            gu.numpy(), gdt.numpy(), gA.numpy(), gBp.numpy(), gCp.numpy(),
+        )
     return gu, gdt, gA.sum(0), gBp.sum(2), gCp.sum(2)
