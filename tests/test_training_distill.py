@@ -104,7 +104,7 @@ def test_a_student_moves_toward_its_teacher(tmp_path):
     with torch.no_grad():
         before = init.eval()(x).mean().item()
     student = finetune(vol.image, vol.labels, init=init, teacher=_Constant(), distill_p=1.0,
-                       teacher_tta="none", steps=80, lr=2e-2, patch_shape=PATCH, augment=False,
+                       teacher_tta="none", steps=80, lr=2e-2, ema=None, patch_shape=PATCH, augment=False,
                        out_dir=tmp_path / "run")
     with torch.no_grad():
         after = student.eval()(x).mean().item()

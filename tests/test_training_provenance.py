@@ -44,11 +44,12 @@ def start_model(tmp_path_factory):
 
 def test_config_defaults_types_and_round_trip():
     c = FinetuneConfig()
-    assert c.steps == 500 and c.lr == 1e-3 and c.patch_shape is None and c.thresholds == DEFAULT_THRESHOLDS
+    assert c.steps == 500 and c.lr == 2e-4 and c.ema == 0.99 and c.holdout == 0.2
+    assert c.patch_shape is None and c.thresholds == DEFAULT_THRESHOLDS
     d = FinetuneConfig(patch_shape=[16, 32, 32], thresholds=[0.3], steps=10.0)
     assert d.patch_shape == PATCH and d.thresholds == (0.3,) and d.steps == 10
     assert FinetuneConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d
-    assert c.with_(lr=3e-3).lr == 3e-3 and c.lr == 1e-3  # frozen: a copy
+    assert c.with_(lr=3e-3).lr == 3e-3 and c.lr == 2e-4  # frozen: a copy
     with pytest.raises(TypeError, match="unknown finetune option"):
         c.with_(learning_rate=1)
 
@@ -94,7 +95,7 @@ def test_finetuned_card_says_what_it_came_from_and_was_trained_on(volume, start_
     mask[:, 4:44, 4:44] = 1
     model = finetune(volume.image, volume.labels, mask=mask, init=start_model, out_dir=tmp_path / "ft",
                      steps=2, patch_shape=PATCH, augment=False, data={"raw": "em.h5", "labels": "gt.h5"},
-                     voxel_size_nm=(40, 8, 8))
+                     voxel_size_nm=(40, 8, 8), holdout=0.0)
     card = json.loads((tmp_path / "ft" / "model" / "card.json").read_text())
     today = datetime.date.today().isoformat()
     assert card["name"] == f"start-net-ft-{today}" == model.card.name
@@ -223,7 +224,8 @@ def _write(tmp_path, volume, mask=None):
 def test_cli_finetune_name_card_and_info(tmp_path, volume, start_model, capsys):
     io = _write(tmp_path, volume)
     rc = main(["finetune", *io, "--init", str(start_model), "--out", str(tmp_path / "ft"), "--steps", "2",
-               "--patch", "16", "32", "32", "--name", "lab-ft", "--voxel-size", "40", "8", "8", "--quiet"])
+               "--patch", "16", "32", "32", "--name", "lab-ft", "--voxel-size", "40", "8", "8", "--quiet",
+               "--holdout", "0"])  # without held-back corrections the start's threshold carries over
     assert rc == 0
     out = capsys.readouterr().out
     assert "finetuned model 'lab-ft'" in out
