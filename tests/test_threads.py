@@ -93,13 +93,27 @@ def test_cli_threads_option(capsys):
 
 
 def _policy_after_import(env: dict) -> str:
-    code = "import os, napari_tokenunify, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    code = ("import os, napari_tokenunify, torch; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     return out.stdout.strip()
 
 
-def test_openmp_threads_sleep_instead_of_spin_unless_the_user_says_otherwise():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert _policy_after_import(env) == "PASSIVE"
-    assert _policy_after_import({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+def test_openmp_threads_wait_briefly_unless_the_user_says_otherwise():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    expected = f"None {threads.SPIN_COUNT}" if sys.platform.startswith("linux") else "PASSIVE None"
+    assert _policy_after_import(env) == expected
+    assert _policy_after_import({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE None"
+    assert _policy_after_import({**env, "GOMP_SPINCOUNT": "50"}) == "None 50"
+
+
+def test_spinning_waits(monkeypatch):
+    for policy, count, spins in (("PASSIVE", None, False), ("ACTIVE", "10", True), (None, "2000", False),
+                                 (None, "300000", True), (None, None, True)):
+        for name, value in (("OMP_WAIT_POLICY", policy), ("GOMP_SPINCOUNT", count)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        assert threads.spinning_waits() is spins, (policy, count)

@@ -10,9 +10,10 @@ region by default. When another process keeps a core busy, the spinning threads 
 that core, and every small torch op or scan call waits on a thread that is not scheduled:
 measured on 2 cores beside a busy training job, one forward pass of the default model on a
 16 x 80 x 80 tile took 2.0-6.6 s with 2 threads and 0.11 s with one, and 0.12 s with 2 threads
-and ``OMP_WAIT_POLICY=PASSIVE`` (``benchmarks/bench_threads.py`` measures it end to end). So the
-package sets ``OMP_WAIT_POLICY=PASSIVE`` when it is imported before torch, unless the user set
-it; OpenMP reads it once, when torch's OpenMP runtime loads.
+and ``OMP_WAIT_POLICY=PASSIVE``. Sleeping at once costs an idle machine a little (thread
+wake-ups), so on Linux the package sets a short ``GOMP_SPINCOUNT`` instead (``SPIN_COUNT``;
+``benchmarks/bench_threads.py`` compares them end to end) when it is imported before torch,
+unless the user set either variable; OpenMP reads them once, when torch's runtime loads.
 """
 
 from __future__ import annotations
@@ -28,23 +29,42 @@ ENV = "TOKENUNIFY_THREADS"
 _requested: int | None = None  # set_threads(): the process-wide choice
 
 
-def passive_wait_policy() -> bool:
-    """Make OpenMP threads sleep instead of spin while waiting (see the module docstring).
+#: libgomp's spin count before a waiting thread sleeps (its default is 300 000): short enough
+#: that a busy neighbour costs about its share, long enough that an idle machine loses little
+#: (benchmarks/bench_threads.py: 2 000 against PASSIVE and 20 000, docs/benchmarks.md)
+SPIN_COUNT = "2000"
 
-    Only works before torch (its OpenMP runtime) is loaded; returns whether the policy applies.
-    A user's own ``OMP_WAIT_POLICY`` is kept.
+
+def passive_wait_policy() -> bool:
+    """Make OpenMP threads wait briefly, then sleep, instead of spinning (module docstring).
+
+    libgomp (torch's OpenMP on Linux) gets ``GOMP_SPINCOUNT``; other OpenMP runtimes
+    ``OMP_WAIT_POLICY=PASSIVE``. Only works before torch's OpenMP runtime is loaded; returns
+    whether short waits apply. A user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is kept.
     """
-    if "OMP_WAIT_POLICY" in os.environ:
-        return os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return not spinning_waits()
     if "torch" in sys.modules:
         return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if sys.platform.startswith("linux"):
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True
 
 
 def spinning_waits() -> bool:
-    """Whether OpenMP threads in this process spin while waiting (the policy is not PASSIVE)."""
-    return os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+    """Whether OpenMP threads in this process spin long while waiting: ``OMP_WAIT_POLICY`` is
+    not PASSIVE and no short ``GOMP_SPINCOUNT`` (at most 10 000) is set."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
+    if policy == "PASSIVE":
+        return False
+    if policy == "ACTIVE":
+        return True
+    try:
+        return int(os.environ.get("GOMP_SPINCOUNT", "")) > 10_000
+    except ValueError:
+        return True
 
 
 def _cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> float | None:

@@ -64,9 +64,10 @@ def _build():
         # measured, see threads.py); numba's workqueue layer has no spinning pool
         numba.config.THREADING_LAYER = "workqueue"
         log.warning(
-            "OpenMP threads spin while waiting (torch was imported before napari_tokenunify and "
-            "OMP_WAIT_POLICY is not PASSIVE): the numba scan uses its workqueue threads; import "
-            "napari_tokenunify first or set OMP_WAIT_POLICY=PASSIVE for full speed on a busy CPU")
+            "OpenMP threads spin while waiting (torch was imported before napari_tokenunify, and "
+            "neither OMP_WAIT_POLICY=PASSIVE nor a short GOMP_SPINCOUNT is set): the numba scan "
+            "uses its workqueue threads; import napari_tokenunify first, or set GOMP_SPINCOUNT=2000, "
+            "for full speed on a busy CPU")
     if not numba.config.CACHE_DIR:  # numba was imported before we set the variable
         numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
     from ._scan_kernels import scan_bwd, scan_fwd
