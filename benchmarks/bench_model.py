@@ -8,11 +8,12 @@ of how busy the cores are).
     python benchmarks/bench_model.py [--presets tiny base] [--patch 16 160 160] [--repeats 3]
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (napari_tokenunify before torch, on purpose)
 
 import argparse
 import time
 
+import napari_tokenunify  # noqa: F401  (before torch: short OpenMP waits, see threads.py)
 import torch
 from bench_scan import machine
 from torch.utils.flop_counter import FlopCounterMode
