@@ -103,21 +103,10 @@ def error_voxels(seg: np.ndarray, gt: np.ndarray, counted: np.ndarray | None = N
     out = np.zeros(gt.shape, dtype=bool)
     if not counted.any():
         return out
-    s = seg[counted].astype(np.int64)
-    g = gt[counted].astype(np.int64)
-    su, si = np.unique(s, return_inverse=True)
-    gu, gi = np.unique(g, return_inverse=True)
-    pairs, counts = np.unique(si * len(gu) + gi, return_counts=True)
-    ps, pg = pairs // len(gu), pairs % len(gu)
-    main_g = np.empty(len(su), dtype=np.int64)
-    order = np.lexsort((-counts, ps))  # per segment, its largest body first
-    first = np.r_[True, ps[order][1:] != ps[order][:-1]]
-    main_g[ps[order][first]] = pg[order][first]
-    main_s = np.empty(len(gu), dtype=np.int64)
-    order = np.lexsort((-counts, pg))
-    first = np.r_[True, pg[order][1:] != pg[order][:-1]]
-    main_s[pg[order][first]] = ps[order][first]
-    out[counted] = (main_g[si] != gi) | (main_s[gi] != si)
+    from napari_tokenunify.proofread import minority_mask
+
+    # merge: the voxel's segment has another body as its largest; split: the reverse
+    out[counted] = minority_mask(seg[counted], gt[counted])
     return out
 
 

@@ -433,27 +433,31 @@ def boundary_uncertainty(
     return out
 
 
-def minority_voxels(a: np.ndarray, b: np.ndarray) -> int:
-    """Voxels where two labelings of the same block disagree: those whose piece in ``a`` is not
-    the largest one of their segment in ``b``, or whose segment in ``b`` is not the largest one
-    of their piece in ``a`` (0 is a label like any other here)."""
+def minority_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per element of two labelings (same shape): True where its piece in ``a`` is not the
+    largest one of its segment in ``b``, or its segment in ``b`` not the largest one of its piece
+    in ``a`` (0 is a label like any other here)."""
+    shape = np.shape(a)
     a = np.asarray(a).ravel()
     b = np.asarray(b).ravel()
     au, ai = np.unique(a, return_inverse=True)
     bu, bi = np.unique(b, return_inverse=True)
-    if len(au) == 1 or len(bu) == 1:
-        return int(len(a) - np.bincount(bi if len(au) == 1 else ai).max())
     pairs, counts = np.unique(ai.astype(np.int64) * len(bu) + bi, return_counts=True)
     pa, pb = pairs // len(bu), pairs % len(bu)
     main_b = np.empty(len(au), dtype=np.int64)
-    order = np.lexsort((-counts, pa))
+    order = np.lexsort((-counts, pa))  # per piece of a, its largest segment of b first
     first = np.r_[True, pa[order][1:] != pa[order][:-1]]
     main_b[pa[order][first]] = pb[order][first]
     main_a = np.empty(len(bu), dtype=np.int64)
     order = np.lexsort((-counts, pb))
     first = np.r_[True, pb[order][1:] != pb[order][:-1]]
     main_a[pb[order][first]] = pa[order][first]
-    return int(np.count_nonzero((main_b[ai] != bi) | (main_a[bi] != ai)))
+    return ((main_b[ai] != bi) | (main_a[bi] != ai)).reshape(shape)
+
+
+def minority_voxels(a: np.ndarray, b: np.ndarray) -> int:
+    """How many voxels :func:`minority_mask` marks: where two labelings of a block disagree."""
+    return int(np.count_nonzero(minority_mask(a, b)))
 
 
 #: the lower agglomeration thresholds (shares of the labels' one) whose pieces the merge term of
