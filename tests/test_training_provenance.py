@@ -209,6 +209,7 @@ def test_cli_defaults_are_the_config_defaults():
                                 "--threshold", "0.2", "0.4", "--holdout", "0.2", "--time-budget", "60"))
     assert cfg == d.with_(steps=3, patch_shape=PATCH, augment=False, thresholds=(0.2, 0.4), holdout=0.2,
                           time_budget_s=60.0)
+    assert finetune_config(_args("--ema", "0", "--holdout", "0")) == d.with_(ema=None, holdout=0.0)
 
 
 def _write(tmp_path, volume, mask=None):

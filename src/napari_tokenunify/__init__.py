@@ -4,10 +4,10 @@ The compute code (``io``, ``model``, ``engine``, ``training``) imports neither Q
 the napari plugin lives in ``widgets`` and the command line in ``cli``.
 """
 
-from .threads import passive_wait_policy as _passive_wait_policy
+from .threads import short_openmp_waits as _short_openmp_waits
 
 __version__ = "0.1.0"
 
-_passive_wait_policy()  # before anything loads torch's OpenMP runtime (see threads.py)
+_short_openmp_waits()  # before anything loads torch's OpenMP runtime (see threads.py)
 
 __all__ = ["__version__"]

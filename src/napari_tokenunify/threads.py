@@ -35,7 +35,7 @@ _requested: int | None = None  # set_threads(): the process-wide choice
 SPIN_COUNT = "2000"
 
 
-def passive_wait_policy() -> bool:
+def short_openmp_waits() -> bool:
     """Make OpenMP threads wait briefly, then sleep, instead of spinning (module docstring).
 
     libgomp (torch's OpenMP on Linux) gets ``GOMP_SPINCOUNT``; other OpenMP runtimes

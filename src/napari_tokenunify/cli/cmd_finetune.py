@@ -27,7 +27,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     """The training hyper-parameters the options set (unset ones keep ``FinetuneConfig()``'s)."""
     return FinetuneConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-        patch_shape=tuple(args.patch) if args.patch else None, augment=args.augment, ema=args.ema,
+        patch_shape=tuple(args.patch) if args.patch else None, augment=args.augment, ema=args.ema or None,
         head_steps=args.head_steps, val_every=args.val_every,
         thresholds=tuple(args.threshold) if args.threshold else DEFAULTS.thresholds,
         holdout=args.holdout, time_budget_s=args.time_budget, seed=args.seed,
@@ -141,7 +141,8 @@ def register(sub) -> None:
     p.add_argument("--head-steps", type=int, default=d.head_steps, metavar="N",
                    help="train only the re-initialised output layer for the first N steps (LP-FT)")
     p.add_argument("--ema", type=float, default=d.ema, metavar="DECAY",
-                   help="validate and keep an exponential moving average of the weights (e.g. 0.999)")
+                   help="validate and keep an exponential moving average of the weights with this "
+                   f"decay (default {d.ema}; 0 turns it off)")
     p.add_argument("--teacher", default=None, metavar="MODEL",
                    help="distil from this model (e.g. 'unet'): its affinities of --distill-data "
                    "are soft targets for a share of the samples")
