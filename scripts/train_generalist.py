@@ -65,6 +65,19 @@ def init_for(name: str, args):
     return name  # scratch, default, unet, or a model path
 
 
+def training_offsets(aux: list[int]) -> list[tuple[int, int, int]]:
+    """The nearest-neighbour offsets, then (d,0,0), (0,d,0), (0,0,d) for each auxiliary distance d
+    (long-range affinities as extra training targets; ``bundle`` cuts the model back to three)."""
+    from napari_tokenunify.affinities import NEAREST_OFFSETS
+
+    out = [tuple(int(v) for v in o) for o in NEAREST_OFFSETS]
+    for d in aux:
+        if d < 2:
+            sys.exit(f"--aux-offsets distances must be 2 or more, got {d}")
+        out += [(d, 0, 0), (0, d, 0), (0, 0, d)]
+    return out
+
+
 def stage_finetune(args) -> None:
     from napari_tokenunify.engine.normalize import ROBUST_NORMALIZATION
     from napari_tokenunify.training.finetune import finetune
@@ -79,6 +92,7 @@ def stage_finetune(args) -> None:
         batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed,
         time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
         normalization=dict(ROBUST_NORMALIZATION), progress=printer(25),
+        offsets=training_offsets(args.aux_offsets),
     )
     (out / "data.json").write_text(json.dumps({
         "train": [c.name for c in qs.TRAIN], "validation": [c.name for c in qs.VALIDATION],
@@ -134,6 +148,14 @@ def stage_bundle(args) -> None:
     tmp = dest.with_name(dest.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    if int(card.get("out_channels", 3)) > 3:  # auxiliary training outputs: ship the three nearest
+        from napari_tokenunify.model import load_model, save_model
+        from napari_tokenunify.training.finetune import keep_output_channels
+
+        cut = keep_output_channels(load_model(src, device="cpu"), 3)
+        save_model(cut, tmp)
+        training["auxiliary_offsets"] = card["offsets"][3:]
+        card["out_channels"], card["offsets"] = 3, card["offsets"][:3]
     (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
@@ -157,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--ema", type=float, default=None)
     p.add_argument("--head-steps", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aux-offsets", type=int, nargs="*", default=[], metavar="D",
+                   help="finetune: also train long-range affinities at these distances (bundle drops them)")
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],

@@ -293,3 +293,30 @@ def test_finetuning_keeps_the_test_time_flips_its_start_recommends(volume):
     assert model.training_info["test_time_flips"] == "yx"
     fresh = finetune(volume.image, volume.labels, init=None, steps=1, patch_shape=PATCH)
     assert "test_time_flips" not in fresh.training_info
+
+
+def test_auxiliary_offsets_carry_over_and_cut_back_exactly():
+    """A 3-channel affinity model grows long-range outputs for training (its own three channels
+    carry over) and is cut back to exactly its three nearest-neighbour channels for shipping."""
+    from napari_tokenunify.affinities import NEAREST_OFFSETS
+    from napari_tokenunify.model import build_model
+    from napari_tokenunify.training.finetune import keep_output_channels
+
+    torch.manual_seed(0)
+    start = build_model("tiny", out_channels=3)
+    offsets = [tuple(o) for o in NEAREST_OFFSETS] + [(3, 0, 0), (0, 3, 0), (0, 0, 3)]
+    grown, note = prepare_model(start, len(offsets), "tiny", offsets)
+    assert grown.out_channels == 6 and note["reinitialised"] == []
+    x = torch.rand(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        ref = start(x)
+        out = grown(x)
+    assert torch.allclose(out[:, :3], ref, atol=1e-5)  # the start's affinities, unchanged
+    assert not torch.allclose(out[:, 3:], out[:, :3])  # new channels start fresh
+    grown.card.offsets = [list(o) for o in offsets]
+    cut = keep_output_channels(grown, 3)
+    assert cut.out_channels == 3 and cut.card.offsets == [list(o) for o in NEAREST_OFFSETS]
+    with torch.no_grad():
+        assert torch.allclose(cut(x), out[:, :3], atol=1e-6)
+    with pytest.raises(ValueError, match="cannot keep"):
+        keep_output_channels(cut, 4)

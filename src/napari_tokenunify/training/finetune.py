@@ -80,8 +80,61 @@ def _out_channels(model: torch.nn.Module) -> int | None:
     return None
 
 
-def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[torch.nn.Module, dict]:
+def _offset_list(offsets) -> list[tuple[int, ...]]:
+    return [tuple(int(v) for v in o) for o in (offsets or [])]
+
+
+def _carry_head_rows(source: torch.nn.Module, target: torch.nn.Module, rows: int) -> list[str]:
+    """Copy the first ``rows`` output channels of ``source``'s output convolution into
+    ``target``'s (same layer names, shapes equal but for the channel axis)."""
+    src, dst = source.state_dict(), target.state_dict()
+    done = []
+    for name in dst:
+        if not name.startswith("out.") or name not in src:
+            continue
+        a, b = src[name], dst[name]
+        if a.shape[1:] == b.shape[1:] and min(a.shape[0], b.shape[0]) >= rows:
+            b[:rows] = a[:rows].detach().to(b.dtype)
+            done.append(name)
+    target.load_state_dict(dst)
+    return done
+
+
+def keep_output_channels(model: torch.nn.Module, n: int = 3) -> torch.nn.Module:
+    """A copy of an EMMamba affinity model that predicts only its first ``n`` channels.
+
+    Auxiliary outputs (e.g. long-range affinities trained beside the nearest-neighbour ones) help
+    training only; the shipped contract is the three nearest-neighbour affinities waterz uses,
+    so a model is cut back to them before it is bundled. Weights of the kept channels are exact.
+    """
+    from dataclasses import replace
+
+    from ..model import build_model
+
+    card = getattr(model, "card", None)
+    preset = getattr(card, "preset", None) or "tiny"
+    have = _out_channels(model)
+    if have is None or n > have:
+        raise ValueError(f"the model has {have} output channels; cannot keep {n}")
+    target = build_model(preset, out_channels=n)
+    report = transfer_weights(model, target)
+    carried = _carry_head_rows(model, target, n)
+    missing = set(report["skipped"]) - set(carried)
+    if missing:
+        raise ValueError(f"cannot cut the model to {n} channels: {sorted(missing)} do not carry over")
+    if card is not None:
+        target.card = replace(card, out_channels=n, offsets=[list(o) for o in card.offsets[:n]])
+    return target
+
+
+def prepare_model(
+    init: Any, n_channels: int, preset: str = "tiny", offsets: Sequence[Sequence[int]] | None = None,
+) -> tuple[torch.nn.Module, dict]:
     """The network to finetune (never the caller's object: a copy) and a note of what carried over.
+
+    When the start is an affinity model whose offsets begin ``offsets`` (e.g. the three nearest
+    ones, with long-range ones added for training), its output channels carry over to those
+    offsets and only the new channels start fresh.
 
     ``note["started_from"]`` describes the start for the new card: its name, the SHA-256 of its
     weights (:func:`~napari_tokenunify.model.files.weights_sha256`), the file it was read from
@@ -116,6 +169,11 @@ def prepare_model(init: Any, n_channels: int, preset: str = "tiny") -> tuple[tor
 
     target = build_model(preset, out_channels=n_channels)
     report = transfer_weights(source, target)
+    src_offsets = _offset_list(getattr(getattr(source, "card", None), "offsets", None))
+    if offsets is not None and src_offsets and _offset_list(offsets)[: len(src_offsets)] == src_offsets:
+        carried = _carry_head_rows(source, target, len(src_offsets))
+        report["skipped"] = [k for k in report["skipped"] if k not in carried]
+        report["copied"] += carried
     src_norm = getattr(getattr(source, "card", None), "normalization", None)
     if src_norm is not None and getattr(target, "card", None) is not None:
         from dataclasses import replace
@@ -417,7 +475,7 @@ def finetune(
             raws[0], labels_list[0], masks[0], cfg.holdout, patch_shape)
     dev = resolve_device(device)
     rng, gen = seed_everything(cfg.seed)
-    model, init_note = prepare_model(init, len(offsets), preset)
+    model, init_note = prepare_model(init, len(offsets), preset, offsets)
     started_from = init_note.pop("started_from")
     # the test-time flips the starting model recommends carry over: before and after finetuning
     # the same flips are used, so the two can be compared (a new output layer starts without)
@@ -816,5 +874,5 @@ def _card(model, preset, offsets, patch_shape, training, scores, before, name, v
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "FinetuneConfig", "default_name", "finetune", "prepare_model", "resolve_config",
-    "transfer_weights", "validate", "validate_set", "to_unit",
+    "transfer_weights", "keep_output_channels", "validate", "validate_set", "to_unit",
 ]
