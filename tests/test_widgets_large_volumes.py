@@ -110,3 +110,63 @@ def test_predict_on_a_huge_image_predicts_the_view_and_refuses_the_whole(
     widget.session.model = None
     job = wait_job(qtbot, panel.predict())
     assert isinstance(job.error, LayerError) and not isinstance(job.error, Cancelled)
+
+
+def test_a_large_volume_segmented_blockwise_shows_a_multiscale_labels_layer(
+        docked, tmp_path, qtbot, notes, monkeypatch):
+    """Defect 6, labels: Segment on a large (an axis over 4096), lazy, mostly empty affinity map
+    runs blockwise and shows the labels as a lazy nearest-neighbour pyramid, and nothing holds
+    the whole volume. Segmenting the huge volume above would take hours, so the check is
+    tracemalloc's peak (numpy's allocations, every thread) instead of the process's memory: one
+    array of the whole volume alone would reach it. Proofreading it refuses when it does not
+    fit and edits an in-memory copy when it does."""
+    import tracemalloc
+
+    import skimage.segmentation  # noqa: F401 - imported by the blocks: not counted below
+    import zarr
+
+    import napari_tokenunify.engine.blockwise  # noqa: F401
+    from napari_tokenunify.widgets import checks
+
+    monkeypatch.setenv("TOKENUNIFY_IN_MEMORY_VOXELS", str(10**6))
+    viewer, widget = docked
+    shape = (8, 512, 8192)
+    path = tmp_path / "big-affinities.zarr"
+    affs = zarr.create_array(str(path), shape=(3, *shape), chunks=(3, 8, 256, 256),
+                             dtype="float16", fill_value=0)
+    affs[:, :, 100:140, 4000:4100] = 1.0  # one object; the rest is never written
+    (layer,) = viewer.open(str(path), plugin="napari-tokenunify")
+    panel = widget.panel("Segment")
+    pick(panel.affinities, layer)
+    tracemalloc.start()
+    try:
+        job = wait_job(qtbot, panel.segment())
+        qtbot.wait(200)  # napari draws the labels layer
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert job.error is None, notes.messages
+    seg = viewer.layers["segmentation"]
+    assert seg.multiscale and len(seg.data) > 1 and tuple(seg.data.shape) == shape
+    full = int(np.prod(shape)) * np.dtype(seg.data.dtype).itemsize
+    assert peak < full, f"{peak / 2**20:.0f} MiB traced for a {full / 2**20:.0f} MiB volume"
+    level0 = seg.data[0]
+    coarse = seg.data[1]
+    step = [a // b for a, b in zip(shape, coarse.shape, strict=True)]
+    np.testing.assert_array_equal(  # nearest neighbour: every step-th voxel, never an average
+        np.asarray(coarse[1]), np.asarray(level0[step[0], ::step[1], ::step[2]]))
+
+    ids = [int(i) for i in np.unique(np.asarray(level0[4, ::32, ::32]))[1:3]]
+    assert len(ids) == 2
+    proof = widget.panel("Proofread")
+    pick(proof.labels, seg)
+    proof.ids.value = f"{ids[0]}, {ids[1]}"
+    monkeypatch.setattr(checks, "free_memory_bytes", lambda: 1000)  # does not fit: says so
+    proof.merge()
+    assert notes.has("Merge failed", "nothing was changed")
+    monkeypatch.setattr(checks, "free_memory_bytes", lambda: 2**40)
+    proof.merge()
+    assert notes.has("multiscale", "in memory")
+    edited = proof.labels.value
+    assert edited is not seg and isinstance(edited.data, np.ndarray)
+    assert not (edited.data == ids[1]).any() and (edited.data == ids[0]).any()

@@ -125,8 +125,8 @@ class ProofreadPanel(Panel):
             layer.visible = False
             self.labels.reset_choices()
             self.labels.value = new
-            show_info(f"'{layer.name}' is a multiscale file (read-only); its full resolution is "
-                      f"now in memory as '{name}' ({size}), where the edits go")
+            show_info(f"'{layer.name}' is multiscale (napari edits one resolution only); its full "
+                      f"resolution is now in memory as '{name}' ({size}), where the edits go")
             return new, arr
         layer.data = arr
         show_info(f"'{layer.name}' was read from a file (read-only); it is now in memory "

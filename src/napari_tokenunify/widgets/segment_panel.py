@@ -2,8 +2,9 @@
 fragments and merge history (the engine's ``Agglomerator``), so moving it is fast.
 
 Volumes above the engine's in-memory limit are segmented blockwise into a Zarr store beside the
-affinities (resumed if a cancelled run left one), shown lazily; the slider then only sets the
-threshold for the next Segment, since every threshold is a new blockwise run."""
+affinities (resumed if a cancelled run left one), shown lazily (a large one, ``io.pyramid.is_large``,
+as a multiscale pyramid, so napari reads only the visible tile of one level); the slider then only
+sets the threshold for the next Segment, since every threshold is a new blockwise run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import FloatSlider, Label, PushButton, SpinBox
+
+from napari_tokenunify.io.pyramid import as_dask, is_large, lazy_pyramid
 
 from .base import Panel, is_affinity_layer, layer_combo
 from .checks import layer_array, require_affinities
@@ -47,6 +50,16 @@ def blockwise_store(affs_layer: Any, threshold: float) -> Path:
         env = os.environ.get("TOKENUNIFY_CACHE_DIR")
         base = (Path(env) if env else Path.home() / ".napari-tokenunify") / "segmentations"
     return base / f"{name}-labels-t{threshold:.2f}.zarr"
+
+
+def labels_levels(labels: Any, voxel_size: Any = None) -> list[Any]:
+    """What a labels layer shows of ``labels``: a large store (``io.pyramid.is_large``) as a lazy
+    nearest-neighbour pyramid (level 0 in dask: napari slices a level before it reads one section;
+    the coarse levels read the store itself), anything else as it is (one level)."""
+    if isinstance(labels, np.ndarray) or not is_large(labels.shape, labels.dtype):
+        return [labels]
+    levels = lazy_pyramid(as_dask(labels), voxel_size, reader=labels)
+    return levels if len(levels) > 1 else [labels]
 
 
 class SegmentPanel(Panel):
@@ -161,13 +174,19 @@ class SegmentPanel(Panel):
                 f"'{target.name}' has proofreading edits; the new threshold goes to a new layer"
             )
             target = None
+        levels = labels_levels(labels, tuple(float(v) for v in affs_layer.scale[-3:]))
+        multiscale = len(levels) > 1
+        data = levels if multiscale else levels[0]
+        if target is not None and target in self.viewer.layers and bool(target.multiscale) != multiscale:
+            self.viewer.layers.remove(target)  # no edits (above): a pyramid cannot become one array
         if target is None or target not in self.viewer.layers:
             name = LABELS_NAME if LABELS_NAME not in self.viewer.layers else f"{LABELS_NAME} t={threshold:.2f}"
             target = self.viewer.add_labels(
-                labels, name=name, scale=affs_layer.scale[-3:], translate=affs_layer.translate[-3:]
+                data, name=name, scale=affs_layer.scale[-3:], translate=affs_layer.translate[-3:],
+                multiscale=multiscale,
             )
         else:
-            target.data = labels
+            target.data = data
         target.metadata["tokenunify"] = {"kind": "labels", "threshold": threshold}
         self.labels_layer = target
         if isinstance(labels, np.ndarray):
