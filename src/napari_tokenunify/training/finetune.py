@@ -179,6 +179,10 @@ def prepare_model(
         from dataclasses import replace
 
         target.card = replace(target.card, normalization=src_norm)  # as the source was trained
+    if offsets is not None and getattr(target, "card", None) is not None:
+        from dataclasses import replace
+
+        target.card = replace(target.card, offsets=[list(o) for o in _offset_list(offsets)])
     return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"],
                     "started_from": start}
 
