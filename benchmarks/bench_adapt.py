@@ -224,11 +224,12 @@ def predict(model: Any, raw: np.ndarray, tta: str, cache: Path | None = None,
     return affs, seconds
 
 
-def segment_at(affs: np.ndarray, threshold: float) -> tuple[np.ndarray, Any]:
-    """Labels at ``threshold`` and the agglomerator (for other thresholds)."""
+def segment_at(affs: np.ndarray, threshold: float, scoring: str = "median") -> tuple[np.ndarray, Any]:
+    """Labels at ``threshold`` and the agglomerator (for other thresholds), with the model card's
+    ``scoring``, as `tokenunify run` segments."""
     from napari_tokenunify.engine.agglomerate import Agglomerator
 
-    agg = Agglomerator(affs, max_threshold=max(max(qs.THRESHOLDS), threshold))
+    agg = Agglomerator(affs, scoring=scoring, max_threshold=max(max(qs.THRESHOLDS), threshold))
     return agg.segment(threshold), agg
 
 
@@ -257,7 +258,7 @@ def bench_ranking(model_name: str, volumes: Sequence[str], *, tta: str | None, t
     for name in volumes:
         raw, gt = find_crop(name).load()
         affs, seconds = predict(model, raw, mode, cache, name)
-        seg, agg = segment_at(affs, threshold)
+        seg, agg = segment_at(affs, threshold, model.card.recommended_scoring)
         grid = pr.block_grid(gt.shape, BLOCK)
         index = {tuple((r.start, r.stop) for r in b): i for i, b in enumerate(grid)}
         row: dict[str, Any] = {"shape": list(gt.shape), "blocks": len(grid), "predict_s": seconds}
@@ -307,7 +308,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
     t_before = model.card.recommended_threshold
     if before is None:
         affs, seconds = predict(model, raw, mode, cache, name)
-        seg, agg = segment_at(affs, t_before)
+        seg, agg = segment_at(affs, t_before, model.card.recommended_scoring)
         before = {"affs": affs, "seg": seg, "agg": agg, "predict_s": seconds}
     config = FinetuneConfig().with_(**{**(overrides or {}), "time_budget_s": budget})
     patch = config.patch_shape or tuple(model.card.patch_size)
@@ -330,7 +331,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
     t_after = tuned.card.recommended_threshold
     with torch.no_grad():
         affs_after, predict_after_s = predict(tuned, raw, mode)
-    seg_after, agg_after = segment_at(affs_after, t_after)
+    seg_after, agg_after = segment_at(affs_after, t_after, tuned.card.recommended_scoring)
     info = getattr(tuned, "training_info", {}) or {}
     return {
         "volume": name, "region": region_kind, "model": model_name, "model_key": weights_key(model),

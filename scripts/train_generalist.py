@@ -156,6 +156,7 @@ def stage_bundle(args) -> None:
         save_model(cut, tmp)
         training["auxiliary_offsets"] = card["offsets"][3:]
         card["out_channels"], card["offsets"] = 3, card["offsets"][:3]
+        card["config"] = dict(cut.card.config)
     (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,3 +54,46 @@ def test_demo_auto_sample_is_the_shipped_real_crop(tmp_path, capsys, monkeypatch
     assert main(["demo", str(tmp_path / "demo"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "sample: medulla" in out and "at threshold" in out and "VOI split" in out
+
+
+def test_card_recommended_scoring_and_names():
+    from napari_tokenunify.engine.agglomerate import MEAN_SCORING, TOKENUNIFY_SCORING, scoring_function
+
+    assert ModelCard().recommended_scoring == "median"
+    assert ModelCard(training={"segmentation_scoring": "mean"}).recommended_scoring == "mean"
+    assert ModelCard(training={"segmentation_scoring": "bogus"}).recommended_scoring == "median"
+    assert scoring_function("mean") == MEAN_SCORING and scoring_function(None) == TOKENUNIFY_SCORING
+    assert scoring_function(TOKENUNIFY_SCORING) == TOKENUNIFY_SCORING
+    with pytest.raises(ValueError, match="unknown agglomeration scoring 'max'.*median, mean"):
+        scoring_function("max")
+
+
+def test_segment_uses_the_scoring_recorded_with_the_affinities(tmp_path, capsys):
+    """A card that names mean scoring is segmented with it by `tokenunify segment` (and `run`),
+    in memory and blockwise, unless --scoring says otherwise."""
+    import zarr
+
+    from napari_tokenunify.engine.pipeline import segment
+    from napari_tokenunify.io import open_volume, write_volume
+    from napari_tokenunify.model import build_model, save_model
+    from napari_tokenunify.synthetic import make_synthetic_volume
+
+    vol = make_synthetic_volume((16, 48, 48), seed=3)
+    write_volume(tmp_path / "image.tif", vol.image, kind="image", voxel_size=vol.voxel_size)
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    model.card.training.update(segmentation_threshold=0.5, segmentation_scoring="mean")
+    save_model(model, tmp_path / "model")
+    assert main(["predict", str(tmp_path / "image.tif"), str(tmp_path / "affs.zarr"), "--model",
+                 str(tmp_path / "model"), "--tile", "16,48,48", "--device", "cpu", "--quiet"]) == 0
+    affs = zarr.open_group(tmp_path / "affs.zarr", mode="r")["affinities"][:]
+    mean = segment(affs, threshold=0.5, scoring="mean", voxel_size=vol.voxel_size).labels
+    median = segment(affs, threshold=0.5, scoring="median", voxel_size=vol.voxel_size).labels
+    assert not np.array_equal(mean, median)  # the choice matters on these affinities
+    for extra, expected in (([], mean), (["--scoring", "median"], median)):
+        out = tmp_path / f"seg{len(extra)}.tif"
+        assert main(["segment", str(tmp_path / "affs.zarr"), str(out), "--quiet", *extra]) == 0
+        assert np.array_equal(np.asarray(open_volume(out).data), expected)
+    blockwise = segment(affs, threshold=0.5, scoring="mean", blockwise=True,
+                        block_shape=(16, 48, 48), voxel_size=vol.voxel_size).labels
+    assert np.array_equal(np.asarray(blockwise), mean)  # one block: the same agglomeration

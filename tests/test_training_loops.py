@@ -317,6 +317,7 @@ def test_auxiliary_offsets_carry_over_and_cut_back_exactly():
     grown.card.offsets = [list(o) for o in offsets]
     cut = keep_output_channels(grown, 3)
     assert cut.out_channels == 3 and cut.card.offsets == [list(o) for o in NEAREST_OFFSETS]
+    assert cut.card.config["out_channels"] == 3  # the card alone rebuilds the cut network
     with torch.no_grad():
         assert torch.allclose(cut(x), out[:, :3], atol=1e-6)
     with pytest.raises(ValueError, match="cannot keep"):

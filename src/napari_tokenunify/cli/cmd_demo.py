@@ -74,11 +74,13 @@ def run(args: argparse.Namespace) -> int:
                                       voxel_size=voxel, overwrite=args.overwrite, progress=bar,
                                       cancel=token, tta=job_tta(args, model))
             t_pred = time.perf_counter() - t0
+            card = getattr(model, "card", None)
             threshold = args.threshold
             if threshold is None:
-                card = getattr(model, "card", None)
                 threshold = card.recommended_threshold if card is not None else 0.5
-            result = segment(affs, threshold=threshold, voxel_size=voxel, cancel=token)
+            scoring = card.recommended_scoring if card is not None else "median"
+            result = segment(affs, threshold=threshold, scoring=scoring, voxel_size=voxel,
+                             cancel=token)
         except Cancelled:
             bar.close()
             print(f"cancelled: completed blocks are kept in {out / 'affinities.zarr'}; run "

@@ -19,6 +19,7 @@ from .engine_common import (
     is_affinity_store,
     open_affinities,
     open_image,
+    recommended_scoring,
     recommended_threshold,
     write_output,
 )
@@ -88,11 +89,13 @@ def segment_to(args: argparse.Namespace, affs, voxel, out: Path, progress, cance
         threshold = recommended_threshold(affs)
         print(f"threshold {threshold:g} (the model card's; set --threshold to change it)",
               file=sys.stderr)
+    scoring = args.scoring or recommended_scoring(affs)
     from ..progress import Cancelled
 
     try:
         result = segment(
-            affs, threshold=threshold, method=args.method, offsets=offsets, blockwise=blockwise,
+            affs, threshold=threshold, method=args.method, scoring=scoring, offsets=offsets,
+            blockwise=blockwise,
             block_shape=args.block, context=args.context, anisotropic=args.anisotropic,
             voxel_size=voxel, min_size=args.min_size, fill_holes=args.fill_holes,
             out=target if blockwise else None, overwrite=bool(args.overwrite), client=client,

@@ -108,6 +108,9 @@ def add_segment_options(p: argparse.ArgumentParser) -> None:
                    help="waterz merge threshold (default: the one the model card recommends, "
                         "recorded with the affinities; 0.5 when there is none)")
     p.add_argument("--method", default="waterz", choices=["waterz", "mutex"])
+    p.add_argument("--scoring", default=None, choices=["median", "mean"],
+                   help="waterz merge score: median or mean affinity of a contact (default: the "
+                        "one the model card's threshold was chosen with; median when there is none)")
     p.add_argument("--blockwise", action="store_true", help="segment block by block (large volumes)")
     p.add_argument("--block", type=_ints, default=(64, 256, 256), metavar="Z,Y,X")
     p.add_argument("--context", type=_ints, default=(8, 32, 32), metavar="Z,Y,X")
@@ -262,15 +265,27 @@ def job_rescale(args: argparse.Namespace, model, voxel_size, shape):
     return plan
 
 
-def recommended_threshold(affs) -> float:
-    """The threshold recommended by the card of the model that predicted ``affs`` (recorded in
-    the affinity store's settings by ``predict``), or 0.5."""
+def store_card(affs):
+    """The card of the model that predicted ``affs`` (recorded in the affinity store's settings
+    by ``predict``), or None for affinities from elsewhere."""
     from ..model.card import ModelCard
 
     try:
         import zarr
 
         settings = zarr.open_group(affs.store, mode="r").attrs.get("settings", {})
-        return ModelCard.from_json(settings["model"]).recommended_threshold
+        return ModelCard.from_json(settings["model"])
     except Exception:  # noqa: BLE001 - affinities from elsewhere carry no card
-        return 0.5
+        return None
+
+
+def recommended_threshold(affs) -> float:
+    """The threshold the card of the model that predicted ``affs`` recommends, or 0.5."""
+    card = store_card(affs)
+    return card.recommended_threshold if card is not None else 0.5
+
+
+def recommended_scoring(affs) -> str:
+    """The agglomeration scoring that card's threshold was chosen with, or "median"."""
+    card = store_card(affs)
+    return card.recommended_scoring if card is not None else "median"

@@ -3,6 +3,8 @@ waterz agglomeration, mutex watershed, blockwise/distributed segmentation and ev
 
 from .agglomerate import (
     DEFAULT_THRESHOLD,
+    MEAN_SCORING,
+    SCORINGS,
     TOKENUNIFY_SCORING,
     Agglomerator,
     mutex_watershed,
@@ -18,6 +20,8 @@ from .tiling import Block, TileGrid, order_blocks, parse_box
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "MEAN_SCORING",
+    "SCORINGS",
     "TOKENUNIFY_SCORING",
     "Agglomerator",
     "Block",

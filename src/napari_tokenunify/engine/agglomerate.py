@@ -23,6 +23,23 @@ from .fragments import as_float_affinities, check_affinities, fragments_from_aff
 
 #: TokenUnify's waterz setting: median (50th percentile, 256-bin histogram) affinity scoring.
 TOKENUNIFY_SCORING = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
+#: Mean affinity over the contact: every link counts, so a few uncertain links on a large
+#: contact do not flip a merge (the bundled default's setting; docs/results.md, rule 13).
+MEAN_SCORING = "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>"
+#: Short names of the scoring functions a model card can name (``training.segmentation_scoring``).
+SCORINGS = {"median": TOKENUNIFY_SCORING, "mean": MEAN_SCORING}
+
+
+def scoring_function(scoring: str | None) -> str:
+    """waterz's scoring expression for a short name ("median", "mean") or an expression as is."""
+    if scoring is None:
+        return TOKENUNIFY_SCORING
+    if scoring in SCORINGS:
+        return SCORINGS[scoring]
+    if "<" in scoring and "RegionGraphType" in scoring:
+        return scoring
+    raise ValueError(f"unknown agglomeration scoring {scoring!r}; use one of {', '.join(SCORINGS)} "
+                     "or a waterz scoring expression")
 DEFAULT_QUEUE = 256
 DEFAULT_THRESHOLD = 0.5
 
@@ -53,7 +70,7 @@ def label_dtype(max_id: int) -> np.dtype:
 
 
 def merge_history(
-    affinities: np.ndarray, fragments: np.ndarray, *, scoring: str = TOKENUNIFY_SCORING,
+    affinities: np.ndarray, fragments: np.ndarray, *, scoring: str | None = None,
     discretize_queue: int = DEFAULT_QUEUE, max_threshold: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """waterz merges up to ``max_threshold``: pairs (M, 2) of region ids and scores (M,).
@@ -63,6 +80,7 @@ def merge_history(
     """
     import waterz
 
+    scoring = scoring_function(scoring)
     affs = np.ascontiguousarray(affinities[:3], dtype=np.float32)
     frag = np.ascontiguousarray(fragments, dtype=np.uint64).copy()
     with quiet_stdout():
@@ -103,7 +121,7 @@ class Agglomerator:
         affinities,
         fragments: np.ndarray | None = None,
         *,
-        scoring: str = TOKENUNIFY_SCORING,
+        scoring: str | None = None,
         discretize_queue: int = DEFAULT_QUEUE,
         anisotropic: bool | None = None,
         voxel_size: Sequence[float] | None = None,
@@ -158,7 +176,7 @@ def segment_affinities(
     offsets: Sequence[Sequence[int]] | None = None,
     anisotropic: bool | None = None,
     voxel_size: Sequence[float] | None = None,
-    scoring: str = TOKENUNIFY_SCORING,
+    scoring: str | None = None,
 ) -> np.ndarray:
     """Neuron labels from affinities (C, Z, Y, X) in memory: ``method`` "waterz" (fragments by
     seeded watershed, then agglomeration at ``threshold``) or "mutex" (mutex watershed over all

@@ -30,10 +30,10 @@ from ..progress import CancelToken, ProgressCallback
 from .agglomerate import (
     DEFAULT_QUEUE,
     DEFAULT_THRESHOLD,
-    TOKENUNIFY_SCORING,
     components_lut,
     label_dtype,
     merge_history,
+    scoring_function,
 )
 from .executor import run_tasks
 from .fragments import as_float_affinities, check_affinities, fragments_from_affinities
@@ -159,7 +159,7 @@ def segment_blockwise(
     threshold: float = DEFAULT_THRESHOLD,
     anisotropic: bool | None = None,
     voxel_size: Sequence[float] | None = None,
-    scoring: str = TOKENUNIFY_SCORING,
+    scoring: str | None = None,
     discretize_queue: int = DEFAULT_QUEUE,
     overwrite: bool = False,
     client=None,
@@ -173,6 +173,7 @@ def segment_blockwise(
     run on its workers, which then need ``affinities`` as a zarr array (they open it by path).
     """
     check_affinities(affinities)
+    scoring = scoring_function(scoring)
     shape = tuple(int(s) for s in affinities.shape[1:])
     if isinstance(context, int):
         context = (context,) * 3

@@ -30,6 +30,7 @@ def segment(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     method: str = "waterz",
+    scoring: str | None = None,
     offsets: Sequence[Sequence[int]] | None = None,
     blockwise: bool = False,
     block_shape: Sequence[int] = (64, 256, 256),
@@ -46,7 +47,9 @@ def segment(
     cancel: CancelToken | None = None,
 ) -> SegmentResult:
     """Labels from affinities: in memory (waterz or mutex watershed) or ``blockwise`` (waterz;
-    into the Zarr ``out`` when given). Cleanup (``min_size``, ``fill_holes``) runs in memory.
+    into the Zarr ``out`` when given). ``scoring``: waterz's merge score, "median" (the default),
+    "mean" or an expression; a model card names the one its threshold was chosen with
+    (``ModelCard.recommended_scoring``). Cleanup (``min_size``, ``fill_holes``) runs in memory.
     ``keep_history`` agglomerates up to threshold 1 so that ``result.agglomerator.segment(t)``
     answers any threshold (slower); otherwise only up to ``threshold``."""
     timings: dict[str, float] = {}
@@ -60,7 +63,7 @@ def segment(
         t0 = time.perf_counter()
         labels = segment_blockwise(
             affinities, out, block_shape=block_shape, context=context, threshold=threshold,
-            anisotropic=anisotropic, voxel_size=voxel_size, overwrite=overwrite, client=client,
+            scoring=scoring, anisotropic=anisotropic, voxel_size=voxel_size, overwrite=overwrite, client=client,
             progress=progress, cancel=cancel,
         )
         timings["blockwise"] = time.perf_counter() - t0
@@ -78,7 +81,8 @@ def segment(
         timings["fragments"] = time.perf_counter() - t0
         check_cancel(cancel)
         t0 = time.perf_counter()
-        agg = Agglomerator(affs, frags, max_threshold=1.0 if keep_history else threshold)
+        agg = Agglomerator(affs, frags, scoring=scoring,
+                           max_threshold=1.0 if keep_history else threshold)
         labels = agg.segment(threshold)
         timings["agglomeration"] = time.perf_counter() - t0
     else:

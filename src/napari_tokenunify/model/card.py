@@ -60,6 +60,13 @@ class ModelCard:
         return 0.5
 
     @property
+    def recommended_scoring(self) -> str:
+        """The waterz merge score the threshold was chosen with (``training.segmentation_scoring``:
+        "median" or "mean"), or "median", waterz's and TokenUnify's usual one."""
+        value = self.training.get("segmentation_scoring")
+        return value if value in ("median", "mean") else "median"
+
+    @property
     def recommended_tta(self) -> str:
         """The test-time flips chosen at validation (``training.test_time_flips``: "none", "yx"
         or "zyx"), or "none" when the card names none. Jobs (the CLI, the Predict section) use
@@ -135,6 +142,7 @@ def describe_card(card: ModelCard) -> list[str]:
     t = card.training or {}
     choice = f" ({t['threshold_choice']})" if t.get("threshold_choice") else ""
     lines.append(f"recommended threshold: {card.recommended_threshold:g}{choice}")
+    lines.append(f"recommended agglomeration scoring: {card.recommended_scoring}")
     lines.append(f"recommended test-time flips: {card.recommended_tta}")
     if t:
         lines.append("training:")

@@ -123,7 +123,8 @@ def keep_output_channels(model: torch.nn.Module, n: int = 3) -> torch.nn.Module:
     if missing:
         raise ValueError(f"cannot cut the model to {n} channels: {sorted(missing)} do not carry over")
     if card is not None:
-        target.card = replace(card, out_channels=n, offsets=[list(o) for o in card.offsets[:n]])
+        target.card = replace(card, out_channels=n, offsets=[list(o) for o in card.offsets[:n]],
+                              config=dict(target.card.config))
     return target
 
 
@@ -315,7 +316,9 @@ def score_thresholds(
             affs = predict_affinities(raw, model, device=device, dtype="float32", tta=tta)
     finally:
         model.train(was_training)
-    agg = Agglomerator(np.asarray(affs), max_threshold=max(thresholds))
+    card = getattr(model, "card", None)
+    scoring = card.recommended_scoring if card is not None else "median"
+    agg = Agglomerator(np.asarray(affs), scoring=scoring, max_threshold=max(thresholds))
     gt = np.asarray(labels)
     try:
         extra = affinity_scores(affs, gt, model_offsets(model), mask=mask)
@@ -484,6 +487,8 @@ def finetune(
     # the test-time flips the starting model recommends carry over: before and after finetuning
     # the same flips are used, so the two can be compared (a new output layer starts without)
     flips = getattr(getattr(model, "card", None), "recommended_tta", "none")
+    # validation and the threshold re-chosen here use the start's agglomeration scoring
+    scoring = getattr(getattr(model, "card", None), "recommended_scoring", "median")
     _card_patch(model, patch_shape)
     normalization = _card_normalization(model, normalization, init_note.get("init") == "scratch")
     model = model.to(dev)
@@ -643,6 +648,7 @@ def finetune(
         **({"test_time_flips": flips} if flips != "none" else {}),
         **({"segmentation_threshold": threshold, "threshold_choice": threshold_choice}
            if threshold is not None else {}),
+        "segmentation_scoring": scoring,
         **({"distillation": {"teacher": _teacher_name(teacher), "share": cfg.distill_p,
                              "teacher_tta": cfg.teacher_tta}} if distill is not None else {}),
         "hardware": hardware(),
