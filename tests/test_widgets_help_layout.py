@@ -145,6 +145,57 @@ def _fits(widget, where: str) -> None:
             assert label.height() > 2 * label.fontMetrics().height(), f"{where}: {title} not wrapped"
 
 
+def _text_height(label) -> int:
+    """Pixel rows from the first to the last that hold text, inside a label's 1 px frame."""
+    img = label.grab().toImage()
+    bg = img.pixel(1, 1)
+    rows = [y for y in range(1, img.height() - 1)
+            if any(img.pixel(x, y) != bg for x in range(1, img.width() - 1))]
+    return rows[-1] - rows[0] + 1 if rows else 0
+
+
+def test_no_blank_status_lines_at_the_default_dock_width(docked, qtbot):
+    """docs/screenshot.png showed a blank line under Predict: an empty status line took a row,
+    and a status that just fits one line got a box two lines high (with Qt's automatic indent a
+    framed label is sized narrower than it is painted). A status line shows only with text, in
+    a box as high as the lines it paints."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget, QLabel
+
+    from napari_tokenunify.widgets.main_widget import DEFAULT_DOCK_WIDTH
+
+    viewer, widget = docked
+    window = viewer.window._qt_window
+    window.resize(1600, 900)  # as scripts/screenshot.py
+    window.show()
+    qtbot.waitExposed(window)
+    for section in widget.sections.values():
+        section.expand(animate=False)
+    dock = widget.parentWidget()
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window.resizeDocks([dock], [DEFAULT_DOCK_WIDTH], Qt.Orientation.Horizontal)
+    qtbot.waitUntil(lambda: abs(dock.width() - DEFAULT_DOCK_WIDTH) <= 2, timeout=5000)
+    qtbot.wait(50)
+    blank = [f"{title}: {lab.objectName()}" for title, panel in widget.panels.items()
+             for lab in panel.findChildren(QLabel)
+             if lab.isVisible() and not lab.text().strip() and lab.pixmap().isNull()]
+    assert not blank, f"visible empty labels: {blank}"
+
+    status = widget.panel("Predict").status
+    label = status.native
+    line = label.fontMetrics().height()
+    # paths around the width of one line, a narrow character at a time (the screenshot's was
+    # "done: /tmp/tokenunify-shot-swz0zoik/affinities.zarr")
+    for n in range(40):
+        status.value = f"done: /tmp/tokenunify-shot-{'i' * n}/affinities.zarr"
+        qtbot.waitUntil(lambda: label.height() == label.heightForWidth(label.width()), timeout=2000)
+        assert label.isVisible()
+        assert label.height() - _text_height(label) < line, (n, label.height(), status.value)
+    status.value = ""
+    assert not label.isVisible() and not label.parentWidget().isVisible()
+
+
 def _lum(colour) -> float:
     from matplotlib.colors import to_rgb
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container
+from magicgui.widgets import ComboBox, Container, Label
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from .state import Session, SessionEvents
@@ -38,6 +38,24 @@ def layer_combo(viewer: Any, kind: str, label: str, predicate=None, nullable: bo
     return ComboBox(
         label=label, choices=layer_choices(viewer, kind, predicate), nullable=nullable
     )
+
+
+class StatusLine(Label):
+    """A section's status line, shown only while it says something: an empty one would still
+    take a row of the dock (and show as a blank line)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(value="", visible=False, **kwargs)
+
+    @property
+    def value(self) -> str:
+        return Label.value.fget(self)
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        Label.value.fset(self, value)
+        if self.native.parentWidget() is not None:  # in its section: never a window of its own
+            self.visible = bool(str(value).strip())
 
 
 class Panel(QWidget):

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, FileEdit, PushButton
 
-from .base import Panel, is_affinity_layer, layer_combo
+from .base import Panel, StatusLine, is_affinity_layer, layer_combo
 from .checks import LayerError, layer_array, require_affinities, require_labels
 from .notify import reporting, show_info
 
@@ -69,7 +69,7 @@ class ExportPanel(Panel):
         self.path = FileEdit(label="export to", mode="w", filter="*.zarr *.tif *.tiff *.h5")
         self.overwrite = CheckBox(label="overwrite", value=False)
         self.export_btn = PushButton(text="Export")
-        self.status = Label(value="")
+        self.status = StatusLine()
         self.form.extend(
             [self.labels, self.affinities, self.path, self.overwrite, self.export_btn, self.status]
         )

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, LineEdit, PushButton, SpinBox
 
 from napari_tokenunify.training.config import FinetuneConfig
 
-from .base import Panel, is_volume_layer, layer_combo
+from .base import Panel, StatusLine, is_volume_layer, layer_combo
 from .checks import LayerError, require_image, require_labels
 from .notify import reporting, show_info
 from .predict_panel import _voxel_size, default_store, parse_region
@@ -156,7 +156,7 @@ class FinetunePanel(Panel):
         self.use_btn = PushButton(text="Use new model")
         self.again_btn = PushButton(text="Predict again with new model")
         self.compare_btn = PushButton(text="Re-predict view with new model")
-        self.status = Label(value="")
+        self.status = StatusLine()
         self.form.extend(
             [
                 self.image, self.labels, self.region, self.box, self.steps, self.lr, self.budget,

@@ -101,6 +101,9 @@ def wrap_label(label: QLabel) -> None:
     policy.setHeightForWidth(True)
     label.setSizePolicy(policy)
     label.setMinimumWidth(40)
+    # an explicit indent: with the automatic one (a framed label) Qt sizes the text 'x' / 2
+    # narrower than it paints it, so a line that just fits got a box two lines high (a blank line)
+    label.setIndent(label.fontMetrics().horizontalAdvance("x") // 2)
 
 
 class TokenUnifyWidget(QWidget):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, LineEdit, PushButton
 from qtpy.QtCore import QTimer
 
 from napari_tokenunify.engine.tta import TTA_LABELS
@@ -32,7 +32,7 @@ from napari_tokenunify.io.pyramid import is_large
 from napari_tokenunify.io.store_view import StoreView, store_layer_data, store_pyramid
 from napari_tokenunify.progress import Progress, format_rate
 
-from .base import Panel, is_volume_layer, layer_combo
+from .base import Panel, StatusLine, is_volume_layer, layer_combo
 from .checks import LayerError, require_image
 from .notify import reporting, show_info
 from .predict_stores import in_free_store_call, store_message
@@ -114,7 +114,7 @@ class PredictPanel(Panel):
         )
         self.predict_btn = PushButton(text="Predict affinities")
         self.cancel_btn = PushButton(text="Cancel")
-        self.status = Label(value="")
+        self.status = StatusLine()
         self.form.extend(
             [self.image, self.scope, self.region, self.store, self.tta, self.voxel,
              self.rescale, self.predict_btn,

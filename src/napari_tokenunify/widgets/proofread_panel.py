@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import LineEdit, PushButton, SpinBox
 
 from napari_tokenunify import proofread as pr
 
-from .base import Panel, is_affinity_layer, is_volume_layer, layer_combo
+from .base import Panel, StatusLine, is_affinity_layer, is_volume_layer, layer_combo
 from .checks import LayerError, labels_in_memory, layer_array, require_affinities, require_labels
 from .notify import reporting, show_info, show_warning
 from .segment_panel import in_memory_limit
@@ -67,7 +67,7 @@ class ProofreadPanel(Panel):
         self.jump_id = SpinBox(label="jump to id", min=0, max=2**31 - 1)
         self.jump_btn = PushButton(text="Jump")
         self.next_btn = PushButton(text="Next place to check")
-        self.status = Label(value="")
+        self.status = StatusLine()
         self.form.extend(
             [
                 self.labels,

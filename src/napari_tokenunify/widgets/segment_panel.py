@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import FloatSlider, Label, PushButton, SpinBox
+from magicgui.widgets import FloatSlider, PushButton, SpinBox
 
 from napari_tokenunify.io.pyramid import as_dask, is_large, lazy_pyramid
 
-from .base import Panel, is_affinity_layer, layer_combo
+from .base import Panel, StatusLine, is_affinity_layer, layer_combo
 from .checks import layer_array, require_affinities
 from .notify import reporting, show_info
 from .state import edit_log_for
@@ -71,7 +71,7 @@ class SegmentPanel(Panel):
         self.threshold = FloatSlider(label="threshold", min=0.05, max=0.95, step=0.01, value=0.5)
         self.min_size = SpinBox(label="minimum size", min=0, max=10**9, value=0)
         self.segment_btn = PushButton(text="Segment")
-        self.status = Label(value="")
+        self.status = StatusLine()
         self.form.extend([self.affinities, self.threshold, self.min_size, self.segment_btn, self.status])
         self.segment_btn.changed.connect(self.segment)
         self.threshold.changed.connect(self._threshold_moved)
