@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from napari_tokenunify.progress import Cancelled
 from napari_tokenunify.widgets.model_panel import TINY
@@ -531,3 +532,32 @@ def test_flips_show_a_preview_of_the_centre_tile_first(docked, qtbot, tmp_path, 
     assert panel.live.preview is None
     np.testing.assert_array_equal(np.asarray(viewer.layers["em affinities"].data),
                                   zarr.open_group(str(store), mode="r")["affinities"][...])
+
+
+def test_segment_uses_the_scoring_of_the_model_that_predicted(docked, small_volume, qtbot, tmp_path):
+    """The Segment section agglomerates with the scoring the predicting model's card names (the
+    bundled default: mean affinity), as `tokenunify run` does, not always with the median."""
+    from napari_tokenunify.engine.pipeline import segment
+    from napari_tokenunify.model import build_model
+
+    viewer, widget = docked
+    image = viewer.add_image(small_volume.image, name="em")
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    model.card.training = {"segmentation_threshold": 0.5, "segmentation_scoring": "mean"}
+    panel = widget.panel("Predict")
+    _whole_volume(panel, image, tmp_path / "em-affinities.zarr")
+    panel.tta.value = "none"
+    wait_job(qtbot, panel.predict(model=model))
+    layer = viewer.layers["em affinities"]
+    assert layer.metadata["tokenunify"]["scoring"] == "mean"
+    seg = widget.panel("Segment")
+    seg.affinities.value = layer
+    seg.threshold.value = 0.5
+    wait_job(qtbot, seg.segment())
+    labels = np.asarray(seg.labels_layer.data)
+    affs = np.asarray(layer.data)
+    expected = segment(affs, threshold=0.5, scoring="mean").labels
+    median = segment(affs, threshold=0.5, scoring="median").labels
+    assert not np.array_equal(expected, median)  # the two scorings differ on these affinities
+    np.testing.assert_array_equal(labels, expected)
