@@ -346,6 +346,7 @@ class FinetunePanel(Panel):
             card = model.card
             name = card.name or "finetuned"
             threshold = float(card.recommended_threshold)
+            scoring = card.recommended_scoring
             store = again_store(image_layer, name)
             device, tta, tile = self.session.device, self.session.tta, self.tile_shape
             voxel = _voxel_size("", image_layer)
@@ -370,14 +371,15 @@ class FinetunePanel(Panel):
                 if in_memory:
                     from napari_tokenunify.engine.agglomerate import Agglomerator
 
-                    labels = Agglomerator(np.asarray(affs), max_threshold=threshold).segment(threshold)
+                    labels = Agglomerator(np.asarray(affs), scoring=scoring,
+                                          max_threshold=threshold).segment(threshold)
                 else:
                     from napari_tokenunify.engine.blockwise import segment_blockwise
                     from napari_tokenunify.engine.store import unfinished_blockwise
 
                     out = used.with_name(f"{used.stem}-labels-t{threshold:.2f}.zarr")
                     labels = segment_blockwise(
-                        affs, out, threshold=threshold, voxel_size=voxel,
+                        affs, out, threshold=threshold, scoring=scoring, voxel_size=voxel,
                         overwrite=not unfinished_blockwise(str(out)), progress=progress, cancel=cancel)
                 return used, affs, labels
 
@@ -401,7 +403,8 @@ class FinetunePanel(Panel):
             translate=(0, *translate), visible=False,
         )
         affs_layer.metadata["tokenunify"] = {
-            "kind": "affinities", "store": str(store), "model": name, "threshold": threshold, "tta": tta}
+            "kind": "affinities", "store": str(store), "model": name, "threshold": threshold, "tta": tta,
+            "scoring": model.card.recommended_scoring}
         seg_layer = self.viewer.add_labels(
             labels, name=_free_name(self.viewer, f"segmentation ({name})"), scale=scale, translate=translate)
         seg_layer.metadata["tokenunify"] = {"kind": "labels", "threshold": threshold, "model": name}

@@ -330,6 +330,7 @@ class PredictPanel(Panel):
             kind="affinities", store=str(self._pending_layer[1]),
             model=(getattr(card, "name", "") or getattr(card, "preset", "")) if card else type(model).__name__,
             threshold=card.recommended_threshold if card is not None else None,
+            scoring=card.recommended_scoring if card is not None else "median",
             tta=chosen.get("tta", self.session.tta),
         )
         self.events.affinities_changed.emit(layer)

@@ -297,7 +297,10 @@ class ProofreadPanel(Panel):
                     if build:
                         from napari_tokenunify.engine.agglomerate import Agglomerator
 
-                        a = Agglomerator(np.asarray(affs), max_threshold=threshold or 0.5)
+                        from .segment_panel import recorded_scoring
+
+                        a = Agglomerator(np.asarray(affs), scoring=recorded_scoring(affs_layer),
+                                         max_threshold=threshold or 0.5)
                     return pr.uncertainty_ranking(
                         affs, top=200, labels=labels, threshold=threshold or 0.5, agglomerator=a
                     )

@@ -39,6 +39,13 @@ def _recorded_threshold(layer: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+def recorded_scoring(layer: Any) -> str:
+    """The agglomeration scoring the threshold of an affinity layer's model was chosen with
+    (recorded by Predict), else "median"."""
+    value = (getattr(layer, "metadata", {}).get("tokenunify") or {}).get("scoring")
+    return value if value in ("median", "mean") else "median"
+
+
 def blockwise_store(affs_layer: Any, threshold: float) -> Path:
     """Where a blockwise segmentation of ``affs_layer`` goes: beside its affinity store, else in
     the user's cache folder (as predictions do)."""
@@ -113,6 +120,7 @@ class SegmentPanel(Panel):
             affs = require_affinities(layer)
             key = self._key(layer)
             threshold, min_size = float(self.threshold.value), int(self.min_size.value)
+            scoring = recorded_scoring(layer)
             agg = self.session.agglomerators.get(key)
 
             if int(np.prod(affs.shape[1:])) > in_memory_limit():
@@ -124,7 +132,7 @@ class SegmentPanel(Panel):
 
                 a = agg
                 if a is None:
-                    a = Agglomerator(np.asarray(affs))
+                    a = Agglomerator(np.asarray(affs), scoring=scoring)
                 labels = a.segment(threshold)
                 if min_size > 0:
                     labels = remove_small(labels, min_size)
@@ -148,7 +156,8 @@ class SegmentPanel(Panel):
 
             # resume what a cancelled run left; anything else there is replaced
             labels = segment_blockwise(
-                affs, out, threshold=threshold, voxel_size=voxel, overwrite=not unfinished_blockwise(str(out)),
+                affs, out, threshold=threshold, scoring=recorded_scoring(layer), voxel_size=voxel,
+                overwrite=not unfinished_blockwise(str(out)),
                 progress=progress, cancel=cancel,
             )
             return None, labels, threshold
