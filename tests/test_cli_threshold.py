@@ -57,7 +57,11 @@ def test_demo_auto_sample_is_the_shipped_real_crop(tmp_path, capsys, monkeypatch
 
 
 def test_card_recommended_scoring_and_names():
-    from napari_tokenunify.engine.agglomerate import MEAN_SCORING, TOKENUNIFY_SCORING, scoring_function
+    from napari_tokenunify.engine.agglomerate import (
+        MEAN_SCORING,
+        TOKENUNIFY_SCORING,
+        scoring_function,
+    )
 
     assert ModelCard().recommended_scoring == "median"
     assert ModelCard(training={"segmentation_scoring": "mean"}).recommended_scoring == "mean"
