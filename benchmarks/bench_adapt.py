@@ -292,9 +292,11 @@ def print_ranking(res: dict) -> None:
 
 def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, budget: float,
                tta: str | None, cache: Path | None, before: dict | None = None,
-               model: Any = None, overrides: dict | None = None) -> dict:
+               model: Any = None, overrides: dict | None = None, self_teacher: bool = False) -> dict:
     """One correct → finetune → predict-again run; ``before`` reuses the first prediction and
-    ``model`` the loaded starting model (never changed: finetuning trains a copy)."""
+    ``model`` the loaded starting model (never changed: finetuning trains a copy).
+    ``self_teacher``: distil from the starting model itself (its affinities of the whole volume
+    as soft targets for a share ``distill_p`` of the samples), a pull toward what it knew."""
     import torch
 
     from napari_tokenunify import proofread as pr
@@ -325,8 +327,9 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
     corrected = regions_mask(gt.shape, regions)
     labels = corrected_labels(before["seg"], gt, corrected)
     t0 = time.perf_counter()
+    teacher = {"teacher": model, "teacher_affinities": [before["affs"]]} if self_teacher else {}
     tuned = finetune(raw, labels, mask=corrected.astype(np.float32), init=model, config=config,
-                     device="cpu", name=f"bench-adapt-{region_kind}")
+                     device="cpu", name=f"bench-adapt-{region_kind}", **teacher)
     train_s = time.perf_counter() - t0
     t_after = tuned.card.recommended_threshold
     with torch.no_grad():
@@ -337,7 +340,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         "volume": name, "region": region_kind, "model": model_name, "model_key": weights_key(model),
         "tta": mode,
         "share_corrected": float(corrected.mean()), "n_regions": len(regions),
-        "budget_s": budget, "config_overrides": dict(overrides or {}), "train_s": train_s, "steps": info.get("steps"),
+        "budget_s": budget, "config_overrides": dict(overrides or {}), "self_teacher": self_teacher, "train_s": train_s, "steps": info.get("steps"),
         "predict_before_s": before["predict_s"], "predict_after_s": predict_after_s,
         "threshold_before": t_before, "threshold_after": t_after,
         "before": score_uncorrected(before["seg"], gt, corrected),
@@ -389,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                    help="FinetuneConfig fields instead of their defaults (to compare candidates), "
                         "e.g. --set lr=2e-4 ema=0.99")
+    p.add_argument("--self-teacher", action="store_true",
+                   help="distil from the starting model itself (its own affinities as soft targets)")
     p.add_argument("--tta", default=None, choices=["none", "yx", "zyx"], help="override the card's flips")
     p.add_argument("--top", type=int, default=10, help="--ranking: blocks compared")
     p.add_argument("--draws", type=int, default=100, help="--ranking: random draws averaged")
@@ -424,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind in args.regions:
                 row = adapt_case(args.model, name, kind, share=args.share, budget=args.budget,
                                  tta=args.tta, cache=cache, before=before, model=model,
-                                 overrides=parse_overrides(args.set))
+                                 overrides=parse_overrides(args.set), self_teacher=args.self_teacher)
                 before = row.pop("_before")
                 rows.append(row)
                 print_adapt([row])
