@@ -292,11 +292,12 @@ def print_ranking(res: dict) -> None:
 
 def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, budget: float,
                tta: str | None, cache: Path | None, before: dict | None = None,
-               model: Any = None, overrides: dict | None = None, self_teacher: bool = False) -> dict:
+               model: Any = None, overrides: dict | None = None) -> dict:
     """One correct → finetune → predict-again run; ``before`` reuses the first prediction and
     ``model`` the loaded starting model (never changed: finetuning trains a copy).
-    ``self_teacher``: distil from the starting model itself (its affinities of the whole volume
-    as soft targets for a share ``distill_p`` of the samples), a pull toward what it knew."""
+    With ``FinetuneConfig.self_distill`` (the default) the starting model's affinities of the
+    whole volume, the "before" prediction, are its own soft targets, as the widget passes its
+    affinities layer (``--set self_distill=false`` turns it off)."""
     import torch
 
     from napari_tokenunify import proofread as pr
@@ -327,7 +328,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
     corrected = regions_mask(gt.shape, regions)
     labels = corrected_labels(before["seg"], gt, corrected)
     t0 = time.perf_counter()
-    teacher = {"teacher": model, "teacher_affinities": [before["affs"]]} if self_teacher else {}
+    teacher = {"teacher_affinities": [before["affs"]]} if config.self_distill else {}
     tuned = finetune(raw, labels, mask=corrected.astype(np.float32), init=model, config=config,
                      device="cpu", name=f"bench-adapt-{region_kind}", **teacher)
     train_s = time.perf_counter() - t0
@@ -340,7 +341,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         "volume": name, "region": region_kind, "model": model_name, "model_key": weights_key(model),
         "tta": mode,
         "share_corrected": float(corrected.mean()), "n_regions": len(regions),
-        "budget_s": budget, "config_overrides": dict(overrides or {}), "self_teacher": self_teacher, "train_s": train_s, "steps": info.get("steps"),
+        "budget_s": budget, "config_overrides": dict(overrides or {}), "self_distill": config.self_distill, "train_s": train_s, "steps": info.get("steps"),
         "predict_before_s": before["predict_s"], "predict_after_s": predict_after_s,
         "threshold_before": t_before, "threshold_after": t_after,
         "before": score_uncorrected(before["seg"], gt, corrected),
@@ -365,12 +366,16 @@ def print_adapt(rows: list[dict]) -> None:
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
-    """``["lr=2e-4", "ema=0.99"]`` → ``{"lr": 0.0002, "ema": 0.99}`` (numbers where they parse)."""
+    """``["lr=2e-4", "ema=0.99", "self_distill=false"]`` → ``{"lr": 0.0002, "ema": 0.99,
+    "self_distill": False}`` (numbers and true/false where they parse)."""
     out: dict = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set takes NAME=VALUE, got {item!r}")
+        if value.lower() in ("true", "false"):
+            out[name] = value.lower() == "true"
+            continue
         try:
             out[name] = int(value) if value.lstrip("-").isdigit() else float(value)
         except ValueError:
@@ -391,9 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds of finetuning (time_budget_s)")
     p.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE",
                    help="FinetuneConfig fields instead of their defaults (to compare candidates), "
-                        "e.g. --set lr=2e-4 ema=0.99")
-    p.add_argument("--self-teacher", action="store_true",
-                   help="distil from the starting model itself (its own affinities as soft targets)")
+                        "e.g. --set lr=2e-4 ema=0.99 (self_distill=false: without the "
+                        "session-9 default of distilling from the starting model)")
     p.add_argument("--tta", default=None, choices=["none", "yx", "zyx"], help="override the card's flips")
     p.add_argument("--top", type=int, default=10, help="--ranking: blocks compared")
     p.add_argument("--draws", type=int, default=100, help="--ranking: random draws averaged")
@@ -429,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind in args.regions:
                 row = adapt_case(args.model, name, kind, share=args.share, budget=args.budget,
                                  tta=args.tta, cache=cache, before=before, model=model,
-                                 overrides=parse_overrides(args.set), self_teacher=args.self_teacher)
+                                 overrides=parse_overrides(args.set))
                 before = row.pop("_before")
                 rows.append(row)
                 print_adapt([row])

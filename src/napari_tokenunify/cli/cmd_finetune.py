@@ -32,11 +32,37 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         thresholds=tuple(args.threshold) if args.threshold else DEFAULTS.thresholds,
         holdout=args.holdout, time_budget_s=args.time_budget, seed=args.seed,
         checkpoint_every=args.checkpoint_every, distill_p=args.distill_p, teacher_tta=args.teacher_tta,
+        self_distill=args.self_distill,
     )
+
+
+def _start_affinities(args: argparse.Namespace):
+    """--teacher-affinities: the starting model's own affinities of --raw (self-distillation's
+    targets), refused when the store says another model predicted them."""
+    if args.teacher_affinities is None:
+        return None
+    if args.teacher is not None:
+        raise ValueError("--teacher-affinities are the starting model's own affinities; with "
+                         "--teacher the teacher predicts its targets itself: leave one out")
+    if not args.self_distill or args.init in (None, "scratch"):
+        raise ValueError("--teacher-affinities are used by self-distillation from a trained "
+                         "--init; leave them out with --no-self-distill or --init scratch")
+    from ..engine.predict import predicted_with
+    from .engine_common import load_model_or_default, open_affinities
+
+    affs, _ = open_affinities(args.teacher_affinities, args.teacher_affinities_dataset)
+    if predicted_with(args.teacher_affinities, load_model_or_default(args.init)[0]) is False:
+        raise ValueError(f"{args.teacher_affinities} holds affinities predicted with another model "
+                         f"than --init {args.init}; give the affinities that model predicted for "
+                         "--raw, or leave --teacher-affinities out to have it predict them")
+    return [affs]
 
 
 def _distill_kwargs(args: argparse.Namespace) -> dict:
     """finetune's distillation data from --teacher and --distill-data (share and flips: the config)."""
+    start_affs = _start_affinities(args)
+    if start_affs is not None:
+        return {"teacher_affinities": start_affs}
     if args.teacher is None:
         if args.distill_data:
             raise ValueError("--distill-data needs --teacher (the model whose affinities are the targets)")
@@ -153,5 +179,15 @@ def register(sub) -> None:
                    help="share of samples with the teacher's targets (1: teacher only)")
     p.add_argument("--teacher-tta", default=d.teacher_tta, choices=["none", "yx", "zyx"],
                    help="the teacher's test-time flips")
+    p.add_argument("--no-self-distill", dest="self_distill", action="store_false", default=d.self_distill,
+                   help="do not distil from the starting model (by default a share --distill-p of "
+                   "the samples, anywhere in --raw, has the start's own affinities as targets, so "
+                   "a few corrections do not make it forget what it knew)")
+    p.add_argument("--teacher-affinities", default=None, metavar="STORE",
+                   help="the starting model's affinities of --raw (e.g. OUTPUT_affinities.zarr of "
+                   "`tokenunify run` with --init's model), as self-distillation's targets; "
+                   "default: --init predicts them (a crop around the corrections of a large volume)")
+    p.add_argument("--teacher-affinities-dataset", default=None,
+                   help="dataset inside --teacher-affinities when it is not a store of ours")
     add_runtime_options(p, seed=d.seed, time_budget_s=d.time_budget_s, checkpoint_every=d.checkpoint_every)
     p.set_defaults(func=run)

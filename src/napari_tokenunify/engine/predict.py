@@ -303,6 +303,21 @@ def model_id(model) -> str:
     return type(model).__name__
 
 
+def predicted_with(store_path, model) -> bool | None:
+    """Whether the affinity store at ``store_path`` was predicted by ``model`` (the
+    :func:`model_id` it records, whatever the flips); ``None`` when the path is no store of ours
+    or records no model."""
+    try:
+        import zarr
+
+        settings = zarr.open_group(str(store_path), mode="r").attrs.get("settings") or {}
+    except Exception:  # noqa: BLE001 - not a zarr group: nothing recorded
+        return None
+    if "model" not in settings:
+        return None
+    return settings["model"] == model_id(model)
+
+
 def prediction_settings(model, shape, tile, halo, crop, dtype, norm, tta: str = "none") -> dict[str, Any]:
     n_params = int(sum(p.numel() for p in model.parameters()))
     return {

@@ -78,8 +78,11 @@ class TeacherTargets:
 
     ``volumes``: the raw volumes (z, y, x) to draw from; the teacher predicts each in full once
     (``tta``: its test-time flips), so give crops of very large ones, or pass its
-    ``affinities`` (C, Z, Y, X) per volume, computed before. ``rng`` drives sampling and
-    augmentation.
+    ``affinities`` (C, Z, Y, X) per volume, computed before (numpy, zarr or dask: only the
+    sampled patches are read). ``rng`` drives sampling and augmentation. ``normalization``: the
+    student's card normalisation, applied to the raw patches exactly as the labelled samples
+    (``sampling.PatchSampler``) and prediction apply it; without it integers are scaled by their
+    dtype's range.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class TeacherTargets:
         tta: str = "yx",
         progress=None,
         affinities: Sequence | None = None,
+        normalization: Any = None,
     ) -> None:
         from ..engine.predict import predict_affinities
         from ..engine.tta import check_tta
@@ -110,17 +114,29 @@ class TeacherTargets:
                                              progress=progress) for v in self.volumes]
         elif len(affinities) != len(self.volumes):
             raise ValueError("give one teacher affinity volume per distillation volume")
-        self.affinities = [np.asarray(a) for a in affinities]
+        self.affinities = [a if hasattr(a, "shape") and hasattr(a, "__getitem__") else np.asarray(a)
+                           for a in affinities]
         for v, a in zip(self.volumes, self.affinities, strict=True):
-            if a.shape != (len(self.offsets), *v.shape):
+            if tuple(a.shape) != (len(self.offsets), *v.shape):
                 raise ValueError(f"teacher affinities of shape {a.shape} do not fit a volume of shape "
                                  f"{tuple(v.shape)} with {len(self.offsets)} offsets")
         sizes = np.array([float(np.prod(v.shape)) for v in self.volumes])
         self._p = sizes / sizes.sum()
+        self.ranges = None
+        if normalization is not None:
+            from ..engine.normalize import intensity_range
+
+            self.ranges = [intensity_range(v, normalization) for v in self.volumes]
+
+    def to_input(self, i: int, block: np.ndarray) -> np.ndarray:
+        """A raw block of volume ``i`` as the network's [0, 1] input (as ``PatchSampler``)."""
+        from .sampling import to_unit
+
+        return to_unit(block) if self.ranges is None else self.ranges[i].apply(block)
 
     def sample(self, augment: EMAugment | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One (raw, target, weight) sample of ``patch_shape`` (target and weight (C, Z, Y, X))."""
-        from .sampling import _pad_to, _read, to_unit
+        from .sampling import _pad_to, _read
 
         i = int(self.rng.choice(len(self.volumes), p=self._p))
         vol, affs = self.volumes[i], self.affinities[i]
@@ -128,8 +144,9 @@ class TeacherTargets:
                       for s, p in zip(vol.shape, self.patch_shape, strict=True))
         shape = tuple(min(s, p) for s, p in zip(vol.shape, self.patch_shape, strict=True))
         sl = tuple(slice(a, a + n) for a, n in zip(start, shape, strict=True))
-        raw = to_unit(_read(vol, start, shape))
-        target = affs[(slice(None), *sl)].astype(np.float32)
+        raw = np.asarray(self.to_input(i, _read(vol, start, shape)), np.float32)
+        target = affs[(slice(None), *sl)]
+        target = np.asarray(target.compute() if hasattr(target, "compute") else target, np.float32)
         defined = np.ones(target.shape, np.float32)
         if augment is not None and augment.flip_rotate:
             if raw.shape[1] == raw.shape[2] and self.rng.random() < 0.5:

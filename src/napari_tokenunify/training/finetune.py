@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -467,6 +468,7 @@ def finetune(
         patch_shape = card_patch if card_patch and len(card_patch) == 3 else DEFAULT_PATCH
     patch_shape = tuple(int(p) for p in patch_shape)
     region: dict[str, Any] = {"kind": "whole volume"}
+    full_raws, full_masks = list(raws), list(masks)  # self-distillation draws from all of them
     if box is not None:
         region = {"kind": "box", "box": _box_bounds(box, np.shape(raw))}
         (raw, labels, mask), box_mask = _crop_box([raw, labels, mask], box, patch_shape)
@@ -499,20 +501,35 @@ def finetune(
         raws, patch_shape, labels=labels_list, masks=masks, seed=rng, min_labelled=0.05,
         normalization=normalization,
     )
-    distill = None
-    if teacher is not None:
+    distill, teacher_s = None, 0.0
+    self_taught = (teacher is None and cfg.self_distill and cfg.distill_p > 0
+                   and init_note.get("init") != "scratch" and init_note.get("copied") == "all")
+    if teacher is not None or self_taught:
         if not 0.0 < cfg.distill_p <= 1.0:
             raise ValueError(f"distill_p must be in (0, 1] to distil from a teacher, got {cfg.distill_p}")
         from .distill import TeacherTargets, load_teacher
+        from .self_distill import distillation_volumes, frozen_copy
 
-        vols = list(distill_volumes) if distill_volumes is not None else raws
+        if self_taught:  # the start, before any step, labels the volume it is finetuned on
+            teacher_model, tta = frozen_copy(model), flips
+            vols = list(distill_volumes) if distill_volumes is not None else (
+                full_raws if teacher_affinities is not None else distillation_volumes(
+                    full_raws, full_masks, region.get("box"), patch_shape))
+        else:
+            teacher_model, tta = load_teacher(teacher, offsets), cfg.teacher_tta
+            vols = list(distill_volumes) if distill_volumes is not None else raws
         if not vols:
             raise TrainingDataError("distill_volumes is empty: give the volumes the teacher should label")
-        distill = TeacherTargets(load_teacher(teacher, offsets), vols, patch_shape, offsets,
-                                 rng, dev, tta=cfg.teacher_tta, progress=_teacher_progress(progress),
-                                 affinities=teacher_affinities)
+        t0 = time.perf_counter()
+        distill = TeacherTargets(teacher_model, vols, patch_shape, offsets, rng, dev, tta=tta,
+                                 progress=_teacher_progress(progress), affinities=teacher_affinities,
+                                 normalization=normalization)
+        teacher_s = time.perf_counter() - t0  # the teacher's prediction counts in the time budget
     elif distill_volumes is not None:
         raise ValueError("distill_volumes needs a teacher (the model whose affinities are the targets)")
+    elif teacher_affinities is not None:
+        raise ValueError("teacher_affinities needs a teacher, or self-distillation from a trained "
+                         "starting model (self_distill on, distill_p > 0)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     averaged = _ema_model(model, cfg.ema)
     scored = model if averaged is None else averaged.module  # the weights that are validated and kept
@@ -540,7 +557,7 @@ def finetune(
         if log is not None:
             log.truncate_after(step)
 
-    budget = Budget(cfg.steps, cfg.time_budget_s, elapsed)
+    budget = Budget(cfg.steps, cfg.time_budget_s, elapsed + teacher_s)
 
     def checkpoint() -> None:
         if out is None:
@@ -649,8 +666,9 @@ def finetune(
         **({"segmentation_threshold": threshold, "threshold_choice": threshold_choice}
            if threshold is not None else {}),
         "segmentation_scoring": scoring,
-        **({"distillation": {"teacher": _teacher_name(teacher), "share": cfg.distill_p,
-                             "teacher_tta": cfg.teacher_tta}} if distill is not None else {}),
+        **({"distillation": _distillation_record(teacher, self_taught, cfg, flips, distill,
+                                                 teacher_affinities is not None)}
+           if distill is not None else {}),
         "hardware": hardware(),
     }
     model.training_info = training
@@ -758,6 +776,18 @@ def _teacher_progress(progress: ProgressCallback | None) -> ProgressCallback | N
         progress(replace(p, message=f"teacher: {p.message}"))
 
     return report
+
+
+def _distillation_record(teacher: Any, self_taught: bool, cfg: FinetuneConfig, flips: str,
+                         distill: Any, given: bool) -> dict[str, Any]:
+    """``training.distillation`` of the card: who taught, how often, on what."""
+    if self_taught:
+        from .self_distill import TEACHER_NAME
+
+        return {"teacher": TEACHER_NAME, "share": cfg.distill_p, "teacher_tta": flips,
+                "affinities": "given" if given else "predicted",
+                "volume_shapes": [[int(v) for v in np.shape(x)] for x in distill.volumes]}
+    return {"teacher": _teacher_name(teacher), "share": cfg.distill_p, "teacher_tta": cfg.teacher_tta}
 
 
 def _teacher_name(teacher: Any) -> str:

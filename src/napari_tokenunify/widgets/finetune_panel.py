@@ -244,6 +244,8 @@ class FinetunePanel(Panel):
                     **({"image_file": str(src)} if src else {})}
             voxel = _voxel_size("", image_layer)
             labels_copy = np.array(labels, copy=True)  # the user may keep editing meanwhile
+            start_affs = (start_affinities(self.viewer, init, np.shape(raw))
+                          if config.self_distill else None)
             self.losses = []
             losses = self.losses
 
@@ -260,6 +262,7 @@ class FinetunePanel(Panel):
                     np.asarray(raw), labels_copy, mask=mask, box=box, init=init, config=config,
                     device=device, resume=False, name=name, data=data, voxel_size_nm=voxel,
                     progress=report, cancel=cancel,
+                    **({"teacher_affinities": [start_affs]} if start_affs is not None else {}),
                 )
 
             self.status.value = "finetuning…"
@@ -451,6 +454,36 @@ class FinetunePanel(Panel):
 
             return self.run(work, "Re-predict with finetuned model", on_result=show)
         return None
+
+
+def start_affinities(viewer: Any, model: Any, shape: tuple) -> Any:
+    """The affinities the starting ``model`` predicted for a volume of ``shape`` (a layer whose
+    store records that model): self-distillation's targets, so finetuning need not predict them
+    again. ``None`` when no layer holds them (finetuning then predicts them itself)."""
+    from napari_tokenunify.engine.predict import predicted_with
+
+    if isinstance(model, (str, Path)):
+        return None
+    for layer in viewer.layers:
+        meta = layer.metadata.get("tokenunify") or {}
+        if meta.get("kind") != "affinities" or not meta.get("store"):
+            continue
+        data = layer.data[0] if layer.multiscale else layer.data
+        if tuple(data.shape[1:]) != tuple(shape) or not predicted_with(meta["store"], model):
+            continue
+        if not _finished(meta["store"]):  # a cancelled prediction: part of it is empty
+            continue
+        return data
+    return None
+
+
+def _finished(store: str) -> bool:
+    import zarr
+
+    try:
+        return bool(zarr.open_group(str(store), mode="r").attrs.get("complete", False))
+    except Exception:  # noqa: BLE001 - unreadable: do not use it
+        return False
 
 
 def again_store(image_layer: Any, model_name: str) -> Path:
