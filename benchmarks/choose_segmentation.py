@@ -12,6 +12,7 @@ of a knife edge does not win. The lowest score chooses; the test volume is never
   python benchmarks/choose_segmentation.py default [MODEL...] [--variants all] [--write-card]
 
 ``--variants all`` adds rule 13's other candidates (Gaussian smoothing, 75th percentile);
+``--variants rule15`` scores rule 15's (small-segment cleanup, seed spacing) with the mean;
 ``--write-card`` records the choice (``training.segmentation_scoring``/``segmentation_threshold``)
 in each model folder's card.json (not in a bundled model's: use a copy).
 """
@@ -41,6 +42,14 @@ MORE_VARIANTS = {
     "q75": {"scoring": Q75},
     "q75, smoothed σ1": {"scoring": Q75, "smooth": 1.0},
     "median, fragments smoothed σ1": {"scoring": "median", "smooth_fragments": 1.0},
+}
+RULE15_VARIANTS = {  # rule 15 (docs/results.md, session 9): small segments and seed spacing
+    "mean": {"scoring": "mean"},
+    "mean, min size 100": {"scoring": "mean", "min_size": 100},
+    "mean, min size 500": {"scoring": "mean", "min_size": 500},
+    "mean, min size 2000": {"scoring": "mean", "min_size": 2000},
+    "mean, seeds 2 apart": {"scoring": "mean", "seed_distance": 2.0},
+    "mean, seeds 5 apart": {"scoring": "mean", "seed_distance": 5.0},
 }
 RULE = ("the lowest validation mean VOI averaged over the original and the contrast/2 + 20 "
         "input, at one shared threshold of THRESHOLDS")
@@ -77,10 +86,16 @@ def score_variant(affs: dict, variant: dict) -> dict:
         fa = a
         if variant.get("smooth_fragments"):
             fa = np.stack([ndi.gaussian_filter(c, variant["smooth_fragments"]) for c in a])
-        agg = Agglomerator(a, fragments_from_affinities(fa, voxel_size=(10, 10, 10)),
+        seeds = {"min_seed_distance": variant["seed_distance"]} if "seed_distance" in variant else {}
+        agg = Agglomerator(a, fragments_from_affinities(fa, voxel_size=(10, 10, 10), **seeds),
                            scoring=variant["scoring"], max_threshold=max(qs.THRESHOLDS))
         for t in qs.THRESHOLDS:
-            s = evaluate(agg.segment(t), gt, ignore_label=0)
+            seg = agg.segment(t)
+            if variant.get("min_size"):
+                from napari_tokenunify.engine.cleanup import cleanup
+
+                seg = cleanup(seg, min_size=variant["min_size"])
+            s = evaluate(seg, gt, ignore_label=0)
             table[t][key] = float(s["voi_split"] + s["voi_merge"])
     for row in table.values():
         row["score"] = float(np.mean(list(row.values())))  # 2 volumes × 2 inputs, equal weights
@@ -128,14 +143,15 @@ def write_card(model_dir: Path, best: dict, variants: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="bundled names (default, unet) or model folders")
-    p.add_argument("--variants", choices=["scorings", "all"], default="scorings")
+    p.add_argument("--variants", choices=["scorings", "all", "rule15"], default="scorings")
     p.add_argument("--write-card", action="store_true", help="record the choice in each model folder's card")
     p.add_argument("--json", type=Path, default=None, help="write the tables here")
     args = p.parse_args(argv)
     missing = [c.name for c in qs.VALIDATION if not c.available()]
     if missing:
         sys.exit(f"shared data missing for {missing}: put it at {qs.DATA} or set TOKENUNIFY_SHARED_DATA")
-    variants = dict(VARIANTS, **(MORE_VARIANTS if args.variants == "all" else {}))
+    variants = (RULE15_VARIANTS if args.variants == "rule15"
+                else dict(VARIANTS, **(MORE_VARIANTS if args.variants == "all" else {})))
     print(f"rule: {RULE}")
     results = {}
     for model_name in args.models:

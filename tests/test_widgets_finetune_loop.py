@@ -83,6 +83,8 @@ def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, n
     assert t["config"] == panel.config().with_(patch_shape=PATCH, holdout=0.25, steps=2).to_dict()
     assert card.recommended_threshold == card.metrics["validation"]["threshold"]  # held-back choice
     assert "held-back VOI" in panel.status.value
+    # self-distillation took its targets from the start's affinities layer, the whole volume
+    assert t["distillation"]["affinities"] == "given" and t["distillation"]["volume_shapes"] == [[16, 48, 48]]
 
     panel.use()
     text = widget.panel("Model").card.value
