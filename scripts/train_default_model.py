@@ -86,7 +86,7 @@ def stage_pretrain(arm: str, work: Path, args) -> None:
         [raw], preset=args.preset, steps=args.pretrain_steps, out_dir=work / f"pretrain-{arm}",
         weights=MIXTURES[arm], patch_shape=args.patch, token_shape=TOKENS,
         batch_size=args.batch_size, lr=args.lr,
-        device=args.device, seed=args.seed, time_budget_s=args.time_cap, progress=printer(25),
+        device=args.device, seed=args.seed, time_budget_s=args.time_cap, progress=printer(25), self_distill=False,
     )
 
 
@@ -119,6 +119,7 @@ def stage_finetune(arm: str, work: Path, args) -> None:
         validation=(raw[:, :, VAL_SPLIT_X:], gt[:, :, VAL_SPLIT_X:]), val_every=args.val_every,
         batch_size=args.batch_size, lr=args.lr, device=args.device, seed=args.seed, time_budget_s=args.time_cap,
         ema=args.ema, head_steps=args.head_steps, progress=printer(25),
+        self_distill=False,  # the recipes of sessions 1-5: no pull toward the start
     )
 
 
@@ -170,7 +171,7 @@ def stage_pseudo(work: Path, args) -> None:
         validation=(train_raw[:, :, VAL_SPLIT_X:], train_gt[:, :, VAL_SPLIT_X:]),
         val_every=args.val_every, batch_size=args.batch_size, lr=args.lr, device=args.device,
         seed=args.seed, time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
-        progress=printer(50),
+        progress=printer(50), self_distill=False,
     )
 
 

@@ -93,6 +93,7 @@ def stage_finetune(args) -> None:
         time_budget_s=args.time_cap, ema=args.ema, head_steps=args.head_steps,
         normalization=dict(ROBUST_NORMALIZATION), progress=printer(25),
         offsets=training_offsets(args.aux_offsets),
+        self_distill=False,  # generalist training learns from labels, not from its start
     )
     (out / "data.json").write_text(json.dumps({
         "train": [c.name for c in qs.TRAIN], "validation": [c.name for c in qs.VALIDATION],
