@@ -85,6 +85,10 @@ def stage_finetune(args) -> None:
     train = qs.load_all(qs.TRAIN)
     val = qs.load_all(qs.VALIDATION)
     out = args.work / f"finetune-{Path(args.init).name}{args.tag}"
+    distill = {}
+    if args.teacher:  # noisy student: the teacher's flip-averaged affinities of unlabeled crops
+        distill = {"teacher": args.teacher, "distill_p": args.distill_p, "teacher_tta": args.teacher_tta,
+                   "distill_volumes": [_central(raw, args.distill_crop) for raw, _ in qs.load_all(qs.UNLABELED)]}
     finetune(
         [r for r, _ in train], [lab for _, lab in train], init=init_for(args.init, args),
         preset=args.preset, steps=args.steps, out_dir=out, patch_shape=args.patch,
@@ -94,10 +98,20 @@ def stage_finetune(args) -> None:
         normalization=dict(ROBUST_NORMALIZATION), progress=printer(25),
         offsets=training_offsets(args.aux_offsets),
         self_distill=False,  # generalist training learns from labels, not from its start
+        **distill,
     )
     (out / "data.json").write_text(json.dumps({
         "train": [c.name for c in qs.TRAIN], "validation": [c.name for c in qs.VALIDATION],
-        "selection_rule": qs.SELECTION_RULE, "init": args.init}, indent=2))
+        "selection_rule": qs.SELECTION_RULE, "init": args.init,
+        **({"distillation": {"teacher": args.teacher, "share": args.distill_p, "teacher_tta": args.teacher_tta,
+                             "volumes": [f"{c.name} central {args.distill_crop}" for c in qs.UNLABELED]}}
+           if args.teacher else {})}, indent=2))
+
+
+def _central(raw, size):
+    """The central ``size`` (z, y, x) crop of a volume (all of an axis shorter than that)."""
+    sl = tuple(slice(max(0, (n - k) // 2), max(0, (n - k) // 2) + min(n, k)) for n, k in zip(raw.shape, size, strict=True))
+    return raw[sl]
 
 
 def _start_card(init: str, args) -> dict | None:
@@ -183,6 +197,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--aux-offsets", type=int, nargs="*", default=[], metavar="D",
                    help="finetune: also train long-range affinities at these distances (bundle drops them)")
+    p.add_argument("--teacher", default=None, metavar="MODEL",
+                   help="finetune: distil from this model on central crops of the unlabeled volumes")
+    p.add_argument("--distill-crop", type=int, nargs=3, default=[100, 200, 200], metavar=("Z", "Y", "X"))
+    p.add_argument("--distill-p", type=float, default=0.5)
+    p.add_argument("--teacher-tta", default="yx", choices=["none", "yx", "zyx"])
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],
