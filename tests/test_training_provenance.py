@@ -117,11 +117,27 @@ def test_finetuned_card_says_what_it_came_from_and_was_trained_on(volume, start_
     assert weights_sha256(load_model(tmp_path / "ft" / "model", device="cpu")) == weights_sha256(model)
 
 
+def test_holdout_keeps_the_start_threshold_by_default(volume):
+    """Rule 17: held-back corrections choose the checkpoint at the start's threshold only."""
+    start = build_model("tiny")
+    start.card.training = {"segmentation_threshold": 0.3}
+    box = (slice(0, 16), slice(0, 48), slice(0, 40))
+    model = finetune(volume.image, volume.labels, box=box, init=start, steps=2, patch_shape=PATCH,
+                     augment=False, holdout=0.25, thresholds=(0.1, 0.5, 0.9))
+    assert model.card.metrics["validation"]["threshold"] == 0.3 == model.card.recommended_threshold
+    assert "starting model's, kept" in model.card.training["threshold_choice"]
+    assert model.card.training["config"]["keep_start_threshold"] is True
+    # from scratch there is no threshold to keep: the held-back corrections choose one
+    scratch = finetune(volume.image, volume.labels, box=box, init="scratch", steps=2, patch_shape=PATCH,
+                       augment=False, holdout=0.25, thresholds=(0.1, 0.5, 0.9))
+    assert scratch.card.training["threshold_choice"] == "best of the held-back corrections"
+
+
 def test_holdout_validates_on_held_back_corrections_and_sets_the_threshold(volume):
     box = (slice(0, 16), slice(0, 48), slice(0, 40))
     model = finetune(volume.image, volume.labels, box=box, init=build_model("tiny"), steps=2,
                      patch_shape=PATCH, augment=False, holdout=0.25, thresholds=(0.1, 0.5, 0.9),
-                     name="my-model")
+                     name="my-model", keep_start_threshold=False)
     card = model.card
     assert card.name == "my-model"
     region = card.training["region"]
@@ -207,8 +223,11 @@ def test_cli_defaults_are_the_config_defaults():
         d.holdout, d.time_budget_s, d.seed, d.checkpoint_every, d.distill_p, d.teacher_tta)
     cfg = finetune_config(_args("--steps", "3", "--patch", "16", "32", "32", "--no-augment",
                                 "--threshold", "0.2", "0.4", "--holdout", "0.2", "--time-budget", "60"))
+    # thresholds given are thresholds to choose among, so the start's is not kept
     assert cfg == d.with_(steps=3, patch_shape=PATCH, augment=False, thresholds=(0.2, 0.4), holdout=0.2,
-                          time_budget_s=60.0)
+                          time_budget_s=60.0, keep_start_threshold=False)
+    assert finetune_config(_args("--rechoose-threshold", "--no-self-distill")) == d.with_(
+        keep_start_threshold=False, self_distill=False)
     assert finetune_config(_args("--ema", "0", "--holdout", "0")) == d.with_(ema=None, holdout=0.0)
 
 

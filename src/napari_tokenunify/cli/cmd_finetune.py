@@ -33,6 +33,8 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         holdout=args.holdout, time_budget_s=args.time_budget, seed=args.seed,
         checkpoint_every=args.checkpoint_every, distill_p=args.distill_p, teacher_tta=args.teacher_tta,
         self_distill=args.self_distill,
+        # thresholds given are thresholds to choose among, also on held-back corrections
+        keep_start_threshold=args.keep_start_threshold and not args.threshold,
     )
 
 
@@ -157,7 +159,7 @@ def register(sub) -> None:
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--holdout", type=float, default=d.holdout, metavar="SHARE",
                    help="without --val-raw: hold back this share of the corrected region (--mask, "
-                   "else the volume) to validate on and choose the card's threshold (e.g. 0.2)")
+                   "else the volume) to validate on: it keeps the best checkpoint (e.g. 0.2)")
     p.add_argument("--threshold", type=float, nargs="+", default=None,
                    help="agglomeration threshold(s) tried at validation (default "
                    f"{' '.join(f'{t:g}' for t in d.thresholds)}, best kept)")
@@ -179,6 +181,11 @@ def register(sub) -> None:
                    help="share of samples with the teacher's targets (1: teacher only)")
     p.add_argument("--teacher-tta", default=d.teacher_tta, choices=["none", "yx", "zyx"],
                    help="the teacher's test-time flips")
+    p.add_argument("--rechoose-threshold", dest="keep_start_threshold", action="store_false",
+                   default=d.keep_start_threshold,
+                   help="re-choose the threshold on the held-back corrections (by default they choose "
+                   "the checkpoint at the starting model's threshold, which the new card keeps; "
+                   "--threshold implies this)")
     p.add_argument("--no-self-distill", dest="self_distill", action="store_false", default=d.self_distill,
                    help="do not distil from the starting model (by default a share --distill-p of "
                    "the samples, anywhere in --raw, has the start's own affinities as targets, so "

@@ -491,6 +491,7 @@ def finetune(
     flips = getattr(getattr(model, "card", None), "recommended_tta", "none")
     # validation and the threshold re-chosen here use the start's agglomeration scoring
     scoring = getattr(getattr(model, "card", None), "recommended_scoring", "median")
+    thresholds, kept = _validation_thresholds(cfg, region, init_note, started_from)
     _card_patch(model, patch_shape)
     normalization = _card_normalization(model, normalization, init_note.get("init") == "scratch")
     model = model.to(dev)
@@ -579,12 +580,12 @@ def finetune(
 
     def score() -> dict[str, Any]:
         if isinstance(validation, list):
-            scores = validate_set(scored, validation, device=str(dev), threshold=cfg.thresholds)
+            scores = validate_set(scored, validation, device=str(dev), threshold=thresholds)
             return {k: v for k, v in scores.items() if k != "per_volume"} | {
                 f"voi_{i}": p["voi"] for i, p in enumerate(scores["per_volume"])}
         v_raw, v_labels = validation[0], validation[1]
         v_mask = validation[2] if len(validation) > 2 else None
-        return validate(scored, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=cfg.thresholds)
+        return validate(scored, v_raw, v_labels, mask=v_mask, device=str(dev), threshold=thresholds)
 
     def run_validation() -> None:
         if validation is None:
@@ -642,7 +643,7 @@ def finetune(
     elif averaged is not None:
         model.load_state_dict(averaged.module.state_dict())
     model.eval()
-    threshold, threshold_choice = _chosen_threshold(best.get("scores"), started_from, region)
+    threshold, threshold_choice = _chosen_threshold(best.get("scores"), started_from, region, kept)
     training = {
         "objective": "affinity_bce_balanced",
         **{k: v for k, v in init_note.items() if k != "reinitialised"},
@@ -753,8 +754,25 @@ def _hold_back(raw, labels, mask, share: float, patch_shape: Sequence[int]) -> t
     return train.astype(np.float32), validation, note
 
 
-def _chosen_threshold(scores: dict | None, started_from: dict, region: dict) -> tuple[float | None, str]:
+def _validation_thresholds(cfg: FinetuneConfig, region: dict, init_note: dict,
+                           started_from: dict) -> tuple[tuple[float, ...], bool]:
+    """The thresholds validation tries, and whether that is the start's alone: with
+    ``keep_start_threshold``, held-back corrections of a trained start score at its threshold
+    (a fifth of a few corrections chooses a threshold badly: rule 17, docs/results.md)."""
+    held = region.get("holdout") and "skipped" not in region["holdout"]
+    start = started_from.get("segmentation_threshold")
+    if (cfg.keep_start_threshold and held and init_note.get("copied") == "all"
+            and isinstance(start, (int, float))):
+        return (float(start),), True
+    return cfg.thresholds, False
+
+
+def _chosen_threshold(scores: dict | None, started_from: dict, region: dict,
+                      kept: bool = False) -> tuple[float | None, str]:
     """The card's segmentation threshold: the one chosen at the best validation, else the start's."""
+    if kept and scores and isinstance(scores.get("threshold"), (int, float)):
+        return float(scores["threshold"]), ("the starting model's, kept (the held-back corrections "
+                                            "chose the checkpoint at it)")
     if scores and isinstance(scores.get("threshold"), (int, float)):
         held = region.get("holdout") and "skipped" not in region["holdout"]
         return float(scores["threshold"]), ("best of the held-back corrections" if held

@@ -146,8 +146,8 @@ class FinetunePanel(Panel):
                               tooltip="stop after this many seconds with the best model so far (0: no limit)")
         self.holdout = FloatSpinBox(
             label="hold back", min=0.0, max=0.5, step=0.05, value=d.holdout,
-            tooltip="share of the corrected region held back to check the new model on and to "
-                    "choose its threshold (0: train on all of it)")
+            tooltip="share of the corrected region held back to check the new model on and "
+                    "keep its best checkpoint (0: train on all of it)")
         self.name = LineEdit(label="new model name", tooltip="the name in the new model's card")
         self.start_btn = PushButton(text="Finetune")
         self.cancel_btn = PushButton(text="Cancel")

@@ -113,7 +113,8 @@ HELP: dict[tuple[str, str], str] = {
     ("Finetune", "budget"): "Stop after this many seconds with the best model so far (0: no "
                             "limit).",
     ("Finetune", "holdout"): "Share of the corrected region held back to check the new model on "
-                             "and to choose its threshold (0: train on all of it).",
+                             "and keep its best checkpoint, at the starting model's threshold "
+                             "(0: train on all of it).",
     ("Finetune", "name"): "The name in the new model's card.",
     ("Finetune", "start_btn"): "Start finetuning (in the background; the plot shows the loss).",
     ("Finetune", "cancel_btn"): "Stop finetuning; the best model so far is kept.",
