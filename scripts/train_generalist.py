@@ -98,6 +98,7 @@ def stage_finetune(args) -> None:
         normalization=dict(ROBUST_NORMALIZATION), progress=printer(25),
         offsets=training_offsets(args.aux_offsets),
         self_distill=False,  # generalist training learns from labels, not from its start
+        grow_boundaries=args.grow_boundaries,
         **distill,
     )
     (out / "data.json").write_text(json.dumps({
@@ -202,6 +203,8 @@ def main(argv=None) -> int:
     p.add_argument("--distill-crop", type=int, nargs=3, default=[100, 200, 200], metavar=("Z", "Y", "X"))
     p.add_argument("--distill-p", type=float, default=0.5)
     p.add_argument("--teacher-tta", default="yx", choices=["none", "yx", "zyx"])
+    p.add_argument("--grow-boundaries", type=int, default=0, metavar="N",
+                   help="finetune: N one-voxel boundaries in every training patch's labels (rule 19)")
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],

@@ -13,6 +13,7 @@ from napari_tokenunify.training.targets import (
     affinity_targets,
     balance_weights,
     check_training_pair,
+    grow_boundaries,
 )
 
 
@@ -48,6 +49,36 @@ def test_long_range_offsets():
     assert affs.shape == (1, 2, 4, 6)
     assert affs[0][0, 0].tolist() == [0, 0, 0, 0, 0, 0]  # v and v-3 always differ here
     assert valid[0][0, 0].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_grow_boundaries_gives_dense_labels_a_one_voxel_band():
+    dense = two_objects()  # ids 1 | 2 touch between x = 2 and x = 3, no boundary label
+    grown = grow_boundaries(dense)
+    assert grown[0, 0].tolist() == [1, 1, 0, 2, 2, 2]  # the voxel before the id change
+    assert (grown[:, :, 2] == 0).all() and grown.dtype == dense.dtype
+    assert dense[0, 0].tolist() == [1, 1, 1, 2, 2, 2]  # the caller's labels are not touched
+    # both links into the band now say "not connected", as with a boundary label 0
+    affs, valid = affinity_targets(grown)
+    assert affs[2][0, 0, 2:4].tolist() == [0, 0] and valid[2][0, 0, 2:4].tolist() == [1, 1]
+    assert grow_boundaries(dense, 2)[0, 0].tolist() == [1, 0, 0, 0, 2, 2]  # grown to both sides
+    assert np.array_equal(grow_boundaries(dense, 0), dense)
+
+
+def test_grow_boundaries_leaves_a_boundary_label_alone():
+    gala = two_objects()
+    gala[:, :, 3] = 0  # objects already separated by label 0
+    assert np.array_equal(grow_boundaries(gala), gala)
+    with pytest.raises(ValueError, match="0 or more"):
+        grow_boundaries(gala, -1)
+
+
+def test_finetune_config_records_grown_boundaries():
+    from napari_tokenunify.training.config import FinetuneConfig
+
+    assert FinetuneConfig().grow_boundaries == 0
+    assert FinetuneConfig(grow_boundaries=1).to_dict()["grow_boundaries"] == 1
+    with pytest.raises(ValueError, match="grow_boundaries"):
+        FinetuneConfig(grow_boundaries=-1)
 
 
 def test_balance_weights_halves_each_class():
@@ -161,3 +192,20 @@ def test_em_augment_output_ranges():
     assert r.shape == lab.shape == m.shape == (8, 16, 16)
     assert r.dtype == np.float32 and 0 <= r.min() and r.max() <= 1
     assert lab.dtype == np.uint32
+
+
+def test_training_batch_uses_grown_boundaries():
+    """finetune's batches apply ``grow_boundaries`` to every patch's labels (after augmentation)."""
+    from napari_tokenunify.affinities import NEAREST_OFFSETS
+    from napari_tokenunify.training.finetune import _batch
+
+    labels = two_objects()
+    raw = np.zeros(labels.shape, np.uint8)
+    rng = np.random.default_rng(0)
+    plain = _batch(PatchSampler([raw], labels.shape, labels=[labels]), None, NEAREST_OFFSETS, rng, 1)
+    grown = _batch(PatchSampler([raw], labels.shape, labels=[labels]), None, NEAREST_OFFSETS, rng, 1,
+                   boundary=1)
+    x_plain, x_grown = plain[1][0, 2, 0, 0], grown[1][0, 2, 0, 0]
+    assert x_plain.tolist() == [0, 1, 1, 0, 1, 1]  # one negative link across the id change
+    assert x_grown.tolist() == [0, 1, 0, 0, 1, 1]  # both links into the band
+    assert (grown[2][0, 2, 0, 0, 2:4] > 0).all()  # and both are in the loss

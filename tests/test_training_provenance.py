@@ -229,6 +229,7 @@ def test_cli_defaults_are_the_config_defaults():
     assert finetune_config(_args("--rechoose-threshold", "--no-self-distill")) == d.with_(
         keep_start_threshold=False, self_distill=False)
     assert finetune_config(_args("--ema", "0", "--holdout", "0")) == d.with_(ema=None, holdout=0.0)
+    assert finetune_config(_args("--grow-boundaries", "1")) == d.with_(grow_boundaries=1)
 
 
 def _write(tmp_path, volume, mask=None):

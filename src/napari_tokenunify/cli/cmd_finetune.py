@@ -32,7 +32,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         thresholds=tuple(args.threshold) if args.threshold else DEFAULTS.thresholds,
         holdout=args.holdout, time_budget_s=args.time_budget, seed=args.seed,
         checkpoint_every=args.checkpoint_every, distill_p=args.distill_p, teacher_tta=args.teacher_tta,
-        self_distill=args.self_distill,
+        self_distill=args.self_distill, grow_boundaries=args.grow_boundaries,
         # thresholds given are thresholds to choose among, also on held-back corrections
         keep_start_threshold=args.keep_start_threshold and not args.threshold,
     )
@@ -186,6 +186,9 @@ def register(sub) -> None:
                    help="re-choose the threshold on the held-back corrections (by default they choose "
                    "the checkpoint at the starting model's threshold, which the new card keeps; "
                    "--threshold implies this)")
+    p.add_argument("--grow-boundaries", type=int, default=d.grow_boundaries, metavar="N",
+                   help="give the training labels N one-voxel boundaries (label 0 where two ids "
+                   "touch), for dense labels that have no boundary label (default %(default)s)")
     p.add_argument("--no-self-distill", dest="self_distill", action="store_false", default=d.self_distill,
                    help="do not distil from the starting model (by default a share --distill-p of "
                    "the samples, anywhere in --raw, has the start's own affinities as targets, so "

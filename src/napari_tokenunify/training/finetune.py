@@ -49,7 +49,13 @@ from .runtime import (
     set_lr,
 )
 from .sampling import DEFAULT_PATCH, PatchSampler, to_unit
-from .targets import TrainingDataError, affinity_targets, balance_weights, check_training_pair
+from .targets import (
+    TrainingDataError,
+    affinity_targets,
+    balance_weights,
+    check_training_pair,
+    grow_boundaries,
+)
 
 
 def transfer_weights(source: torch.nn.Module, target: torch.nn.Module) -> dict[str, list[str]]:
@@ -251,9 +257,10 @@ def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
     return cropped, box_mask
 
 
-def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0.0):
+def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0.0, boundary=0):
     """``batch_size`` samples: with probability ``distill_p`` one of the teacher's
-    (``distill``, a :class:`TeacherTargets`), else one with targets from the labels."""
+    (``distill``, a :class:`TeacherTargets`), else one with targets from the labels (given
+    ``boundary`` one-voxel boundaries after augmentation)."""
     raws, targets, weights = [], [], []
     for _ in range(batch_size):
         if distill is not None and (distill_p >= 1.0 or rng.random() < distill_p):
@@ -264,6 +271,8 @@ def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0
         raw, labels, mask = p.raw, p.labels, p.mask
         if augment is not None:
             raw, labels, mask = augment(raw, labels, mask, rng)
+        if boundary:
+            labels = grow_boundaries(labels, boundary)
         affs, valid = affinity_targets(labels, offsets, mask)
         raws.append(raw)
         targets.append(affs)
@@ -615,7 +624,8 @@ def finetune(
         except Cancelled:
             checkpoint()  # keep every finished step for the resume
             raise
-        x, target, weight = _batch(sampler, augment, offsets, rng, cfg.batch_size, distill, cfg.distill_p)
+        x, target, weight = _batch(sampler, augment, offsets, rng, cfg.batch_size, distill, cfg.distill_p,
+                                   cfg.grow_boundaries)
         lr_now = lr_at(step, cfg.steps, cfg.lr)
         set_lr(optimizer, lr_now)
         if head:
