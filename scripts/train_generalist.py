@@ -9,7 +9,8 @@ scored once, after a choice, and never chooses. Stages (each resumable: rerun th
                     -> WORK/pretrain/model
   finetune INIT     INIT = pretrain (the stage above) | scratch | default | unet-scratch | a model
                     path; affinities on TRAIN, validated on VALIDATION -> WORK/finetune-INIT[TAG]
-  bundle RUN        copy WORK/RUN/model into the package as the default (card: data, rule, scores)
+  bundle RUN        copy WORK/RUN/model into the package as the default (``--name unet``: as the
+                    bundled U-Net; card: data, rule, scores)
 
 Example (two processes, one thread each, on the 2-core machine):
   python scripts/train_generalist.py pretrain --work /tmp/gen --steps 1500 --time-cap 1800 &
@@ -150,7 +151,7 @@ def stage_bundle(args) -> None:
         "test_time_flips": args.flips,
     })
     card["training"] = training
-    card["name"] = "default"
+    card["name"] = args.name
     card["voxel_size_nm"] = [10.0, 10.0, 10.0]
     if args.bench is not None:
         bench = json.loads(args.bench.read_text())
@@ -160,7 +161,7 @@ def stage_bundle(args) -> None:
                            "validation_mean": res["validation_mean"]}
     if args.description:
         card["description"] = args.description
-    dest = args.to or BUNDLE  # --to: a candidate folder, to be benchmarked as it would ship
+    dest = args.to or BUNDLE.parent / args.name  # --to: a candidate folder, to be benchmarked as it would ship
     tmp = dest.with_name(dest.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
@@ -210,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],
                    help="bundle: the test-time flips the card recommends (rule 8)")
     p.add_argument("--to", type=Path, default=None, help="bundle: write here instead of the package")
+    p.add_argument("--name", default="default", choices=["default", "unet"],
+                   help="bundle: the bundled model it becomes (its card's name and folder)")
     p.add_argument("--bench", type=Path, default=None, help="bundle: bench_quality.py --json output")
     args = p.parse_args(argv)
 
