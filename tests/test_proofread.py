@@ -317,6 +317,21 @@ def test_uncertainty_ranking_with_an_agglomerator_finds_a_merge_near_the_thresho
         pr.uncertainty_ranking(affs, labels=merged, agglomerator=_History(cells[:4], merged[:4]))
 
 
+def test_merge_levels_shares_or_steps_below_the_threshold():
+    assert pr.merge_thresholds(0.3) == pytest.approx([0.1, 0.15, 0.2])
+    assert pr.merge_thresholds(0.6, "steps") == pytest.approx([0.45, 0.5, 0.55])
+    assert pr.merge_thresholds(0.1, "steps") == pytest.approx([0.01, 0.01, 0.05])  # never below 0.01
+    with pytest.raises(ValueError, match="shares"):
+        pr.merge_thresholds(0.3, "halves")
+    cells = np.ones((8, 32, 32), dtype=np.uint32)
+    cells[:, 16:] = 2
+    history = _History(below=cells, at=np.ones_like(cells))
+    pr.uncertainty_ranking(np.full((3, 8, 32, 32), 0.9, np.float32), block=(8, 32, 32), top=None,
+                           labels=np.ones_like(cells), threshold=0.6, agglomerator=history,
+                           merge_levels="steps")
+    assert sorted(history.asked) == pytest.approx([0.45, 0.5, 0.55])
+
+
 def _sample_neighbours():
     """The shipped real sample, its boundary voxels given to the nearest neuron (a merged pair in
     a segmentation includes the membrane between them), the default model's affinities, and the

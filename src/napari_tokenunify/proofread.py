@@ -461,8 +461,21 @@ def minority_voxels(a: np.ndarray, b: np.ndarray) -> int:
 
 
 #: the lower agglomeration thresholds (shares of the labels' one) whose pieces the merge term of
-#: :func:`uncertainty_ranking` compares the labels with
+#: :func:`uncertainty_ranking` compares the labels with ("shares")
 MERGE_LEVELS = (1 / 3, 1 / 2, 2 / 3)
+#: the same as steps below the labels' threshold ("steps", rule 20 in docs/results.md)
+MERGE_STEPS = (0.15, 0.10, 0.05)
+
+
+def merge_thresholds(threshold: float, levels: str = "shares") -> list[float]:
+    """The lower thresholds the merge term compares the labels with: :data:`MERGE_LEVELS` times
+    ``threshold`` ("shares") or ``threshold`` minus :data:`MERGE_STEPS` ("steps", at least 0.01)."""
+    t = float(threshold)
+    if levels == "shares":
+        return [f * t for f in MERGE_LEVELS]
+    if levels == "steps":
+        return [max(0.01, t - d) for d in MERGE_STEPS]
+    raise ValueError(f"merge levels must be 'shares' or 'steps', got {levels!r}")
 
 
 def _mostly_overlaps(a: Region, b: Region, share: float = 0.5) -> bool:
@@ -482,6 +495,7 @@ def uncertainty_ranking(
     labels: np.ndarray | None = None,
     threshold: float = 0.5,
     agglomerator: Any = None,
+    merge_levels: str = "shares",
 ) -> list[UncertainSpot]:
     """Full blocks ranked by where errors are likely, best first ("Next place to check").
 
@@ -491,7 +505,7 @@ def uncertainty_ranking(
     decision (a likely split). With an ``agglomerator`` too (the engine's ``Agglomerator`` of
     these affinities, or anything with ``segment(threshold)``), a merge term is added: the share
     of the block's voxels where the labels and the agglomeration at lower thresholds
-    (:data:`MERGE_LEVELS` × ``threshold``) disagree (:func:`minority_voxels`, averaged over the
+    (:func:`merge_thresholds` with ``merge_levels``) disagree (:func:`minority_voxels`, averaged over the
     levels): segments that only merged close to the threshold (a likely merge). Each term is
     divided by its mean over the volume's blocks, and the score is their sum. Without labels it
     is the mean ``min(a, 1 - a)`` over channels and voxels (0 sure, 0.5 coin flip), a weaker
@@ -515,7 +529,7 @@ def uncertainty_ranking(
     ys, xs = block_starts(vol[1], by), block_starts(vol[2], bx)
     lower = []
     if labels is not None and agglomerator is not None:
-        lower = [np.asarray(agglomerator.segment(f * float(threshold))) for f in MERGE_LEVELS]
+        lower = [np.asarray(agglomerator.segment(t)) for t in merge_thresholds(threshold, merge_levels)]
         if any(seg.shape != vol for seg in lower):
             raise ProofreadError(
                 f"the agglomerator segments a volume of {lower[0].shape}, not the affinities' {vol}"
