@@ -75,7 +75,9 @@ DEFAULT_VOLUMES = ("medulla-dense z90-119", "medulla-labeled/test")
 BLOCK = (8, 32, 32)  # the widget's block (uncertainty_ranking's default)
 #: the rankings compared: with labels and an agglomerator (what the widget ranks by after
 #: Segment), with labels only, with neither
-SIGNALS = ("boundaries + merges", "boundaries + near merges", "segment boundaries", "affinity uncertainty")
+# "boundaries + merges" is the widget's (merge levels 0.15, 0.1, 0.05 below t: rule 20);
+# "merges at t/3..2t/3" the same with the levels it had before rule 20
+SIGNALS = ("boundaries + merges", "merges at t/3..2t/3", "segment boundaries", "affinity uncertainty")
 
 
 # -- error densities ---------------------------------------------------------------------------
@@ -268,10 +270,10 @@ def bench_ranking(model_name: str, volumes: Sequence[str], *, tta: str | None, t
             row[definition] = {"all": density(errors, totals, range(len(grid))), "random": rnd}
             for signal in SIGNALS:
                 labels = None if signal == "affinity uncertainty" else seg
-                merges = signal in ("boundaries + merges", "boundaries + near merges")
+                merges = signal in SIGNALS[:2]
                 spots = pr.uncertainty_ranking(affs, BLOCK, top=top, labels=labels, threshold=threshold,
                                                agglomerator=agg if merges else None,
-                                               merge_levels="steps" if "near" in signal else "shares")
+                                               merge_levels="shares" if signal == SIGNALS[1] else "steps")
                 idx = [index[tuple((r.start, r.stop) for r in s.region)] for s in spots]
                 d = density(errors, totals, idx)
                 row[definition][signal] = {"top": d, "ratio": d / rnd if rnd > 0 else float("inf")}
