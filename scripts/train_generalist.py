@@ -61,7 +61,7 @@ def init_for(name: str, args):
 
         net = ResidualUNet3D(out_channels=3)
         net.card = replace(ModelCard(preset="unet", patch_size=list(args.patch), config=net.config,
-                                     name="residual-unet"), normalization=dict(ROBUST_NORMALIZATION))
+                                     name="untrained residual-unet"), normalization=dict(ROBUST_NORMALIZATION))
         return net
     return name  # scratch, default, unet, or a model path
 

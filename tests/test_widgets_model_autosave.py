@@ -61,8 +61,9 @@ def test_bundled_unet_can_be_chosen_and_its_card_is_shown(docked, qtbot):
     assert type(widget.session.model).__name__ == "ResidualUNet3D"
     assert "preset: unet (unet)" in panel.card.value
     # short lines a person can read: how to run it and how it scored, not the nested record
-    assert "recommended: threshold 0.1, test-time flips none" in panel.card.value
-    assert "medulla-labeled/test: VOI 0.604, ARAND 0.072" in panel.card.value
+    assert "recommended: threshold 0.05, test-time flips none" in panel.card.value
+    assert "trained from scratch: 3000 steps" in panel.card.value  # not "finetuned from"
+    assert "validation_mean: VOI 1.880, ARAND 0.252" in panel.card.value
     assert "continued_from" not in panel.card.value and len(panel.card.value.splitlines()) < 15
 
 

@@ -65,7 +65,10 @@ def describe(model: Any) -> str:
         if isinstance(start, dict):  # a finetuned model: what it came from and was trained on
             t, data = card.training, card.training.get("data") or {}
             on = data.get("labels") or data.get("raw") or data.get("image")
-            lines.append(f"finetuned from {start.get('name', '?')}" + (f" on {on}" if on else "")
+            name = str(start.get("name", "?"))
+            how = ("trained from scratch" if name == "scratch" or name.startswith("untrained")
+                   else f"finetuned from {name}")
+            lines.append(how + (f" on {on}" if on else "")
                          + f": {t.get('steps', '?')} steps, {t.get('seconds', 0):.0f} s ({t.get('device', '?')})")
         lines.append(f"recommended: threshold {card.recommended_threshold:g}, "
                      f"test-time flips {card.recommended_tta}")
