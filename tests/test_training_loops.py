@@ -304,9 +304,11 @@ def test_auxiliary_offsets_carry_over_and_cut_back_exactly():
 
     torch.manual_seed(0)
     start = build_model("tiny", out_channels=3)
+    start.card.training = {"segmentation_scoring": "mean", "segmentation_threshold": 0.6}
     offsets = [tuple(o) for o in NEAREST_OFFSETS] + [(3, 0, 0), (0, 3, 0), (0, 0, 3)]
     grown, note = prepare_model(start, len(offsets), "tiny", offsets)
     assert grown.out_channels == 6 and note["reinitialised"] == []
+    assert grown.card.recommended_scoring == "mean"  # validated as the start segments
     assert [tuple(o) for o in grown.card.offsets] == offsets  # prediction writes all six
     x = torch.rand(1, 1, 16, 32, 32)
     with torch.no_grad():

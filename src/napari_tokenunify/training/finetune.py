@@ -191,6 +191,12 @@ def prepare_model(
         from dataclasses import replace
 
         target.card = replace(target.card, offsets=[list(o) for o in _offset_list(offsets)])
+        src_card = getattr(source, "card", None)
+        if src_card is not None and "segmentation_scoring" in (src_card.training or {}):
+            # the start's own channels carried over: validation segments them as the start's
+            # card says (a mean-scored default was otherwise validated with the median)
+            target.card = replace(target.card, training={
+                "segmentation_scoring": src_card.training["segmentation_scoring"]})
     return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"],
                     "started_from": start}
 
