@@ -12,7 +12,7 @@ from napari_tokenunify.model.bundled import bundled_path
 # A crop of the test volume keeps the test fast; the full-volume numbers are in docs/results.md.
 CROP = (slice(0, 32), slice(0, 100), slice(0, 112))
 # An untrained network scores VOI 3.4–8.9 on this crop (seeds 0–2, thresholds 0.2/0.5; measured in
-# the test as well); the bundled default scores 0.69 there without test-time flips (0.98, 0.86 and 1.0
+# the test as well); the bundled default scores 0.36 there (session 10; 0.69 for the session-7 default, 0.98, 0.86 and 1.0
 # for the defaults before). It must stay under this bound.
 
 VOI_BOUND = 2.0
@@ -152,7 +152,8 @@ def test_bundled_default_as_shipped_meets_the_quality_targets_on_the_real_test_v
 # A crop of the validation volume medulla-dense z 90-119 (never trained on): y, x 0:160.
 # Measured (docs/results.md, session 7): the default before session 7, as shipped (8 flips,
 # t 0.3), VOI 2.03 / ARAND 0.42; the session-7 default 1.57 / 0.17 (no flips, median, t 0.15);
-# the session-8 default 1.41 (mean scoring, t 0.6; 1.40 with contrast/2 + 20).
+# the session-8 default 1.41 (mean scoring, t 0.6; 1.40 with contrast/2 + 20); the session-10
+# default 1.47 (1.52 with contrast/2 + 20; it is better on the whole validation set, 0.976 against 0.998).
 VAL_CROP = (slice(None), slice(0, 160), slice(0, 160))
 VAL_VOI_BOUND = 1.5
 
