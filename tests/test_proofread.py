@@ -318,8 +318,9 @@ def test_uncertainty_ranking_with_an_agglomerator_finds_a_merge_near_the_thresho
 
 
 def test_merge_levels_shares_or_steps_below_the_threshold():
-    assert pr.merge_thresholds(0.3) == pytest.approx([0.1, 0.15, 0.2])
+    assert pr.merge_thresholds(0.3, "shares") == pytest.approx([0.1, 0.15, 0.2])
     assert pr.merge_thresholds(0.6, "steps") == pytest.approx([0.45, 0.5, 0.55])
+    assert pr.merge_thresholds(0.6) == pr.merge_thresholds(0.6, "steps")  # the ranking's default
     assert pr.merge_thresholds(0.1, "steps") == pytest.approx([0.01, 0.01, 0.05])  # never below 0.01
     with pytest.raises(ValueError, match="shares"):
         pr.merge_thresholds(0.3, "halves")

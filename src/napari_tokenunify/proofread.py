@@ -465,9 +465,12 @@ def minority_voxels(a: np.ndarray, b: np.ndarray) -> int:
 MERGE_LEVELS = (1 / 3, 1 / 2, 2 / 3)
 #: the same as steps below the labels' threshold ("steps", rule 20 in docs/results.md)
 MERGE_STEPS = (0.15, 0.10, 0.05)
+#: the merge levels "Next place to check" uses (rule 20: "shares" sat far below where the mean
+#: scoring merges at t 0.6)
+DEFAULT_MERGE_LEVELS = "steps"
 
 
-def merge_thresholds(threshold: float, levels: str = "shares") -> list[float]:
+def merge_thresholds(threshold: float, levels: str = DEFAULT_MERGE_LEVELS) -> list[float]:
     """The lower thresholds the merge term compares the labels with: :data:`MERGE_LEVELS` times
     ``threshold`` ("shares") or ``threshold`` minus :data:`MERGE_STEPS` ("steps", at least 0.01)."""
     t = float(threshold)
@@ -495,7 +498,7 @@ def uncertainty_ranking(
     labels: np.ndarray | None = None,
     threshold: float = 0.5,
     agglomerator: Any = None,
-    merge_levels: str = "steps",
+    merge_levels: str = DEFAULT_MERGE_LEVELS,
 ) -> list[UncertainSpot]:
     """Full blocks ranked by where errors are likely, best first ("Next place to check").
 
@@ -505,9 +508,8 @@ def uncertainty_ranking(
     decision (a likely split). With an ``agglomerator`` too (the engine's ``Agglomerator`` of
     these affinities, or anything with ``segment(threshold)``), a merge term is added: the share
     of the block's voxels where the labels and the agglomeration at lower thresholds
-    (:func:`merge_thresholds` with ``merge_levels``; "steps", chosen by rule 20 for the mean
-    scoring at t 0.6, where the old "shares" sat far below the merges) disagree (:func:`minority_voxels`, averaged over the
-    levels): segments that only merged close to the threshold (a likely merge). Each term is
+    (:func:`merge_thresholds` with ``merge_levels``) disagree (:func:`minority_voxels`, averaged
+    over the levels): segments that only merged close to the threshold (a likely merge). Each term is
     divided by its mean over the volume's blocks, and the score is their sum. Without labels it
     is the mean ``min(a, 1 - a)`` over channels and voxels (0 sure, 0.5 coin flip), a weaker
     guide (docs/results.md, "Next place to check").
