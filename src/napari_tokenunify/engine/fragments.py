@@ -47,10 +47,43 @@ def as_float_affinities(affinities) -> np.ndarray:
     return a
 
 
-def boundary_map(affinities: np.ndarray, use_z: bool = True) -> np.ndarray:
-    """1 - mean of the nearest-neighbour affinities (channels 0..2 = z, y, x)."""
+BOUNDARY_KINDS = ("backward", "symmetric", "symmetric-min")
+
+
+def boundary_map(affinities: np.ndarray, use_z: bool = True, kind: str = "backward") -> np.ndarray:
+    """One voxel's boundary value from the nearest-neighbour affinities (channels 0..2 = z, y, x;
+    channel c at v links v and v - e_c).
+
+    ``kind`` "backward": 1 - mean of the three links to the lower neighbours (TokenUnify/lsd's
+    map; a boundary between i - 1 and i shows on voxel i only). "symmetric": 1 - mean of all six
+    links of the voxel (those at the volume's edge left out), so both voxels beside a cut see it.
+    "symmetric-min": 1 - the weakest of the six links.
+    """
+    if kind not in BOUNDARY_KINDS:
+        raise ValueError(f"unknown boundary kind {kind!r}; use one of {', '.join(BOUNDARY_KINDS)}")
     channels = [0, 1, 2] if use_z else [1, 2]
-    return 1.0 - np.mean(affinities[channels], axis=0, dtype=np.float32)
+    if kind == "backward":
+        return 1.0 - np.mean(affinities[channels], axis=0, dtype=np.float32)
+    shape = affinities.shape[1:]
+    reduce_min = kind == "symmetric-min"
+    acc = np.full(shape, np.inf if reduce_min else 0.0, dtype=np.float32)
+    count = np.zeros(shape, dtype=np.float32)
+    for c in channels:
+        a = affinities[c].astype(np.float32, copy=False)
+        lo = [slice(None)] * 3
+        lo[c] = slice(1, None)  # the link of v to v - e_c exists for v[c] >= 1
+        hi = [slice(None)] * 3
+        hi[c] = slice(0, -1)  # the same link seen from v - e_c
+        for dst, src in ((tuple(lo), tuple(lo)), (tuple(hi), tuple(lo))):
+            if reduce_min:
+                np.minimum(acc[dst], a[src], out=acc[dst])
+            else:
+                acc[dst] += a[src]
+                count[dst] += 1
+    if reduce_min:
+        acc[~np.isfinite(acc)] = 1.0
+        return 1.0 - acc
+    return 1.0 - acc / np.maximum(count, 1)
 
 
 def _seeded_watershed(boundary: np.ndarray, threshold: float, min_seed_distance: float) -> tuple[np.ndarray, int]:
@@ -74,6 +107,7 @@ def fragments_from_affinities(
     voxel_size: Sequence[float] | None = None,
     boundary_threshold: float = 0.5,
     min_seed_distance: float = 3.0,
+    boundary: str = "backward",
 ) -> np.ndarray:
     """Fragments (uint64, 1..n, every voxel labelled) from affinities (C, Z, Y, X).
 
@@ -86,13 +120,13 @@ def fragments_from_affinities(
         anisotropic = bool(voxel_size is not None and voxel_size[0] >= 2 * max(voxel_size[1:]))
         anisotropic = anisotropic or affs.shape[1] == 1
     if not anisotropic:
-        labels, _ = _seeded_watershed(boundary_map(affs), boundary_threshold, min_seed_distance)
+        labels, _ = _seeded_watershed(boundary_map(affs, kind=boundary), boundary_threshold, min_seed_distance)
         return labels
-    boundary = boundary_map(affs, use_z=False)
-    out = np.zeros(boundary.shape, dtype=np.uint64)
+    bmap = boundary_map(affs, use_z=False, kind=boundary)
+    out = np.zeros(bmap.shape, dtype=np.uint64)
     next_id = 0
-    for z in range(boundary.shape[0]):
-        labels, n = _seeded_watershed(boundary[z], boundary_threshold, min_seed_distance)
+    for z in range(bmap.shape[0]):
+        labels, n = _seeded_watershed(bmap[z], boundary_threshold, min_seed_distance)
         out[z] = labels + np.uint64(next_id)
         next_id += int(labels.max())
     return out
