@@ -283,3 +283,11 @@ def test_cli_finetune_bad_input_is_a_sentence_not_a_traceback(tmp_path, volume, 
     assert rc == 1 and "would overwrite" in err and "Traceback" not in err
     rc = main(["finetune", *io, "--out", str(tmp_path / "x"), "--holdout", "0.9", "--quiet"])
     assert rc == 1 and "holdout" in capsys.readouterr().err
+
+
+def test_info_tells_in_training_from_as_shipped_validation(capsys):
+    assert main(["info", "unet"]) == 0
+    text = capsys.readouterr().out
+    # the bundled U-Net's two validation figures differ (2.240 in training, 1.880 as shipped)
+    assert "validation in training (chose the checkpoint): VOI 2.240" in text
+    assert "validation as shipped (bench_quality, mean): VOI 1.880" in text

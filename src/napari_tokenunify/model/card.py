@@ -127,6 +127,21 @@ def score_line(scores: Any) -> str | None:
     return parts
 
 
+METRIC_LABELS = {
+    "validation": "validation in training (chose the checkpoint)",
+    "validation_before": "validation of the starting model (same data)",
+    "validation_mean": "validation as shipped (bench_quality, mean)",
+    "test": "test (reported only)",
+}
+
+
+def metric_label(key: str) -> str:
+    """What a card's metrics entry measured, in words (the raw key when unknown): the
+    in-training and the as-shipped validation differ (checkpoint tiles and scoring against
+    ``tokenunify run``'s), and side by side without labels they read as a contradiction."""
+    return METRIC_LABELS.get(key, key)
+
+
 def describe_card(card: ModelCard) -> list[str]:
     """The card as readable lines (``tokenunify info MODEL``): what the model is, how to run it,
     how it was trained (and from what) and how it scored."""
@@ -179,7 +194,7 @@ def describe_card(card: ModelCard) -> list[str]:
         for key, scores in card.metrics.items():
             line = score_line(scores)
             if line is not None:
-                lines.append(f"  {key}: {line}")
+                lines.append(f"  {metric_label(key)}: {line}")
             elif not isinstance(scores, dict):
                 lines.append(f"  {key}: {_fmt(scores)}")
     lines.append(f"written by napari-tokenunify {card.version} (card version {card.card_version})")

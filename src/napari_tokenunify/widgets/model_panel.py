@@ -8,6 +8,7 @@ from typing import Any
 from magicgui.widgets import ComboBox, FileEdit, Label, PushButton, TextEdit
 
 from napari_tokenunify.devices import DEVICE_CHOICES, available_devices
+from napari_tokenunify.model.card import metric_label
 
 from .base import Panel
 
@@ -75,7 +76,7 @@ def describe(model: Any) -> str:
         for name, scores in (card.metrics or {}).items():
             if isinstance(scores, dict) and "arand" in scores and ("voi" in scores or "voi_split" in scores):
                 voi = scores.get("voi", scores.get("voi_split", 0) + scores.get("voi_merge", 0))
-                lines.append(f"{name}: VOI {voi:.3f}, ARAND {scores['arand']:.3f}")
+                lines.append(f"{metric_label(name)}: VOI {voi:.3f}, ARAND {scores['arand']:.3f}")
         lines.append(f"patch size (z, y, x): {tuple(card.patch_size)}")
         vs = card.voxel_size_nm
         lines.append(f"voxel size (nm): {tuple(vs) if vs else 'not recorded'}")
