@@ -291,3 +291,18 @@ def test_info_tells_in_training_from_as_shipped_validation(capsys):
     # the bundled U-Net's two validation figures differ (2.240 in training, 1.880 as shipped)
     assert "validation in training (chose the checkpoint): VOI 2.240" in text
     assert "validation as shipped (bench_quality, mean): VOI 1.880" in text
+
+
+def test_a_bundled_start_is_recorded_by_its_name_not_this_machines_path():
+    from napari_tokenunify.model.bundled import portable_source
+    from napari_tokenunify.training.finetune import start_record
+
+    model = load_model("default", device="cpu")
+    record = start_record(model, model.source_path)
+    assert record["source"] == "default" and record["weights_sha256"] == weights_sha256(model)
+    assert portable_source("/some/where/else/model") == "/some/where/else/model"
+    # the bundled cards themselves carry no path of the machine they were trained on
+    from napari_tokenunify.model.bundled import BUNDLED_DIR
+
+    for name in ("default", "unet"):
+        assert "/work/" not in (BUNDLED_DIR / name / "card.json").read_text()

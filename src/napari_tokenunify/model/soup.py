@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .bundled import portable_source
 from .files import weights_sha256
 
 
@@ -47,7 +48,7 @@ def average_weights(models: Sequence[torch.nn.Module]) -> torch.nn.Module:
         card.training = dict(card.training)
         card.training["soup"] = [
             {"name": getattr(getattr(m, "card", None), "name", ""),
-             "source": str(getattr(m, "source_path", "")), "sha256": weights_sha256(m)}
+             "source": portable_source(getattr(m, "source_path", None)) or "", "sha256": weights_sha256(m)}
             for m in models
         ]
         soup.card = card

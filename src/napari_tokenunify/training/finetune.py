@@ -221,7 +221,9 @@ def start_record(model: torch.nn.Module, path: Any = None) -> dict[str, Any]:
     card = getattr(model, "card", None)
     record: dict[str, Any] = {"name": start_name(model, path), "weights_sha256": weights_sha256(model)}
     if path:
-        record["source"] = str(path)
+        from ..model.bundled import portable_source
+
+        record["source"] = portable_source(path)
     if card is not None:
         record["preset"] = card.preset
         if getattr(card, "description", ""):

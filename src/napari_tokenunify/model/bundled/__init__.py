@@ -24,3 +24,16 @@ def bundled_path(name: str) -> Path:
             "(tokenunify finetune)."
         )
     return path
+
+
+def portable_source(path: str | Path | None) -> str | None:
+    """How a card records where a model came from: a bundled model by its name (which
+    ``load_model`` accepts on any machine), anything else by its path as given."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    try:
+        rel = p.resolve().relative_to(BUNDLED_DIR)
+    except (OSError, ValueError):
+        return str(path)
+    return rel.parts[0] if rel.parts else str(path)
