@@ -160,11 +160,15 @@ def relabel(labels: np.ndarray, label_id: int, new_id: int | None = None) -> Edi
 
 
 def boundary_map(affinities: np.ndarray) -> np.ndarray:
-    """1 - mean nearest-neighbour affinity: high on membranes (the watershed elevation)."""
-    affs = np.asarray(affinities, dtype=np.float32)
-    if affs.ndim != 4:
-        raise ProofreadError(f"affinities must be (channels, z, y, x), got shape {affs.shape}")
-    return 1.0 - affs[: min(3, affs.shape[0])].mean(axis=0)
+    """The fragments' watershed elevation (``engine.fragments.boundary_map``): high on membranes."""
+    from .engine.fragments import as_float_affinities, check_affinities
+    from .engine.fragments import boundary_map as engine_boundary_map
+
+    try:
+        check_affinities(affinities)
+    except ValueError as e:
+        raise ProofreadError(str(e)) from None
+    return engine_boundary_map(as_float_affinities(affinities))
 
 
 def split_label(
