@@ -95,3 +95,33 @@ def test_affinity_scores_rank_perfect_constant_and_inverted_predictions():
     assert masked["affinity_error"] == 0
     with pytest.raises(ValueError, match="boundaries"):
         affinity_scores(target, np.ones_like(labels), NEAREST_OFFSETS)
+
+
+def test_boundary_tolerance_leaves_out_voxels_beside_a_true_boundary(tmp_path):
+    from napari_tokenunify.cli import main
+    from napari_tokenunify.engine.evaluate import boundary_band
+
+    gt = np.ones((10, 12, 20), np.uint32)
+    gt[:, :, 10:] = 2  # dense labels: no boundary label, bodies touch between x 9 and 10
+    seg = np.ones_like(gt)
+    seg[:, :, 11:] = 2  # the same two bodies, the boundary one voxel off
+    band = boundary_band(gt, 1)
+    assert band[:, :, 9:11].all() and not band[:, :, :9].any() and not band[:, :, 11:].any()
+    plain = evaluate(seg, gt, ignore_label=None)
+    assert plain["voi_split"] + plain["voi_merge"] > 0.05 and plain["n_voxels"] == gt.size
+    tol = evaluate(seg, gt, ignore_label=None, boundary_tolerance=1)
+    assert tol["voi_split"] + tol["voi_merge"] == pytest.approx(0.0, abs=1e-9) and tol["arand"] < 1e-9
+    assert tol["n_voxels"] == gt.size - band.sum()
+    # read in chunks of two sections, the band is the same (it sees the next chunk's sections)
+    gt[5:] += 10  # a boundary along z, between two chunks
+    small = evaluate(seg, gt, ignore_label=None, boundary_tolerance=1, chunk_voxels=2 * 12 * 20)
+    whole = evaluate(seg, gt, ignore_label=None, boundary_tolerance=1)
+    assert small == pytest.approx(whole) and whole["n_voxels"] == gt.size - boundary_band(gt, 1).sum()
+    with pytest.raises(ValueError, match="boundary_tolerance"):
+        evaluate(seg, gt, boundary_tolerance=-1)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "seg.tif", seg)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    assert main(["evaluate", str(tmp_path / "seg.tif"), str(tmp_path / "gt.tif"), "--ignore-label", "-1",
+                 "--boundary-tolerance", "1"]) == 0

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GroundTruthWarning)
-        metrics = evaluate(seg, gt, ignore_label=ignore, mask=mask)
+        metrics = evaluate(seg, gt, ignore_label=ignore, mask=mask,
+                           boundary_tolerance=args.boundary_tolerance)
     for w in caught:
         if issubclass(w.category, GroundTruthWarning):
             print(f"tokenunify evaluate: warning: {w.message}", file=sys.stderr)
@@ -45,5 +46,8 @@ def register(sub) -> None:
     p.add_argument("--mask-dataset", help="dataset inside MASK")
     p.add_argument("--ignore-label", type=int, default=0,
                    help="ground-truth label left out (default 0; -1 for none)")
+    p.add_argument("--boundary-tolerance", type=int, default=0, metavar="R",
+                   help="also leave out voxels within R voxels of a ground-truth boundary "
+                        "(CREMI-style tolerance; default 0: every voxel counts)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=run)
