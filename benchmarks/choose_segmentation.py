@@ -77,7 +77,7 @@ def predict_validation(model_name: str) -> dict:
     return out
 
 
-def score_variant(affs: dict, variant: dict) -> dict:
+def score_variant(affs: dict, variant: dict, thresholds=qs.THRESHOLDS) -> dict:
     """{threshold: {"score", (volume, kind): VOI...}} for one variant."""
     from scipy import ndimage as ndi
 
@@ -85,7 +85,7 @@ def score_variant(affs: dict, variant: dict) -> dict:
     from napari_tokenunify.engine.evaluate import evaluate
     from napari_tokenunify.engine.fragments import fragments_from_affinities
 
-    table: dict = {t: {} for t in qs.THRESHOLDS}
+    table: dict = {t: {} for t in thresholds}
     for key, (a, gt) in affs.items():
         if variant.get("smooth"):
             a = np.stack([ndi.gaussian_filter(c, variant["smooth"]) for c in a])
@@ -96,8 +96,8 @@ def score_variant(affs: dict, variant: dict) -> dict:
         if "boundary" in variant:
             seeds["boundary"] = variant["boundary"]
         agg = Agglomerator(a, fragments_from_affinities(fa, voxel_size=(10, 10, 10), **seeds),
-                           scoring=variant["scoring"], max_threshold=max(qs.THRESHOLDS))
-        for t in qs.THRESHOLDS:
+                           scoring=variant["scoring"], max_threshold=max(thresholds))
+        for t in thresholds:
             seg = agg.segment(t)
             if variant.get("min_size"):
                 from napari_tokenunify.engine.cleanup import cleanup
@@ -110,14 +110,14 @@ def score_variant(affs: dict, variant: dict) -> dict:
     return table
 
 
-def choose(model_name: str, variants: dict) -> tuple[dict, dict]:
+def choose(model_name: str, variants: dict, thresholds=qs.THRESHOLDS) -> tuple[dict, dict]:
     affs = predict_validation(model_name)
     tables = {}
     for name, v in variants.items():
         t0 = time.perf_counter()
-        tables[name] = score_variant(affs, v)
+        tables[name] = score_variant(affs, v, thresholds)
         print(f"  {model_name}: {name} scored in {time.perf_counter() - t0:.0f} s", flush=True)
-    best = min((tables[n][t]["score"], n, t) for n in tables for t in qs.THRESHOLDS)
+    best = min((tables[n][t]["score"], n, t) for n in tables for t in thresholds)
     return tables, {"variant": best[1], "threshold": best[2], "score": best[0]}
 
 
@@ -154,6 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", choices=["scorings", "all", "rule15", "rule22"], default="scorings")
     p.add_argument("--write-card", action="store_true", help="record the choice in each model folder's card")
     p.add_argument("--json", type=Path, default=None, help="write the tables here")
+    p.add_argument("--low-thresholds", action="store_true",
+                   help="also 0.01, 0.02 and 0.03 (rule 24: a model whose best is THRESHOLDS' lowest)")
     args = p.parse_args(argv)
     missing = [c.name for c in qs.VALIDATION if not c.available()]
     if missing:
@@ -163,7 +165,8 @@ def main(argv=None) -> int:
     print(f"rule: {RULE}")
     results = {}
     for model_name in args.models:
-        tables, best = choose(model_name, variants)
+        thresholds = tuple(sorted({*qs.THRESHOLDS, *((0.01, 0.02, 0.03) if args.low_thresholds else ())}))
+        tables, best = choose(model_name, variants, thresholds)
         print_tables(model_name, tables, best)
         results[model_name] = {"best": best, "tables": {
             v: {str(t): {("|".join(k) if isinstance(k, tuple) else k): x for k, x in row.items()}
