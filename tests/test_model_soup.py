@@ -21,7 +21,7 @@ def test_soup_is_the_mean_of_the_weights_and_records_its_ingredients(tmp_path):
     a, b = _pair()
     a.card.name = "first"
     soup = average_weights([a, b])
-    for (n, pa), pb, ps in zip(a.state_dict().items(), b.state_dict().values(), soup.state_dict().values()):
+    for (n, pa), pb, ps in zip(a.state_dict().items(), b.state_dict().values(), soup.state_dict().values(), strict=True):
         if pa.is_floating_point():
             assert torch.allclose(ps, (pa + pb) / 2, atol=1e-6), n
     assert [i["name"] for i in soup.card.training["soup"]][0] == "first"
