@@ -28,6 +28,7 @@ def test_soup_is_the_mean_of_the_weights_and_records_its_ingredients(tmp_path):
     assert len({i["sha256"] for i in soup.card.training["soup"]}) == 2
     # the inputs are untouched and the soup saves and loads as a model
     assert not torch.equal(next(a.parameters()), next(soup.parameters()))
+    assert soup.source_path is None
     save_model(soup, tmp_path / "soup", soup.card)
     back = load_model(tmp_path / "soup", device="cpu")
     x = torch.rand(1, 1, 16, 32, 32)

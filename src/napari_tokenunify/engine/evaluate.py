@@ -6,7 +6,8 @@ memory. Voxels whose ground truth is ``ignore_label`` (0: membrane / unlabelled)
 ``mask`` are left out, and with ``boundary_tolerance`` r > 0 also those within r voxels of a
 change of ground-truth id (CREMI's boundary tolerance: on dense labels a quarter of the voxels
 lie beside a boundary, and where a boundary falls to within a voxel dominates the score;
-reported beside the plain score, never instead of it). The definitions follow ``skimage.metrics`` (VOI split = H(seg | gt),
+reported beside the plain score, never instead of it). The definitions follow
+``skimage.metrics`` (VOI split = H(seg | gt),
 merge = H(gt | seg), in bits; adapted Rand error = 1 - F-score of pair precision/recall).
 """
 
@@ -40,12 +41,16 @@ def boundary_band(labels: np.ndarray, radius: int = 1) -> np.ndarray:
         labels, size=size, mode="nearest")
 
 
-def _gt_band(ground_truth, sl: tuple[slice, ...], radius: int) -> np.ndarray:
-    """``boundary_band`` of ground_truth[sl], computed with ``radius`` slices of context."""
+def _read_gt(ground_truth, sl: tuple[slice, ...], radius: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """ground_truth[sl] and, with ``radius`` > 0, its ``boundary_band`` (computed from one read
+    with ``radius`` sections of context, so chunk borders are no boundaries)."""
+    if not radius:
+        return _read(ground_truth, sl), None
     z = sl[0]
     lo, hi = max(z.start - radius, 0), min(z.stop + radius, ground_truth.shape[0])
     part = _read(ground_truth, (slice(lo, hi),) + tuple(sl[1:]))
-    return boundary_band(part, radius)[z.start - lo: z.start - lo + (z.stop - z.start)]
+    inner = slice(z.start - lo, z.start - lo + (z.stop - z.start))
+    return part[inner], boundary_band(part, radius)[inner]
 
 
 def contingency(
@@ -72,14 +77,15 @@ def contingency(
     keys_all, counts_all = [], []
     for sl in _blocks(shape, chunks):
         seg = _read(segmentation, sl).astype(np.uint64, copy=False).ravel()
-        gt = _read(ground_truth, sl).astype(np.uint64, copy=False).ravel()
+        gt, band = _read_gt(ground_truth, sl, boundary_tolerance)
+        gt = gt.astype(np.uint64, copy=False).ravel()
         keep = np.ones(gt.shape, dtype=bool)
         if ignore_label is not None:
             keep &= gt != np.uint64(ignore_label)
         if mask is not None:
             keep &= _read(mask, sl).astype(bool).ravel()
-        if boundary_tolerance:
-            keep &= ~_gt_band(ground_truth, sl, boundary_tolerance).ravel()
+        if band is not None:
+            keep &= ~band.ravel()
         if not keep.all():
             seg, gt = seg[keep], gt[keep]
         if seg.size == 0:

@@ -43,6 +43,7 @@ def average_weights(models: Sequence[torch.nn.Module]) -> torch.nn.Module:
             out[n] = t.clone()
     soup = copy.deepcopy(models[0])
     soup.load_state_dict(out)
+    soup.source_path = None  # a new model: it comes from no file (not the first ingredient's)
     card = copy.deepcopy(getattr(models[0], "card", None))
     if card is not None:
         card.training = dict(card.training)
