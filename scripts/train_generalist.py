@@ -99,7 +99,7 @@ def stage_finetune(args) -> None:
         normalization=dict(ROBUST_NORMALIZATION), progress=printer(25),
         offsets=training_offsets(args.aux_offsets),
         self_distill=False,  # generalist training learns from labels, not from its start
-        grow_boundaries=args.grow_boundaries,
+        grow_boundaries=args.grow_boundaries, lsd_sigma=args.lsd_sigma, lsd_weight=args.lsd_weight,
         **distill,
     )
     (out / "data.json").write_text(json.dumps({
@@ -206,6 +206,9 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-tta", default="yx", choices=["none", "yx", "zyx"])
     p.add_argument("--grow-boundaries", type=int, default=0, metavar="N",
                    help="finetune: N one-voxel boundaries in every training patch's labels (rule 19)")
+    p.add_argument("--lsd-sigma", type=float, default=0.0, metavar="VOXELS",
+                   help="finetune: also learn local shape descriptors in this window (bundle drops them)")
+    p.add_argument("--lsd-weight", type=float, default=1.0)
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],

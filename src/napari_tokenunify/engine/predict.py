@@ -180,15 +180,20 @@ class TilePredictor:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
 
+    def _affinities(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's first ``len(offsets)`` channels: any after them are training-only outputs
+        (e.g. local shape descriptors, ``training.lsd``), not affinities."""
+        return self.model(x)[:, : len(self.offsets)]
+
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(tiles[:, None])).to(self.device)
         with torch.inference_mode(), self._autocast_ctx():
             if self.tta == "none":
-                y = self.model(x)
+                y = self._affinities(x)
             else:
                 from .tta import flip_average
 
-                y = flip_average(self.model, x, self.offsets, self.tta)
+                y = flip_average(self._affinities, x, self.offsets, self.tta)
         return y.float().cpu().numpy()
 
     def predict(self, tiles: np.ndarray, on_batch: Callable[[int], None] | None = None) -> np.ndarray:

@@ -41,6 +41,10 @@ class FinetuneConfig:
     ``grow_boundaries``: give each training patch's labels this many one-voxel boundaries
     (label 0 where two ids touch, :func:`~.targets.grow_boundaries`) after augmentation; 0: the
     labels as they are. Validation always scores against the labels as given.
+    ``lsd_sigma``: also train the network to predict the labels' local shape descriptors
+    (:mod:`.lsd`, Sheridan et al. 2022) in a Gaussian window of this many voxels, as ten extra
+    output channels after the affinities, with ``lsd_weight`` times their mean squared error
+    added to the loss; 0: off. Prediction ignores those channels (``bundle`` cuts them off).
     """
 
     steps: int = 500
@@ -68,6 +72,8 @@ class FinetuneConfig:
     # never-corrected part (blocks: 1.622 against 1.515 when the start's 0.6 is kept)
     keep_start_threshold: bool = True
     grow_boundaries: int = 0
+    lsd_sigma: float = 0.0
+    lsd_weight: float = 1.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the types once, here
@@ -79,6 +85,12 @@ class FinetuneConfig:
         set_(self, "seed", int(self.seed))
         set_(self, "grow_boundaries", _int("grow_boundaries", self.grow_boundaries, 0))
         set_(self, "augment", bool(self.augment))
+        for name in ("lsd_sigma", "lsd_weight"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number of 0 or more (0: no shape descriptors), "
+                                 f"got {getattr(self, name)}")
+            set_(self, name, value)
         set_(self, "self_distill", bool(self.self_distill))
         set_(self, "keep_start_threshold", bool(self.keep_start_threshold))
         lr = float(self.lr)

@@ -37,6 +37,7 @@ from .checkpoints import (
 from .config import DEFAULT_THRESHOLDS, FinetuneConfig, config_fields
 from .distill import soft_bce
 from .logs import LossLog, plot_losses
+from .lsd import LSD_CHANNELS, LSD_DOWNSAMPLE, lsd_targets
 from .runtime import (
     Budget,
     check_input_divisor,
@@ -265,15 +266,22 @@ def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
     return cropped, box_mask
 
 
-def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0.0, boundary=0):
+def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0.0, boundary=0,
+           lsd_sigma=0.0):
     """``batch_size`` samples: with probability ``distill_p`` one of the teacher's
     (``distill``, a :class:`TeacherTargets`), else one with targets from the labels (given
-    ``boundary`` one-voxel boundaries after augmentation)."""
+    ``boundary`` one-voxel boundaries after augmentation).
+
+    With ``lsd_sigma`` > 0, targets and weights get :data:`~.lsd.LSD_CHANNELS` more channels after
+    the affinities: the local shape descriptors of the (augmented) labels, weighted 1 on labelled
+    voxels inside the mask and 0 elsewhere (and on a teacher's samples, which have none)."""
     raws, targets, weights = [], [], []
     for _ in range(batch_size):
         if distill is not None and (distill_p >= 1.0 or rng.random() < distill_p):
-            for part, x in zip((raws, targets, weights), distill.sample(augment), strict=True):
-                part.append(x)
+            x, affs, w = distill.sample(augment)
+            raws.append(x)
+            targets.append(affs if not lsd_sigma else _with_lsd(affs, None))
+            weights.append(w if not lsd_sigma else _with_lsd(w, None))
             continue
         p = sampler.sample()
         raw, labels, mask = p.raw, p.labels, p.mask
@@ -282,11 +290,34 @@ def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0
         if boundary:
             labels = grow_boundaries(labels, boundary)
         affs, valid = affinity_targets(labels, offsets, mask)
+        w = balance_weights(affs, valid)
+        if lsd_sigma:
+            lsd, lsd_valid = lsd_targets(labels, lsd_sigma, mask)
+            affs, w = _with_lsd(affs, lsd), _with_lsd(w, lsd_valid)
         raws.append(raw)
         targets.append(affs)
-        weights.append(balance_weights(affs, valid))
+        weights.append(w)
     t = [torch.from_numpy(np.stack(x)) for x in (raws, targets, weights)]
     return t[0][:, None], t[1], t[2]
+
+
+def _with_lsd(affs: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
+    """``affs`` followed by the descriptor channels ``extra`` (zeros when None)."""
+    if extra is None:
+        extra = np.zeros((LSD_CHANNELS,) + affs.shape[1:], dtype=np.float32)
+    return np.concatenate([affs.astype(np.float32, copy=False), extra.astype(np.float32, copy=False)])
+
+
+def training_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, n_affinities: int,
+                  lsd_weight: float = 0.0) -> torch.Tensor:
+    """The balanced BCE of the first ``n_affinities`` channels, plus ``lsd_weight`` times the
+    weighted mean squared error of the descriptor channels after them (when there are any)."""
+    loss = soft_bce(pred[:, :n_affinities], target[:, :n_affinities], weight[:, :n_affinities])
+    if pred.shape[1] > n_affinities and lsd_weight > 0:
+        w = weight[:, n_affinities:]
+        err = (pred[:, n_affinities:] - target[:, n_affinities:]) ** 2
+        loss = loss + lsd_weight * (err * w).sum() / w.gt(0).sum().clamp_min(1)
+    return loss
 
 
 def validate_set(
@@ -501,7 +532,8 @@ def finetune(
             raws[0], labels_list[0], masks[0], cfg.holdout, patch_shape)
     dev = resolve_device(device)
     rng, gen = seed_everything(cfg.seed)
-    model, init_note = prepare_model(init, len(offsets), preset, offsets)
+    n_lsd = LSD_CHANNELS if cfg.lsd_sigma > 0 else 0  # training-only outputs after the affinities
+    model, init_note = prepare_model(init, len(offsets) + n_lsd, preset, offsets)
     started_from = init_note.pop("started_from")
     # the test-time flips the starting model recommends carry over: before and after finetuning
     # the same flips are used, so the two can be compared (a new output layer starts without)
@@ -633,13 +665,13 @@ def finetune(
             checkpoint()  # keep every finished step for the resume
             raise
         x, target, weight = _batch(sampler, augment, offsets, rng, cfg.batch_size, distill, cfg.distill_p,
-                                   cfg.grow_boundaries)
+                                   cfg.grow_boundaries, cfg.lsd_sigma)
         lr_now = lr_at(step, cfg.steps, cfg.lr)
         set_lr(optimizer, lr_now)
         if head:
             _freeze_all_but(model, head if step < cfg.head_steps else None)
         pred = model(x.to(dev))
-        loss = soft_bce(pred, target.to(dev), weight.to(dev))
+        loss = training_loss(pred, target.to(dev), weight.to(dev), len(offsets), cfg.lsd_weight)
         optimizer_step(optimizer, loss, model.parameters(), step=step, lr=cfg.lr, what="finetuning")
         if averaged is not None:
             averaged.update_parameters(model)
@@ -663,7 +695,11 @@ def finetune(
     model.eval()
     threshold, threshold_choice = _chosen_threshold(best.get("scores"), started_from, region, kept)
     training = {
-        "objective": "affinity_bce_balanced",
+        "objective": "affinity_bce_balanced" + ("+lsd_mse" if n_lsd else ""),
+        **({"lsd": {"sigma_voxels": cfg.lsd_sigma, "weight": cfg.lsd_weight, "channels": n_lsd,
+                    "downsample": LSD_DOWNSAMPLE,
+                    "note": "training-only outputs after the affinities; prediction ignores them"}}
+           if n_lsd else {}),
         **{k: v for k, v in init_note.items() if k != "reinitialised"},
         "started_from": started_from,
         "data": data_record,
@@ -694,7 +730,7 @@ def finetune(
     model.validation_history = history
     model.validation_before = before
     model.card = _card(model, preset, offsets, patch_shape, training, best.get("scores"), before,
-                       name or default_name(started_from["name"]), voxel_size_nm)
+                       name or default_name(started_from["name"]), voxel_size_nm, len(offsets) + n_lsd)
     if out is not None:
         plot_losses(out / "loss.csv", out / "loss.png")
         export_model(model, out / "model", model.card)
@@ -904,7 +940,8 @@ def _write_history(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _card(model, preset, offsets, patch_shape, training, scores, before, name, voxel_size_nm):
+def _card(model, preset, offsets, patch_shape, training, scores, before, name, voxel_size_nm,
+          out_channels=None):
     """The finetuned model's card: the start's architecture and normalisation, a new name, this
     run's training record and only this run's scores (never the start's old ones)."""
     from dataclasses import replace
@@ -931,7 +968,7 @@ def _card(model, preset, offsets, patch_shape, training, scores, before, name, v
     fields = {
         "preset": preset,
         "in_channels": 1,
-        "out_channels": len(offsets),
+        "out_channels": out_channels or len(offsets),
         "offsets": [list(o) for o in offsets],
         "patch_size": list(patch_shape),
         "training": training,
