@@ -157,6 +157,9 @@ def test_finetuning_with_descriptors_keeps_the_affinity_contract(tmp_path):
     assert card.training["lsd"]["sigma_voxels"] == 3.0 and card.training["config"]["lsd_sigma"] == 3.0
     saved = load_model(tmp_path / "run" / "model", device="cpu")
     assert saved.out_channels == 13
+    from napari_tokenunify.model.card import describe_card
+
+    assert any(line.startswith("  lsd: ") and "sigma_voxels" in line for line in describe_card(saved.card))
     affs = predict_affinities(vol.image, saved, device="cpu", dtype="float32")
     assert affs.shape == (3,) + vol.image.shape  # the descriptors never reach prediction
     cut = keep_output_channels(saved, 3)

@@ -186,7 +186,7 @@ def describe_card(card: ModelCard) -> list[str]:
         config = t.get("config")
         if isinstance(config, dict) and config:
             lines.append(f"  config: {_fmt(config)}")
-        for key in ("objective", "distillation", "hardware"):
+        for key in ("objective", "lsd", "auxiliary_offsets", "distillation", "hardware"):
             if t.get(key):
                 lines.append(f"  {key}: {_fmt(t[key])}")
     if card.metrics:
