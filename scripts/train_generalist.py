@@ -172,6 +172,8 @@ def stage_bundle(args) -> None:
         cut = keep_output_channels(load_model(src, device="cpu"), 3)
         save_model(cut, tmp)
         training["auxiliary_offsets"] = card["offsets"][3:]
+        if "lsd" in training:  # the descriptor outputs went with the cut
+            training["lsd"] = {**training["lsd"], "note": "trained as extra outputs; cut off for shipping"}
         card["out_channels"], card["offsets"] = 3, card["offsets"][:3]
         card["config"] = dict(cut.card.config)
     (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
