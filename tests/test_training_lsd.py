@@ -176,3 +176,16 @@ def test_cli_passes_the_descriptor_options():
     cfg = finetune_config(args)
     assert cfg.lsd_sigma == 5.0 and cfg.lsd_weight == 2.0
     assert FinetuneConfig().lsd_sigma == 0.0  # off by default
+
+
+def test_extra_outputs_for_a_unet_are_refused_not_swapped_for_another_network():
+    """Growing outputs is for EMmamba: a U-Net start must not silently become a fresh EMmamba."""
+    from napari_tokenunify.affinities import NEAREST_OFFSETS
+    from napari_tokenunify.model.unet import ResidualUNet3D
+    from napari_tokenunify.training.finetune import prepare_model
+
+    net = ResidualUNet3D(out_channels=3)
+    with pytest.raises(ValueError, match="EMmamba models only"):
+        prepare_model(net, 3 + LSD_CHANNELS, "tiny", [tuple(o) for o in NEAREST_OFFSETS])
+    same, note = prepare_model(net, 3, "tiny", [tuple(o) for o in NEAREST_OFFSETS])
+    assert type(same).__name__ == "ResidualUNet3D" and note["copied"] == "all"

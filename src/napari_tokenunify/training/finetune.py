@@ -169,10 +169,12 @@ def prepare_model(
     start = start_record(source, path)
     if _out_channels(source) in (None, n_channels):
         return source, {"init": name, "copied": "all", "started_from": start}
-    if type(source).__name__ != "EMMamba" and not hasattr(source, "card"):
+    if type(source).__name__ != "EMMamba":  # a grown EMmamba would silently replace, e.g., a U-Net
         raise ValueError(
-            f"cannot change the output channels of {name} ({_out_channels(source)} → {n_channels}); "
-            "give a model with one channel per offset"
+            f"cannot change the output channels of {name} ({type(source).__name__}, "
+            f"{_out_channels(source)} → {n_channels}): auxiliary offsets and shape descriptors "
+            "are trained as extra outputs of EMmamba models only; finetune this model without "
+            "them (its own offsets, lsd_sigma 0)"
         )
     from ..model import build_model
 
