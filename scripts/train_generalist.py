@@ -100,7 +100,7 @@ def stage_finetune(args) -> None:
         offsets=training_offsets(args.aux_offsets),
         self_distill=False,  # generalist training learns from labels, not from its start
         grow_boundaries=args.grow_boundaries, lsd_sigma=args.lsd_sigma, lsd_weight=args.lsd_weight,
-        **distill,
+        permute_axes=args.permute_axes, **distill,
     )
     (out / "data.json").write_text(json.dumps({
         "train": [c.name for c in qs.TRAIN], "validation": [c.name for c in qs.VALIDATION],
@@ -211,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--lsd-sigma", type=float, default=0.0, metavar="VOXELS",
                    help="finetune: also learn local shape descriptors in this window (bundle drops them)")
     p.add_argument("--lsd-weight", type=float, default=1.0)
+    p.add_argument("--permute-axes", action="store_true",
+                   help="finetune: read patches with their axes in a random order (isotropic data; rule 27)")
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],

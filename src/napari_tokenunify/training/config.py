@@ -45,6 +45,9 @@ class FinetuneConfig:
     (:mod:`.lsd`, Sheridan et al. 2022) in a Gaussian window of this many voxels, as ten extra
     output channels after the affinities, with ``lsd_weight`` times their mean squared error
     added to the loss; 0: off. Prediction ignores those channels (``bundle`` cuts them off).
+    ``permute_axes``: read training patches with their axes in a random order (z seen as y or
+    x and the other way round): more views of the same labels, for isotropic data only (FIB-SEM
+    at one voxel size along every axis); off by default.
     """
 
     steps: int = 500
@@ -74,6 +77,7 @@ class FinetuneConfig:
     grow_boundaries: int = 0
     lsd_sigma: float = 0.0
     lsd_weight: float = 1.0
+    permute_axes: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the types once, here
@@ -85,6 +89,7 @@ class FinetuneConfig:
         set_(self, "seed", int(self.seed))
         set_(self, "grow_boundaries", _int("grow_boundaries", self.grow_boundaries, 0))
         set_(self, "augment", bool(self.augment))
+        set_(self, "permute_axes", bool(self.permute_axes))
         for name in ("lsd_sigma", "lsd_weight"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):

@@ -551,7 +551,7 @@ def finetune(
     augment = custom_augment if custom_augment is not None else (EMAugment() if cfg.augment else None)
     sampler = PatchSampler(
         raws, patch_shape, labels=labels_list, masks=masks, seed=rng, min_labelled=0.05,
-        normalization=normalization,
+        normalization=normalization, permute_axes=cfg.permute_axes,
     )
     distill, teacher_s = None, 0.0
     self_taught = (teacher is None and cfg.self_distill and cfg.distill_p > 0

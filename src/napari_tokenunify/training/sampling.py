@@ -53,6 +53,9 @@ def _pad_to(block: np.ndarray, shape: Sequence[int], mode: str) -> np.ndarray:
     return np.pad(block, pad, mode="constant", constant_values=0)
 
 
+_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
 @dataclass
 class Patch:
     """One training patch: raw in [0, 1] (float32), labels (or None), mask (float32, 1 = use)."""
@@ -73,6 +76,9 @@ class PatchSampler:
     each volume's intensity range is then decided once, exactly as prediction decides it
     (``engine.normalize.intensity_range``), so training and prediction see the same input.
     Without it, integers are scaled by their dtype's range (:func:`to_unit`).
+    ``permute_axes``: for isotropic data (e.g. FIB-SEM), read each patch with its axes in a random
+    order that fits the volume and transpose it back to ``patch_shape``, so that z-sections are
+    seen as in-plane views and the other way round (three times the views of the same voxels).
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class PatchSampler:
         seed: int | np.random.Generator | None = 0,
         min_labelled: float = 0.0,
         normalization: Any = None,
+        permute_axes: bool = False,
     ) -> None:
         if not len(volumes):
             raise ValueError("no volumes to sample patches from")
@@ -109,6 +116,7 @@ class PatchSampler:
         sizes = np.array([float(np.prod(v.shape)) for v in self.volumes])
         self._p = sizes / sizes.sum()
         self.normalization = normalization
+        self.permute_axes = bool(permute_axes)
         self.ranges = None
         if normalization is not None:
             from ..engine.normalize import intensity_range
@@ -125,18 +133,40 @@ class PatchSampler:
         """Whether some volume is smaller than the patch (so patches get padded)."""
         return any(s < p for v in self.volumes for s, p in zip(v.shape, self.patch_shape, strict=False))
 
+    def _permutation(self, i: int) -> tuple[int, int, int]:
+        """The axis order a patch of volume ``i`` is read in (identity unless ``permute_axes``):
+        one of the six, among those whose read fits inside the volume (identity always allowed)."""
+        if not self.permute_axes:
+            return (0, 1, 2)
+        shape = self.volumes[i].shape
+        fits = [perm for perm in _PERMUTATIONS if perm == (0, 1, 2) or all(
+            shape[perm[a]] >= self.patch_shape[a] for a in range(3))]
+        return fits[int(self.rng.integers(len(fits)))]
+
     def _one(self, i: int) -> Patch:
         vol = self.volumes[i]
-        start = tuple(int(self.rng.integers(0, max(0, s - p) + 1)) for s, p in zip(vol.shape, self.patch_shape, strict=False))
-        shape = tuple(min(s, p) for s, p in zip(vol.shape, self.patch_shape, strict=False))
-        raw = _pad_to(self.to_input(i, _read(vol, start, shape)), self.patch_shape, "reflect")
-        mask = np.ones(shape, dtype=np.float32)
+        perm = self._permutation(i)
+        # read a block whose axis perm[a] has the patch's size along a; transposing by perm
+        # brings it to patch_shape
+        read_shape = [0, 0, 0]
+        for a in range(3):
+            read_shape[perm[a]] = self.patch_shape[a]
+        start = tuple(int(self.rng.integers(0, max(0, s - p) + 1)) for s, p in zip(vol.shape, read_shape, strict=False))
+        shape = tuple(min(s, p) for s, p in zip(vol.shape, read_shape, strict=False))
+
+        def read(array):
+            block = _read(array, start, shape)
+            return np.ascontiguousarray(block.transpose(perm)) if perm != (0, 1, 2) else block
+
+        raw = _pad_to(np.ascontiguousarray(self.to_input(i, _read(vol, start, shape)).transpose(perm)),
+                      self.patch_shape, "reflect")
+        mask = np.ones(tuple(shape[p] for p in perm), dtype=np.float32)
         if self.masks is not None and self.masks[i] is not None:
-            mask = (_read(self.masks[i], start, shape) > 0).astype(np.float32)
+            mask = (read(self.masks[i]) > 0).astype(np.float32)
         mask = _pad_to(mask, self.patch_shape, "constant")
         labels = None
         if self.labels is not None and self.labels[i] is not None:
-            labels = _pad_to(_read(self.labels[i], start, shape), self.patch_shape, "constant")
+            labels = _pad_to(read(self.labels[i]), self.patch_shape, "constant")
         return Patch(raw.astype(np.float32), labels, mask, start)
 
     def sample(self) -> Patch:
