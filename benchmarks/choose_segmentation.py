@@ -14,6 +14,7 @@ of a knife edge does not win. The lowest score chooses; the test volume is never
 ``--variants all`` adds rule 13's other candidates (Gaussian smoothing, 75th percentile);
 ``--variants rule15`` scores rule 15's (small-segment cleanup, seed spacing) with the mean;
 ``--variants rule22`` rule 22's (the fragments' boundary map: backward, symmetric, symmetric-min);
+``--variants rule28`` rule 28's (fragments flooded over the boundary map or over the affinity links);
 ``--write-card`` records the choice (``training.segmentation_scoring``/``segmentation_threshold``)
 in each model folder's card.json (not in a bundled model's: use a copy).
 """
@@ -57,6 +58,10 @@ RULE22_VARIANTS = {  # rule 22 (docs/results.md, session 11): where fragments pu
     "mean, symmetric boundary": {"scoring": "mean", "boundary": "symmetric"},
     "mean, symmetric-min boundary": {"scoring": "mean", "boundary": "symmetric-min"},
 }
+RULE28_VARIANTS = {  # rule 28 (docs/results.md, session 13): fragments flooded over voxels or links
+    "mean": {"scoring": "mean"},
+    "mean, edge flood": {"scoring": "mean", "flood": "edges"},
+}
 RULE = ("the lowest validation mean VOI averaged over the original and the contrast/2 + 20 "
         "input, at one shared threshold of THRESHOLDS")
 
@@ -93,8 +98,9 @@ def score_variant(affs: dict, variant: dict, thresholds=qs.THRESHOLDS) -> dict:
         if variant.get("smooth_fragments"):
             fa = np.stack([ndi.gaussian_filter(c, variant["smooth_fragments"]) for c in a])
         seeds = {"min_seed_distance": variant["seed_distance"]} if "seed_distance" in variant else {}
-        if "boundary" in variant:
-            seeds["boundary"] = variant["boundary"]
+        for key in ("boundary", "flood"):
+            if key in variant:
+                seeds[key] = variant[key]
         agg = Agglomerator(a, fragments_from_affinities(fa, voxel_size=(10, 10, 10), **seeds),
                            scoring=variant["scoring"], max_threshold=max(thresholds))
         for t in thresholds:
@@ -151,7 +157,7 @@ def write_card(model_dir: Path, best: dict, variants: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="bundled names (default, unet) or model folders")
-    p.add_argument("--variants", choices=["scorings", "all", "rule15", "rule22"], default="scorings")
+    p.add_argument("--variants", choices=["scorings", "all", "rule15", "rule22", "rule28"], default="scorings")
     p.add_argument("--write-card", action="store_true", help="record the choice in each model folder's card")
     p.add_argument("--json", type=Path, default=None, help="write the tables here")
     p.add_argument("--low-thresholds", action="store_true",
@@ -160,7 +166,7 @@ def main(argv=None) -> int:
     missing = [c.name for c in qs.VALIDATION if not c.available()]
     if missing:
         sys.exit(f"shared data missing for {missing}: put it at {qs.DATA} or set TOKENUNIFY_SHARED_DATA")
-    variants = {"rule15": RULE15_VARIANTS, "rule22": RULE22_VARIANTS}.get(args.variants) or dict(
+    variants = {"rule15": RULE15_VARIANTS, "rule22": RULE22_VARIANTS, "rule28": RULE28_VARIANTS}.get(args.variants) or dict(
         VARIANTS, **(MORE_VARIANTS if args.variants == "all" else {}))
     print(f"rule: {RULE}")
     results = {}

@@ -86,7 +86,14 @@ def boundary_map(affinities: np.ndarray, use_z: bool = True, kind: str = "backwa
     return 1.0 - acc / np.maximum(count, 1)
 
 
-def _seeded_watershed(boundary: np.ndarray, threshold: float, min_seed_distance: float) -> tuple[np.ndarray, int]:
+FLOODS = ("voxels", "edges")
+
+
+def _seeded_watershed(boundary: np.ndarray, threshold: float, min_seed_distance: float,
+                      affinities: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Seeds at the distance-transform maxima of the inside (``boundary`` below ``threshold``),
+    flooded over the boundary map, or over the affinity graph when ``affinities`` (3, Z, Y, X)
+    are given (:mod:`.edge_flood`)."""
     inside = boundary < threshold
     if not inside.any():
         inside = boundary <= boundary.min()
@@ -96,6 +103,10 @@ def _seeded_watershed(boundary: np.ndarray, threshold: float, min_seed_distance:
     seeds, n = ndi.label(maxima)
     if n == 0:
         return np.ones(boundary.shape, dtype=np.uint64), 1
+    if affinities is not None:
+        from .edge_flood import flood_affinities
+
+        return flood_affinities(affinities, seeds.reshape(affinities.shape[1:])).reshape(boundary.shape), n
     labels = watershed(boundary, seeds)
     return labels.astype(np.uint64), n
 
@@ -108,25 +119,35 @@ def fragments_from_affinities(
     boundary_threshold: float = 0.5,
     min_seed_distance: float = 3.0,
     boundary: str = "backward",
+    flood: str = "voxels",
 ) -> np.ndarray:
     """Fragments (uint64, 1..n, every voxel labelled) from affinities (C, Z, Y, X).
+
+    ``flood`` "voxels": a watershed of the boundary map from the seeds (each voxel is a height);
+    "edges": the same seeds flooded over the affinity graph, strongest link first, so a cut stays
+    on the link the network cut (:mod:`.edge_flood`).
 
     ``anisotropic`` (2D per section) defaults to True when ``voxel_size`` has z ≥ 2× the in-plane
     size, or when the volume is a single section.
     """
     check_affinities(affinities)
+    if flood not in FLOODS:
+        raise ValueError(f"unknown flood {flood!r}; use one of {', '.join(FLOODS)}")
     affs = as_float_affinities(affinities)
     if anisotropic is None:
         anisotropic = bool(voxel_size is not None and voxel_size[0] >= 2 * max(voxel_size[1:]))
         anisotropic = anisotropic or affs.shape[1] == 1
     if not anisotropic:
-        labels, _ = _seeded_watershed(boundary_map(affs, kind=boundary), boundary_threshold, min_seed_distance)
+        labels, _ = _seeded_watershed(boundary_map(affs, kind=boundary), boundary_threshold, min_seed_distance,
+                                      affs[:3] if flood == "edges" else None)
         return labels
     bmap = boundary_map(affs, use_z=False, kind=boundary)
     out = np.zeros(bmap.shape, dtype=np.uint64)
     next_id = 0
     for z in range(bmap.shape[0]):
-        labels, n = _seeded_watershed(bmap[z], boundary_threshold, min_seed_distance)
+        # one section: its z links join nothing, so the flood stays in the section
+        labels, n = _seeded_watershed(bmap[z], boundary_threshold, min_seed_distance,
+                                      affs[:3, z:z + 1] if flood == "edges" else None)
         out[z] = labels + np.uint64(next_id)
         next_id += int(labels.max())
     return out
