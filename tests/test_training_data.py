@@ -139,6 +139,39 @@ def test_sampler_reads_lazy_volumes_in_bounds():
         assert p.mask.min() == 1
 
 
+def test_sampler_permutes_axes_of_isotropic_patches_that_fit():
+    raw = np.arange(20 * 24 * 28, dtype=np.uint16).reshape(20, 24, 28)
+    labels = (raw % 11 + 1).astype(np.uint32)
+    s = PatchSampler([raw], (6, 10, 22), labels=[labels], seed=1, permute_axes=True)
+    seen = set()
+    for _ in range(60):
+        p = s.sample()
+        assert p.raw.shape == p.labels.shape == p.mask.shape == (6, 10, 22)
+        # the patch is the block the sampler read, transposed by its axes
+        read = [0, 0, 0]
+        for a, src in enumerate(p.axes):
+            read[src] = (6, 10, 22)[a]
+        block = tuple(slice(o, o + n) for o, n in zip(p.origin, read, strict=True))
+        assert np.allclose(p.raw, to_unit(raw[block]).transpose(p.axes))
+        assert np.array_equal(p.labels, labels[block].transpose(p.axes))
+        assert p.mask.min() == 1
+        seen.add(p.axes)
+    # 22 voxels fit along y and x but not z (20): only orders that keep x's 22 off z
+    assert seen == {(0, 1, 2), (0, 2, 1), (1, 0, 2), (2, 0, 1)}
+    # off by default: the volume's own order
+    plain = PatchSampler([raw], (6, 10, 22), labels=[labels], seed=1)
+    assert {plain.sample().axes for _ in range(10)} == {(0, 1, 2)}
+
+
+def test_finetune_config_records_permuted_axes():
+    from napari_tokenunify.training.config import FinetuneConfig
+
+    cfg = FinetuneConfig(permute_axes=True)
+    assert cfg.to_dict()["permute_axes"] is True
+    assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
+    assert FinetuneConfig().permute_axes is False
+
+
 def test_sampler_pads_patch_larger_than_volume():
     raw = np.random.default_rng(0).integers(0, 255, (3, 5, 40), dtype=np.uint8)
     labels = np.ones((3, 5, 40), np.uint32)

@@ -64,6 +64,8 @@ class Patch:
     labels: np.ndarray | None
     mask: np.ndarray
     origin: tuple[int, int, int]
+    #: the volume's axis that became each patch axis (``patch = block.transpose(axes)``)
+    axes: tuple[int, int, int] = (0, 1, 2)
 
 
 class PatchSampler:
@@ -167,7 +169,7 @@ class PatchSampler:
         labels = None
         if self.labels is not None and self.labels[i] is not None:
             labels = _pad_to(read(self.labels[i]), self.patch_shape, "constant")
-        return Patch(raw.astype(np.float32), labels, mask, start)
+        return Patch(raw.astype(np.float32), labels, mask, start, perm)
 
     def sample(self) -> Patch:
         i = int(self.rng.choice(len(self.volumes), p=self._p))
