@@ -98,9 +98,9 @@ def score_variant(affs: dict, variant: dict, thresholds=qs.THRESHOLDS) -> dict:
         if variant.get("smooth_fragments"):
             fa = np.stack([ndi.gaussian_filter(c, variant["smooth_fragments"]) for c in a])
         seeds = {"min_seed_distance": variant["seed_distance"]} if "seed_distance" in variant else {}
-        for key in ("boundary", "flood"):
-            if key in variant:
-                seeds[key] = variant[key]
+        for option in ("boundary", "flood"):
+            if option in variant:
+                seeds[option] = variant[option]
         agg = Agglomerator(a, fragments_from_affinities(fa, voxel_size=(10, 10, 10), **seeds),
                            scoring=variant["scoring"], max_threshold=max(thresholds))
         for t in thresholds:
