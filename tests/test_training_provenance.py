@@ -230,6 +230,7 @@ def test_cli_defaults_are_the_config_defaults():
         keep_start_threshold=False, self_distill=False)
     assert finetune_config(_args("--ema", "0", "--holdout", "0")) == d.with_(ema=None, holdout=0.0)
     assert finetune_config(_args("--grow-boundaries", "1")) == d.with_(grow_boundaries=1)
+    assert finetune_config(_args("--permute-axes")) == d.with_(permute_axes=True)
 
 
 def _write(tmp_path, volume, mask=None):

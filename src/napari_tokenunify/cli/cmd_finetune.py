@@ -33,7 +33,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         holdout=args.holdout, time_budget_s=args.time_budget, seed=args.seed,
         checkpoint_every=args.checkpoint_every, distill_p=args.distill_p, teacher_tta=args.teacher_tta,
         self_distill=args.self_distill, grow_boundaries=args.grow_boundaries,
-        lsd_sigma=args.lsd_sigma, lsd_weight=args.lsd_weight,
+        lsd_sigma=args.lsd_sigma, lsd_weight=args.lsd_weight, permute_axes=args.permute_axes,
         # thresholds given are thresholds to choose among, also on held-back corrections
         keep_start_threshold=args.keep_start_threshold and not args.threshold,
     )
@@ -195,6 +195,9 @@ def register(sub) -> None:
                    "this many voxels, as extra training-only outputs (0: off; default %(default)s)")
     p.add_argument("--lsd-weight", type=float, default=d.lsd_weight,
                    help="weight of the shape descriptors' loss beside the affinities' (default %(default)s)")
+    p.add_argument("--permute-axes", action="store_true", default=d.permute_axes,
+                   help="read training patches with their axes in a random order (z seen as y or x): "
+                   "more views of the same labels, for isotropic data only (e.g. FIB-SEM)")
     p.add_argument("--no-self-distill", dest="self_distill", action="store_false", default=d.self_distill,
                    help="do not distil from the starting model (by default a share --distill-p of "
                    "the samples, anywhere in --raw, has the start's own affinities as targets, so "
