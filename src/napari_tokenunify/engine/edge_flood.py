@@ -78,64 +78,61 @@ def _compile():
         _compiled = False
         return _compiled
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def push_neighbours(v, lab, out, qf, strides, dims, items, labs, nxt, head, tail, used, top):  # pragma: no cover
+        """Queue the unlabelled neighbours of voxel ``v`` (labelled ``lab``) at their links' levels."""
+        rest = v
+        for c in range(3):
+            coord = rest // strides[c]
+            rest -= coord * strides[c]
+            for side in range(2):
+                if side == 0:  # the neighbour below along c: the link is stored at v
+                    if coord < 1:
+                        continue
+                    w = v - strides[c]
+                    if out[w] != 0:
+                        continue
+                    lev = qf[c, v]
+                else:  # the neighbour above: the link is stored at it
+                    if coord + 1 >= dims[c]:
+                        continue
+                    w = v + strides[c]
+                    if out[w] != 0:
+                        continue
+                    lev = qf[c, w]
+                items[used] = w
+                labs[used] = lab
+                if tail[lev] >= 0:
+                    nxt[tail[lev]] = used
+                else:
+                    head[lev] = used
+                tail[lev] = used
+                used += 1
+                if lev > top:
+                    top = lev
+        return used, top
+
     @numba.njit(cache=True, nogil=True)
     def flood(q, labels):  # pragma: no cover - compiled
         _, nz, ny, nx = q.shape
         n = nz * ny * nx
         out = labels.ravel().copy()
         qf = q.reshape(3, n)
-        strides = (ny * nx, nx, 1)
-        # bucket queue of voxel indices with the label they would take; each voxel is pushed at
-        # most once per labelled neighbour (six), so 6 n entries are enough in all
+        strides = np.array((ny * nx, nx, 1), dtype=np.int64)
+        dims = np.array((nz, ny, nx), dtype=np.int64)
+        # bucket queue (one FIFO list per level) of voxels with the label they would take; a
+        # voxel is queued at most once per labelled neighbour, so 6 n entries are enough
         cap = 6 * n + 1
         items = np.empty(cap, dtype=np.int64)
         labs = np.empty(cap, dtype=out.dtype)
         nxt = np.full(cap, -1, dtype=np.int64)
         head = np.full(LEVELS, -1, dtype=np.int64)
         tail = np.full(LEVELS, -1, dtype=np.int64)
-        used = 0
-        top = -1
-
-        coords = np.empty(3, dtype=np.int64)
-        dims = (nz, ny, nx)
-        # seeds: push the neighbours of every labelled voxel
-        for v in range(n):
-            if out[v] == 0:
-                continue
-            rest = v
-            coords[0] = rest // strides[0]
-            rest -= coords[0] * strides[0]
-            coords[1] = rest // strides[1]
-            coords[2] = rest - coords[1] * strides[1]
-            for c in range(3):
-                if coords[c] >= 1:
-                    w = v - strides[c]
-                    if out[w] == 0:
-                        lev = qf[c, v]
-                        items[used] = w
-                        labs[used] = out[v]
-                        if tail[lev] >= 0:
-                            nxt[tail[lev]] = used
-                        else:
-                            head[lev] = used
-                        tail[lev] = used
-                        used += 1
-                        if lev > top:
-                            top = lev
-                if coords[c] + 1 < dims[c]:
-                    w = v + strides[c]
-                    if out[w] == 0:
-                        lev = qf[c, w]
-                        items[used] = w
-                        labs[used] = out[v]
-                        if tail[lev] >= 0:
-                            nxt[tail[lev]] = used
-                        else:
-                            head[lev] = used
-                        tail[lev] = used
-                        used += 1
-                        if lev > top:
-                            top = lev
+        used, top = 0, -1
+        for v in range(n):  # the seeds' neighbours first
+            if out[v] != 0:
+                used, top = push_neighbours(v, out[v], out, qf, strides, dims, items, labs, nxt, head,
+                                            tail, used, top)
         while top >= 0:
             k = head[top]
             if k < 0:
@@ -147,44 +144,9 @@ def _compile():
             v = items[k]
             if out[v] != 0:
                 continue
-            lab = labs[k]
-            out[v] = lab
-            rest = v
-            coords[0] = rest // strides[0]
-            rest -= coords[0] * strides[0]
-            coords[1] = rest // strides[1]
-            coords[2] = rest - coords[1] * strides[1]
-            for c in range(3):
-                if coords[c] >= 1:
-                    w = v - strides[c]
-                    if out[w] == 0:
-                        lev = qf[c, v]
-                        items[used] = w
-                        labs[used] = lab
-                        nxt[used] = -1
-                        if tail[lev] >= 0:
-                            nxt[tail[lev]] = used
-                        else:
-                            head[lev] = used
-                        tail[lev] = used
-                        used += 1
-                        if lev > top:
-                            top = lev
-                if coords[c] + 1 < dims[c]:
-                    w = v + strides[c]
-                    if out[w] == 0:
-                        lev = qf[c, w]
-                        items[used] = w
-                        labs[used] = lab
-                        nxt[used] = -1
-                        if tail[lev] >= 0:
-                            nxt[tail[lev]] = used
-                        else:
-                            head[lev] = used
-                        tail[lev] = used
-                        used += 1
-                        if lev > top:
-                            top = lev
+            out[v] = labs[k]
+            used, top = push_neighbours(v, labs[k], out, qf, strides, dims, items, labs, nxt, head,
+                                        tail, used, top)
         return out.reshape(labels.shape)
 
     _compiled = flood
