@@ -79,12 +79,24 @@ def training_offsets(aux: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+def _crops(crops, only: list[str] | None) -> tuple:
+    """The crops whose names start with one of ``only`` (all of them without it)."""
+    if not only:
+        return tuple(crops)
+    kept = tuple(c for c in crops if any(c.name.startswith(o) for o in only))
+    if not kept:
+        sys.exit(f"no crop of {[c.name for c in crops]} starts with {only}")
+    return kept
+
+
 def stage_finetune(args) -> None:
     from napari_tokenunify.engine.normalize import ROBUST_NORMALIZATION
     from napari_tokenunify.training.finetune import finetune
 
-    train = qs.load_all(qs.TRAIN)
-    val = qs.load_all(qs.VALIDATION)
+    train_crops = _crops(qs.TRAIN, args.train_only)
+    val_crops = _crops(qs.VALIDATION, args.validate_only)
+    train = qs.load_all(train_crops)
+    val = qs.load_all(val_crops)
     out = args.work / f"finetune-{Path(args.init).name}{args.tag}"
     distill = {}
     if args.teacher:  # noisy student: the teacher's flip-averaged affinities of unlabeled crops
@@ -103,7 +115,7 @@ def stage_finetune(args) -> None:
         permute_axes=args.permute_axes, **distill,
     )
     (out / "data.json").write_text(json.dumps({
-        "train": [c.name for c in qs.TRAIN], "validation": [c.name for c in qs.VALIDATION],
+        "train": [c.name for c in train_crops], "validation": [c.name for c in val_crops],
         "selection_rule": qs.SELECTION_RULE, "init": args.init,
         **({"distillation": {"teacher": args.teacher, "share": args.distill_p, "teacher_tta": args.teacher_tta,
                              "volumes": [f"{c.name} central {args.distill_crop}" for c in qs.UNLABELED]}}
@@ -213,6 +225,10 @@ def main(argv=None) -> int:
     p.add_argument("--lsd-weight", type=float, default=1.0)
     p.add_argument("--permute-axes", action="store_true",
                    help="finetune: read patches with their axes in a random order (isotropic data; rule 27)")
+    p.add_argument("--train-only", nargs="+", default=None, metavar="NAME",
+                   help="finetune: only the TRAIN crops whose names start with these (e.g. medulla-dense)")
+    p.add_argument("--validate-only", nargs="+", default=None, metavar="NAME",
+                   help="finetune: only the VALIDATION crops whose names start with these")
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],
