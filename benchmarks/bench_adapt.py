@@ -190,7 +190,7 @@ def score_uncorrected(seg: np.ndarray, gt: np.ndarray, corrected: np.ndarray) ->
 # -- prediction --------------------------------------------------------------------------------
 def find_crop(name: str) -> qs.Crop:
     """The ``quality_sets`` crop called ``name``."""
-    crops = {c.name: c for c in (*qs.VALIDATION, *qs.TEST, *qs.TRAIN)}
+    crops = {c.name: c for c in (*qs.VALIDATION, *qs.TEST, *qs.TRAIN, *qs.ADAPT)}
     if name not in crops:
         raise SystemExit(f"unknown volume {name!r}; choose from: {', '.join(crops)}")
     return crops[name]

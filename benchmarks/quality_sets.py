@@ -84,6 +84,12 @@ TEST = (
     Crop("medulla-labeled/test", "medulla-labeled/test-image.h5", "stack",
          "medulla-labeled/test-gt.lzf.h5", "stack", (ALL, ALL, ALL)),
 )
+#: for adapting a model that never saw the volume (bench_adapt.py, issue 14): the whole gala
+#: training volume, e.g. for a model trained on ``medulla-dense`` only; it overlaps TRAIN and
+#: VALIDATION, so it is never used to train or choose a generalist
+ADAPT = (
+    Crop("medulla-labeled/train", LAB_IMG, "stack", LAB_GT, "stack", (ALL, ALL, ALL)),
+)
 UNLABELED = (
     Crop("medulla-unlabeled", "medulla-unlabeled/raw.h5", "raw", None, None, (ALL, ALL, ALL)),
     Crop("medulla-unlabeled-400", "medulla-unlabeled-400/raw.h5", "raw", None, None, (ALL, ALL, ALL)),
