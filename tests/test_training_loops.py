@@ -324,3 +324,40 @@ def test_auxiliary_offsets_carry_over_and_cut_back_exactly():
         assert torch.allclose(cut(x), out[:, :3], atol=1e-6)
     with pytest.raises(ValueError, match="cannot keep"):
         keep_output_channels(cut, 4)
+
+
+def test_a_time_budget_ends_training_and_the_progress_bar_with_it(volume, monkeypatch):
+    from napari_tokenunify.training import runtime
+
+    # a clock that moves a quarter second each time it is read: the budget ends training after a
+    # few steps, whatever the machine (no sleeping in the test)
+    now = [0.0]
+
+    def tick():
+        now[0] += 0.25
+        return now[0]
+
+    monkeypatch.setattr(runtime.time, "perf_counter", tick)
+    budget = runtime.Budget(5000, seconds=10.0)
+    assert budget.expected_steps(0) == 5000
+    reports = []
+    model = finetune(volume.image, volume.labels, steps=5000, time_budget_s=3.0, patch_shape=PATCH,
+                     augment=False, progress=reports.append)
+    steps = model.training_info["steps"]
+    assert 1 <= steps < 50  # the budget, not the 5000 steps, ended it
+    train = [r for r in reports if r.message == "finetuning"]
+    assert train[-1].done == steps and train[-1].total == steps  # the bar ends full
+    assert all(r.total <= 5000 for r in train)
+
+
+def test_expected_steps_follow_the_pace_and_never_pass_the_step_count():
+    from napari_tokenunify.training.runtime import Budget
+
+    unlimited = Budget(100)
+    assert unlimited.expected_steps(10) == 100
+    budget = Budget(100, seconds=60.0)
+    budget._t0 -= 6.0  # 6 s for 10 steps: 100 steps would take 60 s
+    assert budget.expected_steps(10) == 100
+    budget._t0 -= 6.0  # 12 s for 10 steps: 50 steps in the budget
+    assert 49 <= budget.expected_steps(10) <= 50
+    assert budget.expected_steps(0) == 100

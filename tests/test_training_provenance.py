@@ -44,7 +44,8 @@ def start_model(tmp_path_factory):
 
 def test_config_defaults_types_and_round_trip():
     c = FinetuneConfig()
-    assert c.steps == 500 and c.lr == 2e-4 and c.ema == 0.99 and c.holdout == 0.2
+    assert c.steps == 5000 and c.lr == 2e-4 and c.ema == 0.99 and c.holdout == 0.2
+    assert c.time_budget_s == 300.0  # rule 30: five minutes end training, not the step count
     assert c.patch_shape is None and c.thresholds == DEFAULT_THRESHOLDS
     d = FinetuneConfig(patch_shape=[16, 32, 32], thresholds=[0.3], steps=10.0)
     assert d.patch_shape == PATCH and d.thresholds == (0.3,) and d.steps == 10
@@ -231,6 +232,7 @@ def test_cli_defaults_are_the_config_defaults():
     assert finetune_config(_args("--ema", "0", "--holdout", "0")) == d.with_(ema=None, holdout=0.0)
     assert finetune_config(_args("--grow-boundaries", "1")) == d.with_(grow_boundaries=1)
     assert finetune_config(_args("--permute-axes")) == d.with_(permute_axes=True)
+    assert finetune_config(_args("--time-budget", "0")).time_budget_s is None  # 0: no limit
 
 
 def _write(tmp_path, volume, mask=None):

@@ -150,7 +150,7 @@ def test_cli_teacher_affinities_and_no_self_distill(tmp_path, volume, start_mode
     # the start's affinities from `tokenunify predict` are its targets
     assert main(["predict", str(tmp_path / "raw.tif"), str(tmp_path / "start.zarr"), "--model", str(start_model),
                  "--tile", "16,32,32", "--quiet"]) == 0
-    assert main(["finetune", *io, "--init", str(start_model), "--out", str(tmp_path / "ft"),
+    assert main(["finetune", *io, "--init", str(start_model), "--out", str(tmp_path / "ft"), "--steps", "2",
                  "--teacher-affinities", str(tmp_path / "start.zarr")]) == 0
     card = json.loads((tmp_path / "ft" / "model" / "card.json").read_text())
     assert card["training"]["distillation"]["affinities"] == "given"

@@ -30,7 +30,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         patch_shape=tuple(args.patch) if args.patch else None, augment=args.augment, ema=args.ema or None,
         head_steps=args.head_steps, val_every=args.val_every,
         thresholds=tuple(args.threshold) if args.threshold else DEFAULTS.thresholds,
-        holdout=args.holdout, time_budget_s=args.time_budget, seed=args.seed,
+        holdout=args.holdout, time_budget_s=args.time_budget or None, seed=args.seed,
         checkpoint_every=args.checkpoint_every, distill_p=args.distill_p, teacher_tta=args.teacher_tta,
         self_distill=args.self_distill, grow_boundaries=args.grow_boundaries,
         lsd_sigma=args.lsd_sigma, lsd_weight=args.lsd_weight, permute_axes=args.permute_axes,

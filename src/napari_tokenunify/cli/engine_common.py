@@ -28,6 +28,9 @@ class TqdmProgress:
             return
         from tqdm import tqdm
 
+        if (self.bar is not None and p.message == self.message and p.total != self.bar.total
+                and p.done >= self.bar.n):
+            self.bar.total = p.total  # a time budget moved the end: the same bar, a new length
         if self.bar is None or p.message != self.message or p.total != self.bar.total:
             self.close()
             self.message = p.message

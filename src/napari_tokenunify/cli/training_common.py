@@ -18,7 +18,8 @@ def add_runtime_options(
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--time-budget", type=float, default=time_budget_s, metavar="SECONDS",
-                   help="stop after this many seconds of training (the best model so far is kept)")
+                   help="stop after this many seconds of training (the best model so far is kept; "
+                   "0: no limit; default %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=checkpoint_every)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -27,7 +28,7 @@ def add_runtime_options(
 def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The training-loop keywords that the options of :func:`add_runtime_options` set."""
     return {
-        "device": args.device, "seed": args.seed, "time_budget_s": args.time_budget,
+        "device": args.device, "seed": args.seed, "time_budget_s": args.time_budget or None,
         "checkpoint_every": args.checkpoint_every, "resume": not args.restart,
     }
 

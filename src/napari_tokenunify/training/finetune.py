@@ -680,6 +680,7 @@ def finetune(
         step += 1
         if log is not None:
             log.write(step, "affinity_bce", loss.item(), lr_now, budget.elapsed)
+        reporter.total = budget.expected_steps(step)  # the time budget may end it before cfg.steps
         reporter.advance(1, voxels, loss=loss.item())
         if cfg.val_every and step % cfg.val_every == 0:
             run_validation()

@@ -56,6 +56,14 @@ class Budget:
     def done(self, step: int) -> bool:
         return step >= self.steps or (self.seconds is not None and self.elapsed >= self.seconds)
 
+    def expected_steps(self, step: int) -> int:
+        """The steps training will have made when it stops: ``steps``, or fewer when the time
+        budget will end it first at the pace so far (for a progress bar that ends full)."""
+        if self.seconds is None or step < 1 or self.elapsed <= 0:
+            return self.steps
+        pace = step / self.elapsed
+        return int(min(self.steps, max(step, round(pace * self.seconds))))
+
 
 def hardware() -> str:
     """E.g. ``cpu: x86_64, 2 cores, torch 2.13.0, 1 thread`` or the CUDA device name."""
