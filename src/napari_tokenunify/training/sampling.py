@@ -156,12 +156,10 @@ class PatchSampler:
         start = tuple(int(self.rng.integers(0, max(0, s - p) + 1)) for s, p in zip(vol.shape, read_shape, strict=False))
         shape = tuple(min(s, p) for s, p in zip(vol.shape, read_shape, strict=False))
 
-        def read(array):
-            block = _read(array, start, shape)
-            return np.ascontiguousarray(block.transpose(perm)) if perm != (0, 1, 2) else block
+        def read(array):  # the block in patch axis order (no copy for the identity)
+            return np.ascontiguousarray(_read(array, start, shape).transpose(perm))
 
-        raw = _pad_to(np.ascontiguousarray(self.to_input(i, _read(vol, start, shape)).transpose(perm)),
-                      self.patch_shape, "reflect")
+        raw = _pad_to(self.to_input(i, read(vol)), self.patch_shape, "reflect")
         mask = np.ones(tuple(shape[p] for p in perm), dtype=np.float32)
         if self.masks is not None and self.masks[i] is not None:
             mask = (read(self.masks[i]) > 0).astype(np.float32)
