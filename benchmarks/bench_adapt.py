@@ -231,14 +231,44 @@ def segment_at(affs: np.ndarray, threshold: float, scoring: str = "median") -> t
     ``scoring``, as `tokenunify run` segments."""
     from napari_tokenunify.engine.agglomerate import Agglomerator
 
-    agg = Agglomerator(affs, scoring=scoring, max_threshold=max(max(qs.THRESHOLDS), threshold))
+    agg = Agglomerator(affs, scoring=scoring, max_threshold=max(max(sweep()), threshold))
     return agg.segment(threshold), agg
 
 
-def oracle(agg: Any, gt: np.ndarray, corrected: np.ndarray) -> dict[str, float]:
+def sweep() -> list[float]:
+    """Every threshold the bench scores: the validation set's and the ones finetuning tries."""
+    from napari_tokenunify.training.config import DEFAULT_THRESHOLDS
+
+    return sorted({*qs.THRESHOLDS, *DEFAULT_THRESHOLDS})
+
+
+def threshold_table(agg: Any, gt: np.ndarray, corrected: np.ndarray,
+                    extra: Sequence[float] = ()) -> dict[float, dict[str, float]]:
+    """Scores of the uncorrected part at every threshold of :func:`sweep` (and ``extra``)."""
+    return {t: score_uncorrected(agg.segment(t), gt, corrected) for t in sorted({*sweep(), *extra})}
+
+
+def oracle(table: dict[float, dict[str, float]]) -> dict[str, float]:
     """The best VOI over ``quality_sets.THRESHOLDS`` on the uncorrected part (reference only)."""
-    rows = [dict(score_uncorrected(agg.segment(t), gt, corrected), threshold=t) for t in qs.THRESHOLDS]
+    rows = [dict(table[t], threshold=t) for t in qs.THRESHOLDS]
     return min(rows, key=lambda r: r["voi"])
+
+
+def margin_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
+    """What ``FinetuneConfig.rechoose_margin`` would have given in this run: for each margin, the
+    threshold the held-back corrections choose (``finetune.rechoose_threshold``) and the VOI of
+    the uncorrected part there (same finetuned model; only the card's threshold differs)."""
+    from napari_tokenunify.training.finetune import rechoose_threshold
+
+    held = {float(t): v for t, v in (row.get("holdout_thresholds") or {}).items()}
+    after = {float(t): v for t, v in row["after_by_threshold"].items()}
+    start = float(row["threshold_before"])
+    out = []
+    for m in margins:
+        t = rechoose_threshold(held, start, m) if held else start
+        out.append({"margin": m, "threshold": t, "voi": after[t]["voi"], "arand": after[t]["arand"],
+                    "ratio": after[t]["voi"] / row["before"]["voi"]})
+    return out
 
 
 def flips(model: Any, tta: str | None) -> str:
@@ -341,6 +371,8 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         affs_after, predict_after_s = predict(tuned, raw, mode)
     seg_after, agg_after = segment_at(affs_after, t_after, tuned.card.recommended_scoring)
     info = getattr(tuned, "training_info", {}) or {}
+    before_table = threshold_table(before["agg"], gt, corrected, (t_before,))
+    after_table = threshold_table(agg_after, gt, corrected, (t_before, t_after))
     return {
         "volume": name, "region": region_kind, "model": model_name, "model_key": weights_key(model),
         "tta": mode,
@@ -350,8 +382,10 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         "threshold_before": t_before, "threshold_after": t_after,
         "before": score_uncorrected(before["seg"], gt, corrected),
         "after": score_uncorrected(seg_after, gt, corrected),
-        "before_best": oracle(before["agg"], gt, corrected),
-        "after_best": oracle(agg_after, gt, corrected),
+        "before_best": oracle(before_table),
+        "after_best": oracle(after_table),
+        "after_by_threshold": {f"{t:g}": v for t, v in after_table.items()},
+        "holdout_thresholds": info.get("holdout_thresholds"),
         "config": config.to_dict(),
         "_before": before,
     }
@@ -367,6 +401,24 @@ def print_adapt(rows: list[dict]) -> None:
               f"{r['train_s']:7.0f} {b['voi']:10.3f} {a['voi']:6.3f} {b['arand']:12.3f} {a['arand']:6.3f} "
               f"{r['threshold_before']:4g}/{r['threshold_after']:<4g} "
               f"{r['before_best']['voi']:11.3f} / {r['after_best']['voi']:.3f}")
+
+
+MARGINS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.2, 0.3)
+
+
+def print_margins(rows: list[dict], margins: Sequence[float | None] = MARGINS) -> None:
+    """After/before VOI of each run had the card's threshold been re-chosen with each margin."""
+    print("rechoose_margin (the card's threshold re-chosen on held-back corrections when this much "
+          "better; none: kept): after VOI (t) and after/before")
+    print(f"{'volume':<30} {'region':<7} " + " ".join(f"{'none' if m is None else m:>18}" for m in margins))
+    for r in rows:
+        if not r.get("holdout_thresholds"):
+            continue
+        cells = [f"{o['voi']:7.3f} ({o['threshold']:<4g}) {o['ratio']:5.3f}" for o in margin_outcomes(r, margins)]
+        print(f"{r['volume'][-30:]:<30} {r['region']:<7} " + " ".join(f"{c:>18}" for c in cells))
+    ratios = [[o["ratio"] for o in margin_outcomes(r, margins)] for r in rows if r.get("holdout_thresholds")]
+    if ratios:
+        print(f"{'mean after/before':<38} " + " ".join(f"{v:>18.3f}" for v in np.mean(ratios, axis=0)))
 
 
 def parse_overrides(items: Sequence[str]) -> dict:
@@ -443,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_adapt([row])
         print()
         print_adapt(rows)
+        print()
+        print_margins(rows)
         res = {"runs": rows}
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

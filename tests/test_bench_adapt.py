@@ -102,3 +102,15 @@ def test_random_density_is_the_mean_over_fixed_draws():
     one = ba.random_density(errors, totals, k=1, draws=400)
     assert one == pytest.approx(0.25, abs=0.08)
     assert one == ba.random_density(errors, totals, k=1, draws=400)  # seeded: the same again
+
+
+def test_margin_outcomes_follow_the_held_back_choice():
+    """Each margin's threshold is finetuning's own choice; its VOI is the after table's there."""
+    row = {"threshold_before": 0.6, "before": {"voi": 2.0},
+           "holdout_thresholds": {"0.3": 0.8, "0.6": 0.95, "0.9": 1.2},
+           "after_by_threshold": {"0.3": {"voi": 1.0, "arand": 0.1}, "0.6": {"voi": 1.5, "arand": 0.2},
+                                  "0.9": {"voi": 1.9, "arand": 0.3}}}
+    out = ba.margin_outcomes(row, [None, 0.1, 0.2])
+    assert [o["threshold"] for o in out] == [0.6, 0.3, 0.6]
+    assert [o["ratio"] for o in out] == [0.75, 0.5, 0.75]
+    assert out[1]["arand"] == 0.1

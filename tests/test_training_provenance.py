@@ -15,7 +15,7 @@ from napari_tokenunify.model import build_model, load_model, save_model, weights
 from napari_tokenunify.model.bundled import BUNDLED_DIR
 from napari_tokenunify.training.checkpoints import CheckpointError, guard_output
 from napari_tokenunify.training.config import DEFAULT_THRESHOLDS, FinetuneConfig
-from napari_tokenunify.training.finetune import finetune, resolve_config
+from napari_tokenunify.training.finetune import finetune, rechoose_threshold, resolve_config
 from napari_tokenunify.training.targets import TrainingDataError
 
 PATCH = (16, 32, 32)
@@ -134,6 +134,41 @@ def test_holdout_keeps_the_start_threshold_by_default(volume):
     assert scratch.card.training["threshold_choice"] == "best of the held-back corrections"
 
 
+def test_holdout_scores_every_threshold_and_rechooses_only_with_a_margin(volume):
+    """The kept checkpoint's held-back table is recorded; ``rechoose_margin`` 0 takes its best."""
+    start = build_model("tiny")
+    start.card.training = {"segmentation_threshold": 0.3}
+    box = (slice(0, 16), slice(0, 48), slice(0, 40))
+    common = dict(box=box, init=start, steps=2, patch_shape=PATCH, augment=False, holdout=0.25,
+                  thresholds=(0.1, 0.5, 0.9))
+    kept = finetune(volume.image, volume.labels, **common)
+    table = {float(t): v for t, v in kept.card.training["holdout_thresholds"].items()}
+    assert set(table) == {0.1, 0.3, 0.5, 0.9} and all(v >= 0 for v in table.values())
+    assert kept.card.recommended_threshold == 0.3  # no margin: the start's, whatever the table says
+    best = min(table, key=lambda t: (table[t], abs(t - 0.3)))
+    again = finetune(volume.image, volume.labels, rechoose_margin=0.0, **common)
+    assert again.card.training["holdout_thresholds"] == kept.card.training["holdout_thresholds"]
+    assert again.card.recommended_threshold == best
+    if best != 0.3:
+        assert "held-back corrections" in again.card.training["threshold_choice"]
+    assert again.card.training["config"]["rechoose_margin"] == 0.0
+
+
+def test_rechoose_threshold_needs_the_margin():
+    table = {0.1: 1.0, 0.3: 0.8, 0.6: 0.95}
+    assert rechoose_threshold(table, 0.6, None) == 0.6
+    assert rechoose_threshold(table, 0.6, 0.1) == 0.3  # 0.8 is 16 % below 0.95
+    assert rechoose_threshold(table, 0.6, 0.2) == 0.6  # not 20 %
+    assert rechoose_threshold(table, 0.6, 0.0) == 0.3
+    assert rechoose_threshold({0.3: 0.5, 0.6: 0.5}, 0.6, 0.0) == 0.6  # a tie keeps the start
+    assert rechoose_threshold(table, 0.45, 0.0) == 0.45  # a start the table lacks is kept
+    with pytest.raises(ValueError, match="rechoose_margin"):
+        FinetuneConfig(rechoose_margin=1.0)
+    with pytest.raises(ValueError, match="rechoose_margin"):
+        FinetuneConfig(rechoose_margin=-0.1)
+    assert FinetuneConfig(rechoose_margin="0.1").rechoose_margin == 0.1
+
+
 def test_holdout_validates_on_held_back_corrections_and_sets_the_threshold(volume):
     box = (slice(0, 16), slice(0, 48), slice(0, 40))
     model = finetune(volume.image, volume.labels, box=box, init=build_model("tiny"), steps=2,
@@ -231,6 +266,8 @@ def test_cli_defaults_are_the_config_defaults():
         keep_start_threshold=False, self_distill=False)
     assert finetune_config(_args("--ema", "0", "--holdout", "0")) == d.with_(ema=None, holdout=0.0)
     assert finetune_config(_args("--grow-boundaries", "1")) == d.with_(grow_boundaries=1)
+    assert finetune_config(_args("--rechoose-margin", "0.15")) == d.with_(rechoose_margin=0.15)
+    assert finetune_config(_args("--rechoose-margin", "-1")) == d.with_(rechoose_margin=None)
     assert finetune_config(_args("--permute-axes")) == d.with_(permute_axes=True)
     assert finetune_config(_args("--time-budget", "0")).time_budget_s is None  # 0: no limit
 

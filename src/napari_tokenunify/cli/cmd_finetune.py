@@ -36,6 +36,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         lsd_sigma=args.lsd_sigma, lsd_weight=args.lsd_weight, permute_axes=args.permute_axes,
         # thresholds given are thresholds to choose among, also on held-back corrections
         keep_start_threshold=args.keep_start_threshold and not args.threshold,
+        rechoose_margin=None if args.rechoose_margin is None or args.rechoose_margin < 0 else args.rechoose_margin,
     )
 
 
@@ -187,6 +188,10 @@ def register(sub) -> None:
                    help="re-choose the threshold on the held-back corrections (by default they choose "
                    "the checkpoint at the starting model's threshold, which the new card keeps; "
                    "--threshold implies this)")
+    p.add_argument("--rechoose-margin", type=float, default=d.rechoose_margin, metavar="SHARE",
+                   help="with the starting model's threshold kept: take the best threshold of the "
+                   "held-back corrections instead when its VOI there is at least this share lower "
+                   "(e.g. 0.1; -1: always keep; default %(default)s)")
     p.add_argument("--grow-boundaries", type=int, default=d.grow_boundaries, metavar="N",
                    help="give the training labels N one-voxel boundaries (label 0 where two ids "
                    "touch), for dense labels that have no boundary label (default %(default)s)")

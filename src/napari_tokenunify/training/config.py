@@ -39,6 +39,10 @@ class FinetuneConfig:
     new output layer. ``keep_start_threshold``: with held-back corrections (``holdout``) and a
     trained start, validation scores at the start's threshold and the card keeps it (the
     corrections choose the checkpoint, not the threshold); a validation volume still re-chooses.
+    ``rechoose_margin``: with the start's threshold kept, the kept checkpoint then scores the
+    held-back corrections at every threshold, and the card takes the best of them instead when
+    its VOI there is at least this share below the start threshold's (strong evidence that the
+    user's volume wants another threshold); ``None``: always keep the start's.
     ``grow_boundaries``: give each training patch's labels this many one-voxel boundaries
     (label 0 where two ids touch, :func:`~.targets.grow_boundaries`) after augmentation; 0: the
     labels as they are. Validation always scores against the labels as given.
@@ -79,6 +83,7 @@ class FinetuneConfig:
     # rule 17 (session 9): re-choosing the threshold on the held-back fifth cost 7 % VOI on the
     # never-corrected part (blocks: 1.622 against 1.515 when the start's 0.6 is kept)
     keep_start_threshold: bool = True
+    rechoose_margin: float | None = None
     grow_boundaries: int = 0
     lsd_sigma: float = 0.0
     lsd_weight: float = 1.0
@@ -103,6 +108,13 @@ class FinetuneConfig:
             set_(self, name, value)
         set_(self, "self_distill", bool(self.self_distill))
         set_(self, "keep_start_threshold", bool(self.keep_start_threshold))
+        if self.rechoose_margin is not None:
+            margin = float(self.rechoose_margin)
+            if not 0.0 <= margin < 1.0:
+                raise ValueError(f"rechoose_margin must be a share in [0, 1) (e.g. 0.1: re-choose the "
+                                 f"threshold when that is 10 % better on the held-back corrections), "
+                                 f"or None to keep the start's, got {self.rechoose_margin}")
+            set_(self, "rechoose_margin", margin)
         lr = float(self.lr)
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"the learning rate must be a positive number, got {self.lr}")

@@ -697,6 +697,17 @@ def finetune(
         model.load_state_dict(averaged.module.state_dict())
     model.eval()
     threshold, threshold_choice = _chosen_threshold(best.get("scores"), started_from, region, kept)
+    held_table = None
+    if kept and threshold is not None and validation is not None and not isinstance(validation, list):
+        # the kept checkpoint at every threshold on the held-back corrections: recorded, and the
+        # card's threshold when it is clearly better there (``rechoose_margin``)
+        held_table = holdout_table(model, validation, (*cfg.thresholds, threshold), device=str(dev))
+        rechosen = rechoose_threshold(held_table, threshold, cfg.rechoose_margin)
+        if rechosen != threshold:
+            threshold, threshold_choice = rechosen, (
+                f"best of the held-back corrections (VOI {held_table[rechosen]:.3f} against "
+                f"{held_table[threshold]:.3f} at the starting model's {threshold:g}, more than "
+                f"{cfg.rechoose_margin:.0%} lower)")
     training = {
         "objective": "affinity_bce_balanced" + ("+lsd_mse" if n_lsd else ""),
         **({"lsd": {"sigma_voxels": cfg.lsd_sigma, "weight": cfg.lsd_weight, "channels": n_lsd,
@@ -723,6 +734,8 @@ def finetune(
         **({"test_time_flips": flips} if flips != "none" else {}),
         **({"segmentation_threshold": threshold, "threshold_choice": threshold_choice}
            if threshold is not None else {}),
+        **({"holdout_thresholds": {f"{t:g}": round(v, 4) for t, v in held_table.items()}}
+           if held_table else {}),
         "segmentation_scoring": scoring,
         **({"distillation": _distillation_record(teacher, self_taught, cfg, flips, distill,
                                                  teacher_affinities is not None)}
@@ -838,6 +851,24 @@ def _chosen_threshold(scores: dict | None, started_from: dict, region: dict,
     if isinstance(start, (int, float)):
         return float(start), "the starting model's: no validation"
     return None, ""
+
+
+def holdout_table(model, validation: tuple, thresholds: Sequence[float], device: str = "cpu") -> dict[float, float]:
+    """VOI of ``model`` on the held-back corrections ``(raw, labels, mask)`` at each threshold."""
+    v_mask = validation[2] if len(validation) > 2 else None
+    table = score_thresholds(model, validation[0], validation[1], mask=v_mask, device=device,
+                             thresholds=sorted({float(t) for t in thresholds}))
+    return {t: float(sc["voi"]) for t, sc in table.items()}
+
+
+def rechoose_threshold(table: Mapping[float, float], start: float, margin: float | None) -> float:
+    """The start's threshold, or the best of ``table`` (threshold → VOI on held-back corrections)
+    when its VOI is at least ``margin`` (a share) below the start's there; ``None``: the start's.
+    A fifth of a few corrections chooses a threshold noisily (rule 17), so small gains keep it."""
+    if margin is None or start not in table:
+        return start
+    best = min(table, key=lambda t: (table[t], abs(t - start)))
+    return best if table[best] <= (1.0 - margin) * table[start] else start
 
 
 def _teacher_progress(progress: ProgressCallback | None) -> ProgressCallback | None:
