@@ -260,7 +260,7 @@ def margin_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
     the uncorrected part there (same finetuned model; only the card's threshold differs)."""
     from napari_tokenunify.training.finetune import rechoose_threshold
 
-    held = {float(t): v for t, v in (row.get("holdout_thresholds") or {}).items()}
+    held = {float(t): v for t, v in next(iter((row.get("threshold_tables") or {None: {}}).values())).items()}
     after = {float(t): v for t, v in row["after_by_threshold"].items()}
     start = float(row["threshold_before"])
     out = []
@@ -385,7 +385,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         "before_best": oracle(before_table),
         "after_best": oracle(after_table),
         "after_by_threshold": {f"{t:g}": v for t, v in after_table.items()},
-        "holdout_thresholds": info.get("holdout_thresholds"),
+        "threshold_tables": info.get("threshold_tables"),
         "config": config.to_dict(),
         "_before": before,
     }
@@ -408,15 +408,16 @@ MARGINS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.2, 0.3)
 
 def print_margins(rows: list[dict], margins: Sequence[float | None] = MARGINS) -> None:
     """After/before VOI of each run had the card's threshold been re-chosen with each margin."""
-    print("rechoose_margin (the card's threshold re-chosen on held-back corrections when this much "
-          "better; none: kept): after VOI (t) and after/before")
+    print("rechoose_margin (the card's threshold re-chosen on held-back corrections, or on the "
+          "corrections themselves when none could be held back, when this much better; none: kept): "
+          "after VOI (t) and after/before")
     print(f"{'volume':<30} {'region':<7} " + " ".join(f"{'none' if m is None else m:>18}" for m in margins))
     for r in rows:
-        if not r.get("holdout_thresholds"):
+        if not r.get("threshold_tables"):
             continue
         cells = [f"{o['voi']:7.3f} ({o['threshold']:<4g}) {o['ratio']:5.3f}" for o in margin_outcomes(r, margins)]
         print(f"{r['volume'][-30:]:<30} {r['region']:<7} " + " ".join(f"{c:>18}" for c in cells))
-    ratios = [[o["ratio"] for o in margin_outcomes(r, margins)] for r in rows if r.get("holdout_thresholds")]
+    ratios = [[o["ratio"] for o in margin_outcomes(r, margins)] for r in rows if r.get("threshold_tables")]
     if ratios:
         print(f"{'mean after/before':<38} " + " ".join(f"{v:>18.3f}" for v in np.mean(ratios, axis=0)))
 

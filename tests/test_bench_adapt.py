@@ -107,7 +107,7 @@ def test_random_density_is_the_mean_over_fixed_draws():
 def test_margin_outcomes_follow_the_held_back_choice():
     """Each margin's threshold is finetuning's own choice; its VOI is the after table's there."""
     row = {"threshold_before": 0.6, "before": {"voi": 2.0},
-           "holdout_thresholds": {"0.3": 0.8, "0.6": 0.95, "0.9": 1.2},
+           "threshold_tables": {"held-back corrections": {"0.3": 0.8, "0.6": 0.95, "0.9": 1.2}},
            "after_by_threshold": {"0.3": {"voi": 1.0, "arand": 0.1}, "0.6": {"voi": 1.5, "arand": 0.2},
                                   "0.9": {"voi": 1.9, "arand": 0.3}}}
     out = ba.margin_outcomes(row, [None, 0.1, 0.2])

@@ -697,17 +697,25 @@ def finetune(
         model.load_state_dict(averaged.module.state_dict())
     model.eval()
     threshold, threshold_choice = _chosen_threshold(best.get("scores"), started_from, region, kept)
-    held_table = None
-    if kept and threshold is not None and validation is not None and not isinstance(validation, list):
+    tables: dict[str, dict[float, float]] = {}
+    trained_start = init_note.get("copied") == "all" and threshold is not None and not several
+    if kept and validation is not None and not isinstance(validation, list):
         # the kept checkpoint at every threshold on the held-back corrections: recorded, and the
         # card's threshold when it is clearly better there (``rechoose_margin``)
-        held_table = holdout_table(model, validation, (*cfg.thresholds, threshold), device=str(dev))
-        rechosen = rechoose_threshold(held_table, threshold, cfg.rechoose_margin)
+        tables["held-back corrections"] = holdout_table(model, validation, (*cfg.thresholds, threshold),
+                                                        device=str(dev))
+    elif trained_start and validation is None and region["kind"] != "whole volume":
+        # too few corrections to hold a part back: the corrections themselves (in-sample) score
+        # the thresholds, with the same margin
+        crop = _around(raws[0], np.asarray(labels_list[0]), np.asarray(masks[0]) > 0, patch_shape)
+        tables["corrections (in-sample)"] = holdout_table(model, crop, (*cfg.thresholds, threshold),
+                                                          device=str(dev))
+    for source, table in tables.items():
+        rechosen = rechoose_threshold(table, threshold, cfg.rechoose_margin)
         if rechosen != threshold:
             threshold, threshold_choice = rechosen, (
-                f"best of the held-back corrections (VOI {held_table[rechosen]:.3f} against "
-                f"{held_table[threshold]:.3f} at the starting model's {threshold:g}, more than "
-                f"{cfg.rechoose_margin:.0%} lower)")
+                f"best of the {source} (VOI {table[rechosen]:.3f} against {table[threshold]:.3f} at "
+                f"the starting model's {threshold:g}, at least {cfg.rechoose_margin:.0%} lower)")
     training = {
         "objective": "affinity_bce_balanced" + ("+lsd_mse" if n_lsd else ""),
         **({"lsd": {"sigma_voxels": cfg.lsd_sigma, "weight": cfg.lsd_weight, "channels": n_lsd,
@@ -734,8 +742,8 @@ def finetune(
         **({"test_time_flips": flips} if flips != "none" else {}),
         **({"segmentation_threshold": threshold, "threshold_choice": threshold_choice}
            if threshold is not None else {}),
-        **({"holdout_thresholds": {f"{t:g}": round(v, 4) for t, v in held_table.items()}}
-           if held_table else {}),
+        **({"threshold_tables": {source: {f"{t:g}": round(v, 4) for t, v in table.items()}
+                                 for source, table in tables.items()}} if tables else {}),
         "segmentation_scoring": scoring,
         **({"distillation": _distillation_record(teacher, self_taught, cfg, flips, distill,
                                                  teacher_affinities is not None)}
@@ -816,12 +824,16 @@ def _hold_back(raw, labels, mask, share: float, patch_shape: Sequence[int]) -> t
         return mask, None, {**note, "skipped": "the held-back part holds fewer than two objects"}
     if np.count_nonzero(train) < int(np.prod(patch_shape)) or np.count_nonzero(np.unique(lab[train])) < 2:
         return mask, None, {**note, "skipped": "the rest would be too small to train on"}
-    hc = np.nonzero(held)
-    sl = tuple(slice(max(0, int(c.min()) - p // 2), min(s, int(c.max()) + 1 + p // 2))
-               for c, p, s in zip(hc, patch_shape, lab.shape, strict=True))
-    validation = (np.asarray(raw[sl]), lab[sl], held[sl].astype(np.float32))
     note["voxels"] = int(np.count_nonzero(held))
-    return train.astype(np.float32), validation, note
+    return train.astype(np.float32), _around(raw, lab, held, patch_shape), note
+
+
+def _around(raw, labels: np.ndarray, selected: np.ndarray, patch_shape: Sequence[int]) -> tuple:
+    """``(raw, labels, mask)`` cropped to the ``selected`` voxels with half a patch of context."""
+    hc = np.nonzero(selected)
+    sl = tuple(slice(max(0, int(c.min()) - p // 2), min(s, int(c.max()) + 1 + p // 2))
+               for c, p, s in zip(hc, patch_shape, labels.shape, strict=True))
+    return np.asarray(raw[sl]), labels[sl], selected[sl].astype(np.float32)
 
 
 def _validation_thresholds(cfg: FinetuneConfig, region: dict, init_note: dict,
