@@ -77,23 +77,32 @@ def merge_history(
 
     Ids refer to fragments or to earlier merged regions, which waterz names after one of the two
     it merged, so the connected components of the pairs are the merged regions.
+
+    The history ends at the first merge whose score reaches ``max_threshold``, whatever
+    ``max_threshold`` is: waterz's discretised queue stops on a score's bin, so asked to stop at
+    0.6 it leaves out a merge scored 0.5985 that it makes when asked for 0.8. Agglomerating one
+    bin further and cutting here makes a segmentation at ``t`` the same whether the history was
+    built up to ``t`` (``tokenunify run``) or higher (validation sweeps over thresholds).
     """
     import waterz
 
     scoring = scoring_function(scoring)
     affs = np.ascontiguousarray(affinities[:3], dtype=np.float32)
     frag = np.ascontiguousarray(fragments, dtype=np.uint64).copy()
+    slack = 2.0 / discretize_queue if discretize_queue else 0.0
     with quiet_stdout():
         results = list(
             waterz.agglomerate(
-                affs, [float(max_threshold)], fragments=frag, scoring_function=scoring,
+                affs, [min(1.0, float(max_threshold) + slack)], fragments=frag, scoring_function=scoring,
                 discretize_queue=discretize_queue, return_merge_history=True,
             )
         )
     history = results[0][1]
     pairs = np.array([(m["a"], m["b"]) for m in history], dtype=np.uint64).reshape(-1, 2)
     scores = np.array([m["score"] for m in history], dtype=np.float64)
-    return pairs, scores
+    above = np.nonzero(scores >= max_threshold)[0]
+    end = int(above[0]) if len(above) else len(scores)
+    return pairs[:end], scores[:end]
 
 
 def components_lut(n_nodes: int, pairs: np.ndarray, keep_zero: bool = True) -> np.ndarray:
