@@ -134,17 +134,19 @@ def test_holdout_keeps_the_start_threshold_by_default(volume):
     assert scratch.card.training["threshold_choice"] == "best of the held-back corrections"
 
 
-def test_holdout_scores_every_threshold_and_rechooses_only_with_a_margin(volume):
-    """The kept checkpoint's held-back table is recorded; ``rechoose_margin`` 0 takes its best."""
+@pytest.mark.parametrize("holdout, source", [(0.25, "held-back corrections"),
+                                             (0.0, "corrections (in-sample)")])
+def test_the_kept_model_scores_every_threshold_and_rechooses_only_with_a_margin(volume, holdout, source):
+    """The kept model's table on the held-back corrections (or, with nothing held back, on the
+    corrections themselves) is recorded; ``rechoose_margin`` 0 takes its best, None the start's."""
     start = build_model("tiny")
     start.card.training = {"segmentation_threshold": 0.3}
-    box = (slice(0, 16), slice(0, 48), slice(0, 40))
-    common = dict(box=box, init=start, steps=2, patch_shape=PATCH, augment=False, holdout=0.25,
-                  thresholds=(0.1, 0.5, 0.9))
+    common = dict(box=(slice(0, 16), slice(0, 48), slice(0, 40)), init=start, steps=2, patch_shape=PATCH,
+                  augment=False, holdout=holdout, thresholds=(0.1, 0.5, 0.9))
     kept = finetune(volume.image, volume.labels, **common)
     tables = kept.card.training["threshold_tables"]
-    assert list(tables) == ["held-back corrections"]
-    table = {float(t): v for t, v in tables["held-back corrections"].items()}
+    assert list(tables) == [source]
+    table = {float(t): v for t, v in tables[source].items()}
     assert set(table) == {0.1, 0.3, 0.5, 0.9} and all(v >= 0 for v in table.values())
     assert kept.card.recommended_threshold == 0.3  # no margin: the start's, whatever the table says
     best = min(table, key=lambda t: (table[t], abs(t - 0.3)))
@@ -152,29 +154,11 @@ def test_holdout_scores_every_threshold_and_rechooses_only_with_a_margin(volume)
     assert again.card.training["threshold_tables"] == tables
     assert again.card.recommended_threshold == best
     if best != 0.3:
-        assert "held-back corrections" in again.card.training["threshold_choice"]
+        assert source in again.card.training["threshold_choice"]
     assert again.card.training["config"]["rechoose_margin"] == 0.0
-
-
-def test_without_a_held_back_part_the_corrections_score_the_thresholds(volume):
-    """Holdout off (or a region too small to hold a part back): the corrections themselves
-    (in-sample) give the table, and the margin applies to it."""
-    start = build_model("tiny")
-    start.card.training = {"segmentation_threshold": 0.3}
-    box = (slice(0, 16), slice(0, 48), slice(0, 40))
-    common = dict(box=box, init=start, steps=2, patch_shape=PATCH, augment=False, holdout=0.0,
-                  thresholds=(0.1, 0.5, 0.9))
-    kept = finetune(volume.image, volume.labels, **common)
-    tables = kept.card.training["threshold_tables"]
-    assert list(tables) == ["corrections (in-sample)"]
-    table = {float(t): v for t, v in tables["corrections (in-sample)"].items()}
-    assert set(table) == {0.1, 0.3, 0.5, 0.9}
-    assert kept.card.recommended_threshold == 0.3
-    again = finetune(volume.image, volume.labels, rechoose_margin=0.0, **common)
-    assert again.card.recommended_threshold == min(table, key=lambda t: (table[t], abs(t - 0.3)))
-    # from scratch there is no start threshold to weigh against: no table
-    scratch = finetune(volume.image, volume.labels, **{**common, "init": "scratch"})
-    assert "threshold_tables" not in scratch.card.training
+    if holdout == 0.0:  # from scratch there is no start threshold to weigh against: no table
+        scratch = finetune(volume.image, volume.labels, **{**common, "init": "scratch"})
+        assert "threshold_tables" not in scratch.card.training
 
 
 def test_rechoose_threshold_needs_the_margin():
