@@ -256,11 +256,12 @@ def oracle(table: dict[float, dict[str, float]]) -> dict[str, float]:
 
 def margin_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
     """What ``FinetuneConfig.rechoose_margin`` would have given in this run: for each margin, the
-    threshold the held-back corrections choose (``finetune.rechoose_threshold``) and the VOI of
+    threshold the corrections' table chooses (``finetune.rechoose_threshold``) and the VOI of
     the uncorrected part there (same finetuned model; only the card's threshold differs)."""
     from napari_tokenunify.training.finetune import rechoose_threshold
 
-    held = {float(t): v for t, v in next(iter((row.get("threshold_tables") or {None: {}}).values())).items()}
+    tables = list((row.get("threshold_tables") or {}).values())  # finetuning records at most one
+    held = {float(t): v for t, v in tables[0].items()} if tables else {}
     after = {float(t): v for t, v in row["after_by_threshold"].items()}
     start = float(row["threshold_before"])
     out = []

@@ -190,8 +190,9 @@ def register(sub) -> None:
                    "--threshold implies this)")
     p.add_argument("--rechoose-margin", type=float, default=d.rechoose_margin, metavar="SHARE",
                    help="with the starting model's threshold kept: take the best threshold of the "
-                   "held-back corrections instead when its VOI there is at least this share lower "
-                   "(e.g. 0.1; -1: always keep; default %(default)s)")
+                   "held-back corrections (or of all corrections when none can be held back) "
+                   "instead when its VOI there is at least this share lower (e.g. 0.2 for a volume "
+                   "unlike the model's training data; -1: always keep; default %(default)s)")
     p.add_argument("--grow-boundaries", type=int, default=d.grow_boundaries, metavar="N",
                    help="give the training labels N one-voxel boundaries (label 0 where two ids "
                    "touch), for dense labels that have no boundary label (default %(default)s)")

@@ -39,10 +39,11 @@ class FinetuneConfig:
     new output layer. ``keep_start_threshold``: with held-back corrections (``holdout``) and a
     trained start, validation scores at the start's threshold and the card keeps it (the
     corrections choose the checkpoint, not the threshold); a validation volume still re-chooses.
-    ``rechoose_margin``: with the start's threshold kept, the kept checkpoint then scores the
-    held-back corrections at every threshold, and the card takes the best of them instead when
-    its VOI there is at least this share below the start threshold's (strong evidence that the
-    user's volume wants another threshold); ``None``: always keep the start's.
+    ``rechoose_margin``: with the start's threshold kept, the kept model then scores the
+    held-back corrections (or, when none could be held back, the corrections themselves) at
+    every threshold, and the card takes the best of them instead when its VOI there is at least
+    this share below the start threshold's (strong evidence that the user's volume wants
+    another threshold); ``None``: always keep the start's (rules 35-37, docs/results.md).
     ``grow_boundaries``: give each training patch's labels this many one-voxel boundaries
     (label 0 where two ids touch, :func:`~.targets.grow_boundaries`) after augmentation; 0: the
     labels as they are. Validation always scores against the labels as given.

@@ -702,13 +702,13 @@ def finetune(
     if kept and validation is not None and not isinstance(validation, list):
         # the kept checkpoint at every threshold on the held-back corrections: recorded, and the
         # card's threshold when it is clearly better there (``rechoose_margin``)
-        tables["held-back corrections"] = holdout_table(model, validation, (*cfg.thresholds, threshold),
+        tables["held-back corrections"] = _threshold_table(model, validation, (*cfg.thresholds, threshold),
                                                         device=str(dev))
     elif trained_start and validation is None and region["kind"] != "whole volume":
         # too few corrections to hold a part back: the corrections themselves (in-sample) score
         # the thresholds, with the same margin
         crop = _around(raws[0], np.asarray(labels_list[0]), np.asarray(masks[0]) > 0, patch_shape)
-        tables["corrections (in-sample)"] = holdout_table(model, crop, (*cfg.thresholds, threshold),
+        tables["corrections (in-sample)"] = _threshold_table(model, crop, (*cfg.thresholds, threshold),
                                                           device=str(dev))
     for source, table in tables.items():
         rechosen = rechoose_threshold(table, threshold, cfg.rechoose_margin)
@@ -865,8 +865,8 @@ def _chosen_threshold(scores: dict | None, started_from: dict, region: dict,
     return None, ""
 
 
-def holdout_table(model, validation: tuple, thresholds: Sequence[float], device: str = "cpu") -> dict[float, float]:
-    """VOI of ``model`` on the held-back corrections ``(raw, labels, mask)`` at each threshold."""
+def _threshold_table(model, validation: tuple, thresholds: Sequence[float], device: str = "cpu") -> dict[float, float]:
+    """VOI of ``model`` on corrections ``(raw, labels, mask)`` (held back or not) at each threshold."""
     v_mask = validation[2] if len(validation) > 2 else None
     table = score_thresholds(model, validation[0], validation[1], mask=v_mask, device=device,
                              thresholds=sorted({float(t) for t in thresholds}))
@@ -874,7 +874,7 @@ def holdout_table(model, validation: tuple, thresholds: Sequence[float], device:
 
 
 def rechoose_threshold(table: Mapping[float, float], start: float, margin: float | None) -> float:
-    """The start's threshold, or the best of ``table`` (threshold → VOI on held-back corrections)
+    """The start's threshold, or the best of ``table`` (threshold → VOI on the corrections)
     when its VOI is at least ``margin`` (a share) below the start's there; ``None``: the start's.
     A fifth of a few corrections chooses a threshold noisily (rule 17), so small gains keep it."""
     if margin is None or start not in table:
