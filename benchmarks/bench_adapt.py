@@ -272,6 +272,55 @@ def margin_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
     return out
 
 
+MARGINS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.2, 0.3)
+
+
+def held_back_record(tuned: Any) -> dict | None:
+    """The starting model's and every checkpoint's VOI on the held-back corrections (``None``
+    when nothing could be held back), as finetuning validated them."""
+    before = getattr(tuned, "validation_before", None)
+    if not before:
+        return None
+    history = getattr(tuned, "validation_history", []) or []
+    return {"before": float(before["voi"]),
+            "history": [[int(h["step"]), float(h["voi"])] for h in history],
+            "kept": (getattr(tuned, "training_info", {}) or {}).get("kept")}
+
+
+def start_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
+    """What ``FinetuneConfig.start_margin`` would have given in a run made without it: for each
+    margin, the finetuned model's after/before VOI when its best checkpoint beat the start by that
+    share on the held-back corrections, else 1 (the start kept, so the volume segments as before).
+    Training is the same either way: only which weights are returned differs."""
+    held = row.get("held_back")
+    if row["config"].get("start_margin") is not None:
+        raise ValueError("start_outcomes needs a run made with start_margin None")
+    ratio = row["after"]["voi"] / row["before"]["voi"]
+    tried = [v for s, v in (held or {}).get("history", []) if s > 0]
+    out = []
+    for m in margins:
+        beat = m is None or not held or not tried or min(tried) <= (1.0 - m) * held["before"]
+        out.append({"margin": m, "kept": "finetuned" if beat else "start",
+                    "ratio": ratio if beat else 1.0})
+    return out
+
+
+def print_start_margins(rows: list[dict], margins: Sequence[float | None] = MARGINS) -> None:
+    """After/before VOI of each run had the start competed with the checkpoints (start_margin)."""
+    rows = [r for r in rows if r.get("held_back") and r["config"].get("start_margin") is None]
+    if not rows:
+        return
+    print("start_margin (the starting model kept unless the best checkpoint is this much better on "
+          "the held-back corrections; none: the best checkpoint always): after/before")
+    print(f"{'volume':<30} {'region':<7} {'held-back start/best':>21} "
+          + " ".join(f"{'none' if m is None else m:>14}" for m in margins))
+    for r in rows:
+        tried = [v for s, v in r["held_back"]["history"] if s > 0]
+        cells = [f"{o['ratio']:.3f} {o['kept'][:5]:<5}" for o in start_outcomes(r, margins)]
+        print(f"{r['volume'][-30:]:<30} {r['region']:<7} {r['held_back']['before']:10.3f}/"
+              f"{min(tried) if tried else float('nan'):<10.3f} " + " ".join(f"{c:>14}" for c in cells))
+
+
 def flips(model: Any, tta: str | None) -> str:
     card = getattr(model, "card", None)
     return tta or (card.recommended_tta if card is not None else "none")
@@ -387,6 +436,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         "after_best": oracle(after_table),
         "after_by_threshold": {f"{t:g}": v for t, v in after_table.items()},
         "threshold_tables": info.get("threshold_tables"),
+        "held_back": held_back_record(tuned),
         "config": config.to_dict(),
         "_before": before,
     }
@@ -402,9 +452,6 @@ def print_adapt(rows: list[dict]) -> None:
               f"{r['train_s']:7.0f} {b['voi']:10.3f} {a['voi']:6.3f} {b['arand']:12.3f} {a['arand']:6.3f} "
               f"{r['threshold_before']:4g}/{r['threshold_after']:<4g} "
               f"{r['before_best']['voi']:11.3f} / {r['after_best']['voi']:.3f}")
-
-
-MARGINS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.2, 0.3)
 
 
 def print_margins(rows: list[dict], margins: Sequence[float | None] = MARGINS) -> None:
@@ -499,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_adapt(rows)
         print()
         print_margins(rows)
+        print()
+        print_start_margins(rows)
         res = {"runs": rows}
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

@@ -114,3 +114,18 @@ def test_margin_outcomes_follow_the_held_back_choice():
     assert [o["threshold"] for o in out] == [0.6, 0.3, 0.6]
     assert [o["ratio"] for o in out] == [0.75, 0.5, 0.75]
     assert out[1]["arand"] == 0.1
+
+
+def test_start_outcomes_keep_the_start_unless_a_checkpoint_beats_it_by_the_margin():
+    """A margin keeps the finetuned model only when its best held-back VOI is that share below
+    the start's; otherwise the volume segments as before (after/before 1)."""
+    row = {"before": {"voi": 2.0}, "after": {"voi": 1.6}, "config": {"start_margin": None},
+           "held_back": {"before": 1.0, "history": [[100, 0.97], [200, 0.92], [300, 0.99]]}}
+    out = ba.start_outcomes(row, [None, 0.0, 0.05, 0.1])
+    assert [o["kept"] for o in out] == ["finetuned", "finetuned", "finetuned", "start"]
+    assert [o["ratio"] for o in out] == [0.8, 0.8, 0.8, 1.0]
+    # nothing held back: the margin cannot act, the finetuned model is what a user gets
+    alone = ba.start_outcomes({**row, "held_back": None}, [0.1])
+    assert alone[0]["kept"] == "finetuned" and alone[0]["ratio"] == 0.8
+    with pytest.raises(ValueError, match="start_margin None"):
+        ba.start_outcomes({**row, "config": {"start_margin": 0.1}}, [0.1])

@@ -161,6 +161,31 @@ def test_the_kept_model_scores_every_threshold_and_rechooses_only_with_a_margin(
         assert "threshold_tables" not in scratch.card.training
 
 
+def test_start_margin_returns_the_start_unless_a_checkpoint_beats_it(volume):
+    """``start_margin``: the starting model competes with the checkpoints on the held-back
+    corrections; a margin nothing can meet returns its weights unchanged and says so."""
+    from napari_tokenunify.model.card import describe_card
+
+    start = build_model("tiny")
+    start.card.training = {"segmentation_threshold": 0.3}
+    common = dict(box=(slice(0, 16), slice(0, 48), slice(0, 40)), init=start, steps=2, patch_shape=PATCH,
+                  augment=False, holdout=0.25, lr=1e-2, ema=None, val_every=1)
+    original = {k: v.clone() for k, v in start.state_dict().items()}
+    kept = finetune(volume.image, volume.labels, start_margin=0.999, **common)
+    assert all(torch.equal(v, original[k]) for k, v in kept.state_dict().items())
+    t = kept.card.training
+    assert t["best_step"] == 0 and t["steps"] == 2 and t["config"]["start_margin"] == 0.999
+    assert "starting model, unchanged" in t["kept"] and "start_margin" in t["kept"]
+    assert any(line.startswith("  kept: the starting model") for line in describe_card(kept.card))
+    assert kept.card.recommended_threshold == 0.3
+    trained = finetune(volume.image, volume.labels, **common)  # None: the best checkpoint
+    assert "kept" not in trained.card.training and trained.card.training["best_step"] > 0
+    assert any(not torch.equal(v, original[k]) for k, v in trained.state_dict().items())
+    with pytest.raises(ValueError, match="start_margin"):
+        FinetuneConfig(start_margin=1.0)
+    assert FinetuneConfig(start_margin="0.05").start_margin == 0.05
+
+
 def test_rechoose_threshold_needs_the_margin():
     table = {0.1: 1.0, 0.3: 0.8, 0.6: 0.95}
     assert rechoose_threshold(table, 0.6, None) == 0.6
@@ -275,6 +300,8 @@ def test_cli_defaults_are_the_config_defaults():
     assert finetune_config(_args("--grow-boundaries", "1")) == d.with_(grow_boundaries=1)
     assert finetune_config(_args("--rechoose-margin", "0.15")) == d.with_(rechoose_margin=0.15)
     assert finetune_config(_args("--rechoose-margin", "-1")) == d.with_(rechoose_margin=None)
+    assert finetune_config(_args("--start-margin", "0.05")) == d.with_(start_margin=0.05)
+    assert finetune_config(_args("--start-margin", "-1")) == d.with_(start_margin=None)
     assert finetune_config(_args("--permute-axes")) == d.with_(permute_axes=True)
     assert finetune_config(_args("--time-budget", "0")).time_budget_s is None  # 0: no limit
 

@@ -37,6 +37,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         # thresholds given are thresholds to choose among, also on held-back corrections
         keep_start_threshold=args.keep_start_threshold and not args.threshold,
         rechoose_margin=None if args.rechoose_margin is None or args.rechoose_margin < 0 else args.rechoose_margin,
+        start_margin=None if args.start_margin is None or args.start_margin < 0 else args.start_margin,
     )
 
 
@@ -120,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"best validation at step {best['step']}: VOI split {best['voi_split']:.3f}, "
               f"merge {best['voi_merge']:.3f}, ARAND {best['arand']:.3f}{was}; "
               f"threshold {model.card.recommended_threshold:g}")
+    kept = getattr(model, "training_info", {}).get("kept")
+    if kept:
+        print(f"kept {kept}")
     print(f"finetuned model '{model.card.name}': {args.out}/model (loss log {args.out}/loss.csv; "
           f"card: tokenunify info {args.out}/model)")
     return 0
@@ -193,6 +197,11 @@ def register(sub) -> None:
                    "held-back corrections (or of all corrections when none can be held back) "
                    "instead when its VOI there is at least this share lower (e.g. 0.2 for a volume "
                    "unlike the model's training data; -1: always keep; default %(default)s)")
+    p.add_argument("--start-margin", type=float, default=d.start_margin, metavar="SHARE",
+                   help="keep a finetuned checkpoint only when its VOI on the held-back corrections is "
+                   "at least this share below the starting model's there; otherwise the starting "
+                   "model is returned unchanged (-1: always keep the best checkpoint; default "
+                   "%(default)s)")
     p.add_argument("--grow-boundaries", type=int, default=d.grow_boundaries, metavar="N",
                    help="give the training labels N one-voxel boundaries (label 0 where two ids "
                    "touch), for dense labels that have no boundary label (default %(default)s)")

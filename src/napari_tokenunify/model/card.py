@@ -183,6 +183,8 @@ def describe_card(card: ModelCard) -> list[str]:
         done = [d for d in done if d]
         if done:
             lines.append("  run: " + ", ".join(done))
+        if t.get("kept"):
+            lines.append(f"  kept: {t['kept']}")
         config = t.get("config")
         if isinstance(config, dict) and config:
             lines.append(f"  config: {_fmt(config)}")

@@ -44,6 +44,11 @@ class FinetuneConfig:
     every threshold, and the card takes the best of them instead when its VOI there is at least
     this share below the start threshold's (strong evidence that the user's volume wants
     another threshold); ``None``: always keep the start's (rules 35-37, docs/results.md).
+    ``start_margin``: with held-back corrections and a trained start, the starting model itself
+    competes with the checkpoints: a checkpoint is kept only when its VOI on the held-back
+    corrections is at least this share below the start's there, else the start's weights are
+    returned unchanged (finetuning did not clearly help, so nothing is forgotten); ``None``:
+    the best checkpoint is kept even when the start scored better (rule 38, docs/results.md).
     ``grow_boundaries``: give each training patch's labels this many one-voxel boundaries
     (label 0 where two ids touch, :func:`~.targets.grow_boundaries`) after augmentation; 0: the
     labels as they are. Validation always scores against the labels as given.
@@ -85,6 +90,7 @@ class FinetuneConfig:
     # never-corrected part (blocks: 1.622 against 1.515 when the start's 0.6 is kept)
     keep_start_threshold: bool = True
     rechoose_margin: float | None = None
+    start_margin: float | None = None
     grow_boundaries: int = 0
     lsd_sigma: float = 0.0
     lsd_weight: float = 1.0
@@ -116,6 +122,14 @@ class FinetuneConfig:
                                  f"threshold when that is 10 % better on the held-back corrections), "
                                  f"or None to keep the start's, got {self.rechoose_margin}")
             set_(self, "rechoose_margin", margin)
+        if self.start_margin is not None:
+            margin = float(self.start_margin)
+            if not 0.0 <= margin < 1.0:
+                raise ValueError(f"start_margin must be a share in [0, 1) (e.g. 0.05: keep a finetuned "
+                                 f"checkpoint only when it is 5 % better than the starting model on the "
+                                 f"held-back corrections), or None to always keep the best checkpoint, "
+                                 f"got {self.start_margin}")
+            set_(self, "start_margin", margin)
         lr = float(self.lr)
         if not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"the learning rate must be a positive number, got {self.lr}")

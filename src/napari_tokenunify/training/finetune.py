@@ -649,12 +649,17 @@ def finetune(
                 state={k: v.detach().cpu().clone() for k, v in scored.state_dict().items()},
                 step=step,
                 scores=scores,
+                start=False,
             )
         if out is not None:
             _write_history(out / "validation.csv", history)
 
     if validation is not None and step == 0 and before is None and init_note.get("init") != "scratch":
         before = score()  # the starting model on the same data: the card's "before"
+        if cfg.start_margin is not None and init_note.get("copied") == "all":
+            # the start competes: a checkpoint is kept only when it beats it by start_margin
+            best.update(voi=before["voi"] * (1.0 - cfg.start_margin), step=0, scores=before, start=True,
+                        state={k: v.detach().cpu().clone() for k, v in scored.state_dict().items()})
 
     reporter = ProgressReporter(cfg.steps, progress, "finetuning", "voxels/s")
     reporter.done = step
@@ -728,6 +733,7 @@ def finetune(
         "region": region,
         "steps": step,
         "best_step": best["step"] if best["state"] is not None else step,
+        **({"kept": _start_kept_note(before, history, cfg.start_margin)} if best.get("start") else {}),
         "seconds": round(budget.elapsed, 1),
         "device": str(dev),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -834,6 +840,16 @@ def _around(raw, labels: np.ndarray, selected: np.ndarray, patch_shape: Sequence
     sl = tuple(slice(max(0, int(c.min()) - p // 2), min(s, int(c.max()) + 1 + p // 2))
                for c, p, s in zip(hc, patch_shape, labels.shape, strict=True))
     return np.asarray(raw[sl]), labels[sl], selected[sl].astype(np.float32)
+
+
+def _start_kept_note(before: dict, history: Sequence[dict], margin: float) -> str:
+    """Why the card's weights are the starting model's (``FinetuneConfig.start_margin``)."""
+    tried = [h for h in history if h.get("step", 0) > 0]
+    best = min(tried, key=lambda h: h["voi"]) if tried else None
+    seen = (f"the best checkpoint, step {best['step']}, scored {best['voi']:.3f}" if best
+            else "no checkpoint was validated")
+    return (f"the starting model, unchanged: it scored VOI {before['voi']:.3f} on the held-back "
+            f"corrections and {seen}, not at least {margin:.0%} lower (start_margin)")
 
 
 def _validation_thresholds(cfg: FinetuneConfig, region: dict, init_note: dict,
