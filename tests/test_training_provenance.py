@@ -178,7 +178,7 @@ def test_start_margin_returns_the_start_unless_a_checkpoint_beats_it(volume):
     assert "starting model, unchanged" in t["kept"] and "start_margin" in t["kept"]
     assert any(line.startswith("  kept: the starting model") for line in describe_card(kept.card))
     assert kept.card.recommended_threshold == 0.3
-    trained = finetune(volume.image, volume.labels, **common)  # None: the best checkpoint
+    trained = finetune(volume.image, volume.labels, start_margin=None, **common)  # the best checkpoint
     assert "kept" not in trained.card.training and trained.card.training["best_step"] > 0
     assert any(not torch.equal(v, original[k]) for k, v in trained.state_dict().items())
     with pytest.raises(ValueError, match="start_margin"):

@@ -156,3 +156,20 @@ def test_save_refuses_the_start_models_folder_and_the_bundled_models(docked, tmp
     panel.save_dir.value = tmp_path / "elsewhere"
     wait_job(qtbot, panel.save())
     assert (tmp_path / "elsewhere" / "card.json").exists()
+
+
+def test_finetune_status_says_when_the_starting_model_was_kept(docked, small_volume):
+    """``FinetuneConfig.start_margin``: when no checkpoint beat the start on the held-back
+    corrections, the section says the model it hands on is the start, unchanged."""
+    from napari_tokenunify.model import build_model
+    from napari_tokenunify.training import finetune
+
+    _, widget = docked
+    panel = widget.panel("Finetune")
+    start = build_model("tiny")
+    start.card.training = {"segmentation_threshold": 0.3}
+    model = finetune(small_volume.image, small_volume.labels, box=(slice(0, 16), slice(0, 48), slice(0, 40)),
+                     init=start, steps=2, patch_shape=PATCH, augment=False, holdout=0.25, start_margin=0.999)
+    panel._on_result(model)
+    assert widget.session.finetuned is model
+    assert "kept unchanged" in panel.status.value and "held-back VOI" in panel.status.value

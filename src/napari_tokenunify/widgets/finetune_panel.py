@@ -293,6 +293,8 @@ class FinetunePanel(Panel):
         if after:
             was = f"{before['voi']:.3f} → " if before else ""
             line += f"; held-back VOI {was}{after['voi']:.3f}, threshold {model.card.recommended_threshold:g}"
+        if t.get("kept"):  # FinetuneConfig.start_margin: no checkpoint was clearly better
+            line += "; no checkpoint beat the starting model on the held-back corrections, so it is kept unchanged"
         self.status.value = line + "; save it, use it or predict again"
 
     def _require_finetuned(self) -> Any:
