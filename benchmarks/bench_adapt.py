@@ -404,8 +404,10 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         regions = [slab_region(gt.shape, share, min_voxels=need)]
     elif region_kind == "blocks":
         k = n_blocks_for(gt.shape, share, BLOCK, min_voxels=need)
-        spots = pr.uncertainty_ranking(before["affs"], BLOCK, top=k, labels=before["seg"],
-                                       threshold=t_before, agglomerator=before["agg"])
+        # the blocks the widget's Next place to check visits first, with its default signal
+        by_labels = ({"labels": before["seg"], "threshold": t_before, "agglomerator": before["agg"]}
+                     if pr.DEFAULT_RANK_SIGNAL == "segment boundaries and merges" else {})
+        spots = pr.uncertainty_ranking(before["affs"], BLOCK, top=k, **by_labels)
         regions = [s.region for s in spots]
     else:
         raise ValueError(f"unknown region kind {region_kind!r}: slab or blocks")

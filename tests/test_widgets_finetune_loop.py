@@ -162,7 +162,7 @@ def test_finetune_status_says_when_the_starting_model_was_kept(docked, small_vol
     """``FinetuneConfig.start_margin``: when no checkpoint beat the start on the held-back
     corrections, the section says the model it hands on is the start, unchanged."""
     from napari_tokenunify.model import build_model
-    from napari_tokenunify.training import finetune
+    from napari_tokenunify.training.finetune import finetune
 
     _, widget = docked
     panel = widget.panel("Finetune")

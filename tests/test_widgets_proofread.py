@@ -178,15 +178,18 @@ def test_next_place_to_check_shows_a_whole_block_not_an_edge_sliver(docked, qtbo
     aff_layer = viewer.add_image(affs, name="affs")
     pick(panel.labels, seg)
     pick(panel.affinities, aff_layer)
-    panel.next_spot()
-    qtbot.waitUntil(lambda: "place 1 of" in panel.status.value, timeout=20000)
-    assert "segment boundaries and merges" in panel.status.value  # merge history built here
-    spot = panel._spots[0]
-    assert spot.extent == (8, 32, 32)
-    assert spot.region == (slice(12, 20), slice(9, 41), slice(32, 64)) or spot.region == (
-        slice(12, 20), slice(9, 41), slice(0, 32))
-    _assert_shows_block(viewer, panel, spot.region, z_axis=1)
-    assert all(s.extent == (8, 32, 32) for s in panel._spots)
+    assert panel.rank_by.value == "affinity uncertainty"  # rule 39's default, labels or not
+    for signal in ("affinity uncertainty", "segment boundaries and merges"):
+        panel.rank_by.value = signal
+        panel.next_spot()
+        qtbot.waitUntil(lambda: "place 1 of" in panel.status.value, timeout=20000)
+        assert f"({signal}, " in panel.status.value  # the labels' merge history is built here
+        spot = panel._spots[0]
+        assert spot.extent == (8, 32, 32)
+        assert spot.region == (slice(12, 20), slice(9, 41), slice(32, 64)) or spot.region == (
+            slice(12, 20), slice(9, 41), slice(0, 32))
+        _assert_shows_block(viewer, panel, spot.region, z_axis=1)
+        assert all(s.extent == (8, 32, 32) for s in panel._spots)
 
 
 def test_bad_requests_become_notifications(docked, notes):

@@ -474,6 +474,14 @@ MERGE_STEPS = (0.15, 0.10, 0.05)
 DEFAULT_MERGE_LEVELS = "steps"
 
 
+#: what "Next place to check" ranks blocks by: the affinities alone ("affinity uncertainty") or
+#: the labels' boundaries near the threshold plus late merges ("segment boundaries and merges").
+#: Rule 39 (docs/results.md, session 15): over the last three defaults on the two validation
+#: crops the affinities' lowest ratio to random blocks was 1.80, the labels' 1.66
+RANK_SIGNALS = ("affinity uncertainty", "segment boundaries and merges")
+DEFAULT_RANK_SIGNAL = "affinity uncertainty"
+
+
 def merge_thresholds(threshold: float, levels: str = DEFAULT_MERGE_LEVELS) -> list[float]:
     """The lower thresholds the merge term compares the labels with: :data:`MERGE_LEVELS` times
     ``threshold`` ("shares") or ``threshold`` minus :data:`MERGE_STEPS` ("steps", at least 0.01)."""

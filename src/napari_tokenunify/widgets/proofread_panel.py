@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 
 from napari_tokenunify import proofread as pr
 
@@ -67,6 +67,10 @@ class ProofreadPanel(Panel):
         self.jump_id = SpinBox(label="jump to id", min=0, max=2**31 - 1)
         self.jump_btn = PushButton(text="Jump")
         self.next_btn = PushButton(text="Next place to check")
+        self.rank_by = ComboBox(label="rank by", choices=list(pr.RANK_SIGNALS), value=pr.DEFAULT_RANK_SIGNAL,
+                                tooltip="what Next place to check ranks blocks by: the affinities' "
+                                "uncertainty (the default, rule 39 in docs/results.md), or the labels' "
+                                "boundaries near the threshold and late merges")
         self.status = StatusLine()
         self.form.extend(
             [
@@ -81,6 +85,7 @@ class ProofreadPanel(Panel):
                 self.relabel_btn,
                 self.jump_id,
                 self.jump_btn,
+                self.rank_by,
                 self.next_btn,
                 self.status,
             ]
@@ -270,16 +275,18 @@ class ProofreadPanel(Panel):
         return self.session.agglomerators.get(f"{affs_layer.name}:{id(affs_layer)}")
 
     def next_spot(self, *_: Any) -> None:
-        """Visit the next place to check: full blocks ranked by the boundaries between the
-        labels' segments whose affinities sit near the merge decision plus the segments that
-        merged only close to the threshold (``proofread.uncertainty_ranking`` with Segment's
-        merge history, built here when there is none and the volume fits in memory); by plain
-        affinity uncertainty when no labels layer matches. Ranked once per affinity + labels
-        layer."""
+        """Visit the next place to check: full blocks ranked by the affinities' uncertainty
+        (*rank by*'s default), or by the boundaries between the labels' segments whose
+        affinities sit near the merge decision plus the segments that merged only close to the
+        threshold (``proofread.uncertainty_ranking`` with Segment's merge history, built here
+        when there is none and the volume fits in memory; plain affinity uncertainty when no
+        labels layer matches). Ranked once per affinity + labels layer and signal."""
         with reporting("Next place to check"):
             affs_layer = self.affinities.value
             affs = require_affinities(affs_layer)
             labels_layer, labels, threshold = self._ranking_labels(affs.shape)
+            if self.rank_by.value == "affinity uncertainty":
+                labels_layer, labels, threshold = None, None, None
             key = (id(affs_layer), affs.shape, id(labels_layer), threshold)
             if key != self._spots_key:
                 if self.busy:
