@@ -94,9 +94,12 @@ HELP: dict[tuple[str, str], str] = {
                                   "it from a piece with the same id).",
     ("Proofread", "jump_id"): "A label id to centre the view on.",
     ("Proofread", "jump_btn"): "Centre and zoom the view on the label 'jump to id' and select it.",
+    ("Proofread", "rank_by"): (
+        "What 'Next place to check' ranks blocks by: how undecided the affinities are (the "
+        "default), or the labels' segment boundaries and merges close to the threshold."),
     ("Proofread", "next_btn"): (
-        "Go to the next place most likely to hold an error: segment boundaries and merges "
-        "close to the threshold, ranked by the affinities."),
+        "Go to the next place most likely to hold an error: a full block, ranked as 'rank by' "
+        "says."),
     # -- Finetune ------------------------------------------------------------------------------
     ("Finetune", ""): "Train the current model on your corrected labels, then save or use the "
                       "new model.",
