@@ -96,7 +96,7 @@ def test_finetuned_card_says_what_it_came_from_and_was_trained_on(volume, start_
     mask[:, 4:44, 4:44] = 1
     model = finetune(volume.image, volume.labels, mask=mask, init=start_model, out_dir=tmp_path / "ft",
                      steps=2, patch_shape=PATCH, augment=False, data={"raw": "em.h5", "labels": "gt.h5"},
-                     voxel_size_nm=(40, 8, 8), holdout=0.0)
+                     voxel_size_nm=(40, 8, 8), holdout=0.0, rechoose_margin=None)
     card = json.loads((tmp_path / "ft" / "model" / "card.json").read_text())
     today = datetime.date.today().isoformat()
     assert card["name"] == f"start-net-ft-{today}" == model.card.name
@@ -112,7 +112,7 @@ def test_finetuned_card_says_what_it_came_from_and_was_trained_on(volume, start_
     assert t["config"]["patch_shape"] == list(PATCH) and t["config"]["steps"] == 2
     assert card["voxel_size_nm"] == [40.0, 8.0, 8.0]  # the network learnt at the data's voxel size
     assert "old-test" not in card["metrics"]  # never the start's old scores
-    # no validation: the start's threshold carries over
+    # no validation, no re-choice: the start's threshold carries over
     assert t["segmentation_threshold"] == 0.3 and "starting model" in t["threshold_choice"]
     # the finetuned model's own hash is what `info` prints and a next finetune records
     assert weights_sha256(load_model(tmp_path / "ft" / "model", device="cpu")) == weights_sha256(model)
@@ -124,7 +124,7 @@ def test_holdout_keeps_the_start_threshold_by_default(volume):
     start.card.training = {"segmentation_threshold": 0.3}
     box = (slice(0, 16), slice(0, 48), slice(0, 40))
     model = finetune(volume.image, volume.labels, box=box, init=start, steps=2, patch_shape=PATCH,
-                     augment=False, holdout=0.25, thresholds=(0.1, 0.5, 0.9))
+                     augment=False, holdout=0.25, thresholds=(0.1, 0.5, 0.9), rechoose_margin=None)
     assert model.card.metrics["validation"]["threshold"] == 0.3 == model.card.recommended_threshold
     assert "starting model's, kept" in model.card.training["threshold_choice"]
     assert model.card.training["config"]["keep_start_threshold"] is True
@@ -143,7 +143,7 @@ def test_the_kept_model_scores_every_threshold_and_rechooses_only_with_a_margin(
     start.card.training = {"segmentation_threshold": 0.3}
     common = dict(box=(slice(0, 16), slice(0, 48), slice(0, 40)), init=start, steps=2, patch_shape=PATCH,
                   augment=False, holdout=holdout, thresholds=(0.1, 0.5, 0.9))
-    kept = finetune(volume.image, volume.labels, **common)
+    kept = finetune(volume.image, volume.labels, rechoose_margin=None, **common)
     tables = kept.card.training["threshold_tables"]
     assert list(tables) == [source]
     table = {float(t): v for t, v in tables[source].items()}
@@ -169,7 +169,7 @@ def test_start_margin_returns_the_start_unless_a_checkpoint_beats_it(volume):
     start = build_model("tiny")
     start.card.training = {"segmentation_threshold": 0.3}
     common = dict(box=(slice(0, 16), slice(0, 48), slice(0, 40)), init=start, steps=2, patch_shape=PATCH,
-                  augment=False, holdout=0.25, lr=1e-2, ema=None, val_every=1)
+                  augment=False, holdout=0.25, lr=1e-2, ema=None, val_every=1, rechoose_margin=None)
     original = {k: v.clone() for k, v in start.state_dict().items()}
     kept = finetune(volume.image, volume.labels, start_margin=0.999, **common)
     assert all(torch.equal(v, original[k]) for k, v in kept.state_dict().items())
@@ -178,6 +178,11 @@ def test_start_margin_returns_the_start_unless_a_checkpoint_beats_it(volume):
     assert "starting model, unchanged" in t["kept"] and "start_margin" in t["kept"]
     assert any(line.startswith("  kept: the starting model") for line in describe_card(kept.card))
     assert kept.card.recommended_threshold == 0.3
+    from napari_tokenunify.training.unet import ResidualUNet3D
+
+    untrained = ResidualUNet3D(out_channels=3, widths=(4, 8, 16))  # a bare network: no card, no threshold
+    fresh = finetune(volume.image, volume.labels, start_margin=0.999, **{**common, "init": untrained})
+    assert "kept" not in fresh.card.training and fresh.card.training["best_step"] > 0
     trained = finetune(volume.image, volume.labels, start_margin=None, **common)  # the best checkpoint
     assert "kept" not in trained.card.training and trained.card.training["best_step"] > 0
     assert any(not torch.equal(v, original[k]) for k, v in trained.state_dict().items())

@@ -81,7 +81,9 @@ def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, n
     assert t["data"]["image"] == "em" and t["data"]["labels"] == "seg" and t["data"]["shape"] == [16, 48, 48]
     assert t["region"]["kind"] == "box" and t["region"]["box"] == [[0, 16], [0, 48], [0, 40]]
     assert t["config"] == panel.config().with_(patch_shape=PATCH, holdout=0.25, steps=2).to_dict()
-    assert card.recommended_threshold == card.metrics["validation"]["threshold"]  # held-back choice
+    # the held-back corrections' choice: the start's threshold, or their clearly better one
+    assert (card.recommended_threshold == card.metrics["validation"]["threshold"]
+            or "best of the held-back corrections" in t["threshold_choice"])
     assert "held-back VOI" in panel.status.value
     # self-distillation took its targets from the start's affinities layer, the whole volume
     assert t["distillation"]["affinities"] == "given" and t["distillation"]["volume_shapes"] == [[16, 48, 48]]

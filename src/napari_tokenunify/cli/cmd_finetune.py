@@ -195,8 +195,8 @@ def register(sub) -> None:
     p.add_argument("--rechoose-margin", type=float, default=d.rechoose_margin, metavar="SHARE",
                    help="with the starting model's threshold kept: take the best threshold of the "
                    "held-back corrections (or of all corrections when none can be held back) "
-                   "instead when its VOI there is at least this share lower (e.g. 0.2 for a volume "
-                   "unlike the model's training data; -1: always keep; default %(default)s)")
+                   "instead when its VOI there is at least this share lower (-1: always keep the "
+                   "starting model's; default %(default)s)")
     p.add_argument("--start-margin", type=float, default=d.start_margin, metavar="SHARE",
                    help="keep a finetuned checkpoint only when its VOI on the held-back corrections is "
                    "at least this share below the starting model's there; otherwise the starting "

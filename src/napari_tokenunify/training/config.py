@@ -43,8 +43,9 @@ class FinetuneConfig:
     held-back corrections (or, when none could be held back, the corrections themselves) at
     every threshold, and the card takes the best of them instead when its VOI there is at least
     this share below the start threshold's (strong evidence that the user's volume wants
-    another threshold); ``None``: always keep the start's (rules 35-37, docs/results.md).
-    ``start_margin``: with held-back corrections and a trained start, the starting model itself
+    another threshold); ``None``: always keep the start's (rules 35-37 and 41, docs/results.md).
+    ``start_margin``: with held-back corrections and a trained start (one whose card recommends
+    a segmentation threshold), the starting model itself
     competes with the checkpoints: a checkpoint is kept only when its VOI on the held-back
     corrections is at least this share below the start's there, else the start's weights are
     returned unchanged (finetuning did not clearly help, so nothing is forgotten); ``None``:
@@ -90,7 +91,10 @@ class FinetuneConfig:
     # rule 17 (session 9): re-choosing the threshold on the held-back fifth cost 7 % VOI on the
     # never-corrected part (blocks: 1.622 against 1.515 when the start's 0.6 is kept)
     keep_start_threshold: bool = True
-    rechoose_margin: float | None = None
+    # rule 41 (session 15): on a volume the model never saw, re-choosing at a 20 % margin took
+    # the never-corrected part to -11/-52 % (slab/blocks) against -11/-34 % with the start's
+    # threshold kept; on the default's own kind of volume it never changed the threshold
+    rechoose_margin: float | None = 0.2
     # rule 38 (session 15): the default PL on its own kind of volume got 12 % and 5 % worse
     # outside the corrections in two of four runs while its held-back corrections got 6 % and
     # 0.4 % better; below a tenth better there, the start is kept (all four runs then within 5 %)

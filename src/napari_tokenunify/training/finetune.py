@@ -656,8 +656,10 @@ def finetune(
 
     if validation is not None and step == 0 and before is None and init_note.get("init") != "scratch":
         before = score()  # the starting model on the same data: the card's "before"
-        if cfg.start_margin is not None and init_note.get("copied") == "all":
-            # the start competes: a checkpoint is kept only when it beats it by start_margin
+        trained = isinstance(started_from.get("segmentation_threshold"), (int, float))
+        if cfg.start_margin is not None and init_note.get("copied") == "all" and trained:
+            # a trained start (its card recommends a threshold) competes: a checkpoint is kept
+            # only when it beats it by start_margin
             best.update(voi=before["voi"] * (1.0 - cfg.start_margin), step=0, scores=before, start=True,
                         state={k: v.detach().cpu().clone() for k, v in scored.state_dict().items()})
 
