@@ -526,7 +526,10 @@ def test_flips_show_a_preview_of_the_centre_tile_first(docked, qtbot, tmp_path, 
     seen = _record_refreshes(panel.layer, panel, written, centre)
     wait_job(qtbot, job)
     assert job.error is None and written
-    assert seen and seen[0] == (0, True), seen  # the preview, before any tile was written
+    # the first refresh that shows data at the view centre is the preview, before any tile was
+    # written (a refresh of the still empty layer may come first on a busy machine)
+    shown = [n for n, has_data in seen if has_data]
+    assert shown and shown[0] == 0, seen
     assert counter.tiles == 1 + 4 * len(written)  # one preview tile without flips, then 4 each
     assert zarr.open_group(str(store), mode="r").attrs["settings"]["tta"] == "yx"
     assert panel.live.preview is None
