@@ -487,16 +487,6 @@ def test_current_view_first_starts_at_the_view_centre_and_shows_it_at_once(
     box = visible_box(viewer, image)
     clipped_centre = [(a + b) / 2 for a, b in box]
     written = _record_writes(monkeypatch)
-    from napari_tokenunify.widgets import predict_panel
-
-    preview_first: list = []  # in the worker: the preview is computed before any tile is written
-    original_preview = predict_panel.preview_tile
-
-    def preview_tile(*args, **kwargs):
-        preview_first.append(not written)
-        return original_preview(*args, **kwargs)
-
-    monkeypatch.setattr(predict_panel, "preview_tile", preview_tile)
     job = panel.predict()
     seen = _record_refreshes(panel.layer, panel, written, centre)
     wait_job(qtbot, job)
@@ -551,7 +541,6 @@ def test_flips_show_a_preview_of_the_centre_tile_first(docked, qtbot, tmp_path, 
     # worker's, checked below: the GUI's poll may come a tile late on a busy machine)
     assert any(has_data and preview for _, has_data, preview in seen), seen
     assert preview_first == [True], "a full-quality tile was written before the preview was ready"
-
     assert counter.tiles == 1 + 4 * len(written)  # one preview tile without flips, then 4 each
     assert zarr.open_group(str(store), mode="r").attrs["settings"]["tta"] == "yx"
     assert panel.live.preview is None
