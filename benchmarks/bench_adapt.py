@@ -287,6 +287,12 @@ def held_back_record(tuned: Any) -> dict | None:
             "kept": (getattr(tuned, "training_info", {}) or {}).get("kept")}
 
 
+def best_checkpoint_voi(held: dict | None) -> float | None:
+    """The lowest held-back VOI of a finetuned checkpoint (step > 0) in ``held_back``."""
+    tried = [v for s, v in (held or {}).get("history", []) if s > 0]
+    return min(tried) if tried else None
+
+
 def start_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
     """What ``FinetuneConfig.start_margin`` would have given in a run made without it: for each
     margin, the finetuned model's after/before VOI when its best checkpoint beat the start by that
@@ -296,10 +302,10 @@ def start_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
     if row["config"].get("start_margin") is not None:
         raise ValueError("start_outcomes needs a run made with start_margin None")
     ratio = row["after"]["voi"] / row["before"]["voi"]
-    tried = [v for s, v in (held or {}).get("history", []) if s > 0]
+    best = best_checkpoint_voi(held)
     out = []
     for m in margins:
-        beat = m is None or not held or not tried or min(tried) <= (1.0 - m) * held["before"]
+        beat = m is None or best is None or best <= (1.0 - m) * held["before"]
         out.append({"margin": m, "kept": "finetuned" if beat else "start",
                     "ratio": ratio if beat else 1.0})
     return out
@@ -315,10 +321,10 @@ def print_start_margins(rows: list[dict], margins: Sequence[float | None] = MARG
     print(f"{'volume':<30} {'region':<7} {'held-back start/best':>21} "
           + " ".join(f"{'none' if m is None else m:>14}" for m in margins))
     for r in rows:
-        tried = [v for s, v in r["held_back"]["history"] if s > 0]
+        best = best_checkpoint_voi(r["held_back"])
         cells = [f"{o['ratio']:.3f} {o['kept'][:5]:<5}" for o in start_outcomes(r, margins)]
         print(f"{r['volume'][-30:]:<30} {r['region']:<7} {r['held_back']['before']:10.3f}/"
-              f"{min(tried) if tried else float('nan'):<10.3f} " + " ".join(f"{c:>14}" for c in cells))
+              f"{float('nan') if best is None else best:<10.3f} " + " ".join(f"{c:>14}" for c in cells))
 
 
 def flips(model: Any, tta: str | None) -> str:

@@ -284,9 +284,9 @@ class ProofreadPanel(Panel):
         with reporting("Next place to check"):
             affs_layer = self.affinities.value
             affs = require_affinities(affs_layer)
-            labels_layer, labels, threshold = self._ranking_labels(affs.shape)
-            if self.rank_by.value == "affinity uncertainty":
-                labels_layer, labels, threshold = None, None, None
+            by_labels = self.rank_by.value == "segment boundaries and merges"
+            labels_layer, labels, threshold = (self._ranking_labels(affs.shape) if by_labels
+                                               else (None, None, None))
             key = (id(affs_layer), affs.shape, id(labels_layer), threshold)
             if key != self._spots_key:
                 if self.busy:
