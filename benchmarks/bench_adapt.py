@@ -77,7 +77,10 @@ BLOCK = (8, 32, 32)  # the widget's block (uncertainty_ranking's default)
 #: Segment), with labels only, with neither
 # "boundaries + merges" is the widget's (merge levels 0.15, 0.1, 0.05 below t: rule 20);
 # "merges at t/3..2t/3" the same with the levels it had before rule 20
-SIGNALS = ("boundaries + merges", "merges at t/3..2t/3", "segment boundaries", "affinity uncertainty")
+# "uncertainty + boundaries": affinity uncertainty and segment boundaries, each in units of its
+# volume mean, summed (rule 44)
+SIGNALS = ("boundaries + merges", "merges at t/3..2t/3", "segment boundaries", "affinity uncertainty",
+           "uncertainty + boundaries")
 
 
 # -- error densities ---------------------------------------------------------------------------
@@ -359,7 +362,8 @@ def bench_ranking(model_name: str, volumes: Sequence[str], *, tta: str | None, t
                 merges = signal in SIGNALS[:2]
                 spots = pr.uncertainty_ranking(affs, BLOCK, top=top, labels=labels, threshold=threshold,
                                                agglomerator=agg if merges else None,
-                                               merge_levels="shares" if signal == SIGNALS[1] else "steps")
+                                               merge_levels="shares" if signal == SIGNALS[1] else "steps",
+                                               with_affinities=signal == "uncertainty + boundaries")
                 idx = [index[tuple((r.start, r.stop) for r in s.region)] for s in spots]
                 d = density(errors, totals, idx)
                 row[definition][signal] = {"top": d, "ratio": d / rnd if rnd > 0 else float("inf")}

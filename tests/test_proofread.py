@@ -275,6 +275,32 @@ def test_uncertainty_ranking_with_labels_finds_the_nearly_merged_wall():
         pr.uncertainty_ranking(affs, labels=labels[:4])
 
 
+def test_uncertainty_ranking_with_affinities_adds_their_uncertainty_in_units_of_its_mean():
+    """with_affinities: the labels' boundary term and the affinities' own uncertainty, each over
+    its mean across the blocks, summed; a block undecided in the affinities but far from any
+    segment boundary is ranked too (the labels alone give it 0)."""
+    labels, affs = _two_cells()
+    affs[:, 0:8, 0:32, 32:64] = 0.5  # undecided affinities inside segment 2, no boundary there
+    bound = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None, labels=labels, threshold=0.3)
+    plain = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None)
+    both = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None, labels=labels, threshold=0.3,
+                                  with_affinities=True)
+    by_region = {tuple((r.start, r.stop) for r in s.region): s.score for s in both}
+    b = {tuple((r.start, r.stop) for r in s.region): s.score for s in bound}
+    a = {tuple((r.start, r.stop) for r in s.region): s.score for s in plain}
+    assert set(by_region) == set(a) == set(b)
+    mean_b, mean_a = np.mean(list(b.values())), np.mean(list(a.values()))
+    for key, score in by_region.items():
+        assert score == pytest.approx(b[key] / mean_b + a[key] / mean_a, rel=1e-5)
+    wall = ((8, 16), (32, 64), (0, 32))
+    undecided = ((0, 8), (0, 32), (32, 64))
+    assert b[undecided] == 0 and by_region[undecided] > by_region[((8, 16), (0, 32), (32, 64))]
+    assert {tuple((r.start, r.stop) for r in s.region) for s in both[:2]} == {wall, undecided}
+    # without labels the option changes nothing: the affinities are the only signal then
+    alone = pr.uncertainty_ranking(affs, block=(8, 32, 32), top=None, with_affinities=True)
+    assert [s.score for s in alone] == [s.score for s in plain]
+
+
 def test_minority_voxels_counts_where_two_labelings_disagree():
     a = np.array([1, 1, 1, 2, 2, 3])
     assert pr.minority_voxels(a, a) == 0

@@ -501,6 +501,17 @@ def _mostly_overlaps(a: Region, b: Region, share: float = 0.5) -> bool:
     return inter > share * size
 
 
+def _block_sums(u: np.ndarray) -> np.ndarray:
+    """Summed-area table (Y + 1, X + 1) of ``u`` (Z, Y, X) summed over Z."""
+    sat = np.zeros((u.shape[1] + 1, u.shape[2] + 1), dtype=np.float64)
+    sat[1:, 1:] = u.sum(axis=0).cumsum(0).cumsum(1)
+    return sat
+
+
+def _box_sum(sat: np.ndarray, y0: int, x0: int, by: int, bx: int) -> float:
+    return float(sat[y0 + by, x0 + bx] - sat[y0, x0 + bx] - sat[y0 + by, x0] + sat[y0, x0])
+
+
 def uncertainty_ranking(
     affinities: np.ndarray,
     block: Sequence[int] = (8, 32, 32),
@@ -511,6 +522,7 @@ def uncertainty_ranking(
     threshold: float = 0.5,
     agglomerator: Any = None,
     merge_levels: str = DEFAULT_MERGE_LEVELS,
+    with_affinities: bool = False,
 ) -> list[UncertainSpot]:
     """Full blocks ranked by where errors are likely, best first ("Next place to check").
 
@@ -521,10 +533,11 @@ def uncertainty_ranking(
     these affinities, or anything with ``segment(threshold)``), a merge term is added: the share
     of the block's voxels where the labels and the agglomeration at lower thresholds
     (:func:`merge_thresholds` with ``merge_levels``) disagree (:func:`minority_voxels`, averaged
-    over the levels): segments that only merged close to the threshold (a likely merge). Each term is
+    over the levels): segments that only merged close to the threshold (a likely merge). With
+    ``with_affinities`` (and labels) the affinities' own uncertainty is a term too. Each term is
     divided by its mean over the volume's blocks, and the score is their sum. Without labels it
-    is the mean ``min(a, 1 - a)`` over channels and voxels (0 sure, 0.5 coin flip), a weaker
-    guide (docs/results.md, "Next place to check").
+    is the mean ``min(a, 1 - a)`` over channels and voxels (0 sure, 0.5 coin flip): the
+    affinity uncertainty.
 
     Only full blocks are ranked (:func:`block_grid`: the last block of each axis is moved back
     inside the volume), never edge slivers, and a block mostly covered by a better-ranked one
@@ -551,6 +564,8 @@ def uncertainty_ranking(
             )
     spots: list[tuple[UncertainSpot, tuple[int, int, int]]] = []
     merge: list[float] = []
+    extra: list[float] = []  # the affinity uncertainty term (with_affinities and labels)
+    both = with_affinities and labels is not None
     for iz, z0 in enumerate(block_starts(vol[0], bz)):
         # one section more each side: the boundaries across the slab's two faces count too
         lo, hi = max(z0 - 1, 0), min(z0 + bz + 1, vol[0])
@@ -560,14 +575,14 @@ def uncertainty_ranking(
         else:
             u = boundary_uncertainty(slab, np.asarray(labels[lo:hi]), threshold)
         u = u[z0 - lo : z0 - lo + bz]
+        sat_a = _block_sums(np.minimum(slab, 1.0 - slab).mean(axis=0)[z0 - lo : z0 - lo + bz]) if both else None
         lab_slab = np.asarray(labels[z0 : z0 + bz]) if lower else None
-        cum = u.sum(axis=0)  # (Y, X): block sums from a summed-area table
-        sat = np.zeros((vol[1] + 1, vol[2] + 1), dtype=np.float64)
-        sat[1:, 1:] = cum.cumsum(0).cumsum(1)
+        sat = _block_sums(u)
         for iy, y0 in enumerate(ys):
             for ix, x0 in enumerate(xs):
-                total = sat[y0 + by, x0 + bx] - sat[y0, x0 + bx] - sat[y0 + by, x0] + sat[y0, x0]
-                s = float(total) / (bz * by * bx)
+                s = _box_sum(sat, y0, x0, by, bx) / (bz * by * bx)
+                if both:
+                    extra.append(_box_sum(sat_a, y0, x0, by, bx) / (bz * by * bx))
                 region = (slice(z0, z0 + bz), slice(y0, y0 + by), slice(x0, x0 + bx))
                 center = (z0 + bz // 2, y0 + by // 2, x0 + bx // 2)
                 spots.append((UncertainSpot(s, region, center), (iz, iy, ix)))
@@ -576,11 +591,12 @@ def uncertainty_ranking(
                     merge.append(float(np.mean([
                         minority_voxels(seg[region], lab_slab[local]) for seg in lower
                     ])) / (bz * by * bx))
-    if lower:  # the two terms in units of their volume means, added
+    terms = [t for t in (merge, extra) if t]
+    if terms:  # every term in units of its volume mean, added
         split_mean = float(np.mean([sp.score for sp, _ in spots])) or 1.0
-        merge_mean = float(np.mean(merge)) or 1.0
-        for (sp, _), m in zip(spots, merge, strict=True):
-            sp.score = sp.score / split_mean + m / merge_mean
+        means = [float(np.mean(t)) or 1.0 for t in terms]
+        for i, (sp, _) in enumerate(spots):
+            sp.score = sp.score / split_mean + sum(t[i] / m for t, m in zip(terms, means, strict=True))
     spots = [item for item in spots if item[0].score >= min_score]
     spots.sort(key=lambda item: -item[0].score)
     kept: dict[tuple[int, int, int], UncertainSpot] = {}
