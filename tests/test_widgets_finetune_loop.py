@@ -40,7 +40,7 @@ def _layers(viewer, vol):
     return image, labels
 
 
-def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, notes):
+def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, notes, monkeypatch):
     import torch
 
     from napari_tokenunify.model import build_model, weights_sha256
@@ -71,9 +71,12 @@ def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, n
     panel.steps.value = 2
     panel.holdout.value = 0.25
     panel.patch_shape = PATCH
+    # two steps rarely beat the start by start_margin; the start kept is the next test's case
+    monkeypatch.setattr(panel, "config", lambda c=panel.config(): c.with_(start_margin=None))
     job = wait_job(qtbot, panel.start(), timeout_ms=300_000)
     assert job.error is None, notes.messages
     model = widget.session.finetuned
+    assert not model.training_info.get("kept")
     card = model.card
     assert card.name == "my-tiny"
     t = card.training
@@ -175,3 +178,64 @@ def test_finetune_status_says_when_the_starting_model_was_kept(docked, small_vol
     panel._on_result(model)
     assert widget.session.finetuned is model
     assert "kept unchanged" in panel.status.value and "held-back VOI" in panel.status.value
+
+
+def test_predict_again_after_a_finetuning_that_kept_its_start_predicts_nothing(
+        docked, small_volume, qtbot, notes, monkeypatch):
+    """A finetuning that returned its start unchanged (``start_margin``) holds the start's
+    network: *Predict again* then segments the start's finished affinities at the new card's
+    threshold (a new labels layer, no new prediction), and says there is nothing to do when
+    the threshold did not change either."""
+    from dataclasses import replace
+
+    import napari_tokenunify.engine.predict as engine_predict
+    from napari_tokenunify.model import build_model
+
+    viewer, widget = docked
+    start = build_model("tiny")
+    start.card.training = {"segmentation_threshold": 0.3, "segmentation_scoring": "mean"}
+    widget.session.model = start
+    image, labels = _layers(viewer, small_volume)
+    predict = widget.panel("Predict")
+    pick(predict.image, image)
+    predict.scope.value = "whole volume"
+    predict.tile_shape = PATCH
+    wait_job(qtbot, predict.predict(), timeout_ms=120_000)
+    old_affs = viewer.layers["em affinities"]
+
+    panel = widget.panel("Finetune")
+    pick(panel.image, image)
+    pick(panel.labels, labels)
+    panel.region.value = "box"
+    panel.box.value = "0:16, 0:48, 0:40"
+    panel.steps.value = 2
+    panel.holdout.value = 0.25
+    panel.patch_shape = PATCH
+    monkeypatch.setattr(panel, "config", lambda c=panel.config(): c.with_(start_margin=0.999, rechoose_margin=None))
+    job = wait_job(qtbot, panel.start(), timeout_ms=300_000)
+    assert job.error is None, notes.messages
+    model = widget.session.finetuned
+    assert model.training_info.get("kept") and model.card.recommended_threshold == 0.3
+    n_layers = len(viewer.layers)
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("predicted again although the network is the start's")
+
+    monkeypatch.setattr(engine_predict, "predict_affinities", no_prediction)
+    # the threshold did not change: the segmentation would be the same
+    assert panel.predict_again() is None
+    assert notes.has("Nothing to predict again", "unchanged"), notes.messages
+    assert len(viewer.layers) == n_layers
+    # the held-back corrections re-chose the threshold: the start's affinities, segmented again
+    model.card = replace(model.card, training={**model.card.training, "segmentation_threshold": 0.6})
+    job = wait_job(qtbot, panel.predict_again(), timeout_ms=120_000)
+    assert job.error is None, notes.messages
+    assert len(viewer.layers) == n_layers + 1  # a labels layer; no new affinities layer
+    seg_layer = viewer.layers[-1]
+    assert seg_layer.metadata["tokenunify"]["threshold"] == 0.6
+    from napari_tokenunify.engine.agglomerate import Agglomerator
+
+    expected = Agglomerator(np.asarray(old_affs.data), scoring="mean", max_threshold=0.6).segment(0.6)
+    assert np.array_equal(np.asarray(seg_layer.data), expected)
+    assert notes.has("segmented again", "nothing predicted", "0.6"), notes.messages
+    assert np.array_equal(np.asarray(labels.data), small_volume.labels)  # the edited labels untouched

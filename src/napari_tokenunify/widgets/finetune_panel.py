@@ -181,6 +181,7 @@ class FinetunePanel(Panel):
         self.patch_shape: tuple[int, int, int] | None = None  # finetune's default; tests use small
         self.tile_shape: tuple[int, int, int] | None = None  # Predict again: the engine's default
         self.again_layers: tuple[Any, Any] | None = None  # the layers the last Predict again added
+        self.start_model: Any = None  # the model the last finetuning started from
         self._proposed = ""
         self._propose_name()
 
@@ -266,6 +267,7 @@ class FinetunePanel(Panel):
                 )
 
             self.status.value = "finetuning…"
+            self.start_model = init
             return self.run(
                 work, "Finetune", on_progress=self._on_progress, on_result=self._on_result,
                 interval_ms=250,
@@ -356,23 +358,34 @@ class FinetunePanel(Panel):
             device, tta, tile = self.session.device, self.session.tta, self.tile_shape
             voxel = _voxel_size("", image_layer)
             chosen: dict[str, Any] = {"out": store, "tta": tta}
+            # a finetuning that kept its start unchanged (start_margin) predicts what the start
+            # predicted: its finished affinities are segmented again instead of predicted again
+            reuse = same_weights_affinities(self.viewer, self.start_model, model, np.shape(image), tta)
+            if reuse is not None and _same_segmentation(self.start_model, model):
+                self.status.value = (f"'{name}' is the starting model unchanged, with its threshold "
+                                     f"{threshold:g}: predicting again would give the same segmentation")
+                show_info(f"Nothing to predict again: {self.status.value}")
+                return None
             from .segment_panel import in_memory_limit
 
             in_memory = int(np.prod(image.shape)) <= in_memory_limit()
 
             def work(progress=None, cancel=None):
-                from napari_tokenunify.engine.predict import TilePredictor, predict_affinities
+                if reuse is not None:
+                    affs, used = reuse
+                else:
+                    from napari_tokenunify.engine.predict import TilePredictor, predict_affinities
 
-                from .predict_stores import in_free_store_call
+                    from .predict_stores import in_free_store_call
 
-                predict = in_free_store_call(predict_affinities, chosen)
-                store.parent.mkdir(parents=True, exist_ok=True)
-                predictor = TilePredictor(model, device=device, tta=tta)
-                limit_torch_threads()
-                affs = predict(image, model, out=store, tile_shape=tile, device=device,
-                               voxel_size=voxel, progress=progress, cancel=cancel,
-                               predictor=predictor, rescale=True)
-                used = Path(chosen["out"])
+                    predict = in_free_store_call(predict_affinities, chosen)
+                    store.parent.mkdir(parents=True, exist_ok=True)
+                    predictor = TilePredictor(model, device=device, tta=tta)
+                    limit_torch_threads()
+                    affs = predict(image, model, out=store, tile_shape=tile, device=device,
+                                   voxel_size=voxel, progress=progress, cancel=cancel,
+                                   predictor=predictor, rescale=True)
+                    used = Path(chosen["out"])
                 if in_memory:
                     from napari_tokenunify.engine.agglomerate import Agglomerator
 
@@ -383,6 +396,10 @@ class FinetunePanel(Panel):
                     from napari_tokenunify.engine.store import unfinished_blockwise
 
                     out = used.with_name(f"{used.stem}-labels-t{threshold:.2f}.zarr")
+                    if reuse is not None:  # beside the start's store, named for the new model,
+                        # never over labels of an earlier run (they may be edited)
+                        out = _free_path(store.with_name(f"{store.stem}-labels-t{threshold:.2f}.zarr"))
+                        out.parent.mkdir(parents=True, exist_ok=True)
                     labels = segment_blockwise(
                         affs, out, threshold=threshold, scoring=scoring, voxel_size=voxel,
                         overwrite=not unfinished_blockwise(str(out)), progress=progress, cancel=cancel)
@@ -390,33 +407,46 @@ class FinetunePanel(Panel):
 
             def show(result) -> None:
                 used, affs, labels = result
-                self._show_again(image_layer, edited, model, used, affs, labels, threshold, tta)
+                self._show_again(image_layer, edited, model, used, affs, labels, threshold, tta,
+                                 reused=reuse is not None)
 
-            self.status.value = f"predicting again with '{name}'…"
+            self.status.value = (f"segmenting the starting model's affinities again at '{name}''s "
+                                 f"threshold {threshold:g}…" if reuse is not None
+                                 else f"predicting again with '{name}'…")
             return self.run(work, "Predict again", on_result=show)
         return None
 
     def _show_again(self, image_layer: Any, edited: Any, model: Any, store: Path, affs: Any,
-                    labels: Any, threshold: float, tta: str) -> None:
-        """New layers for the new prediction and segmentation (existing ones are left alone)."""
+                    labels: Any, threshold: float, tta: str, reused: bool = False) -> None:
+        """New layers for the new prediction and segmentation (existing ones are left alone;
+        ``reused``: the affinities are an existing layer's, so only the segmentation is new)."""
         card = model.card
         name = card.name or "finetuned"
         scale, translate = tuple(image_layer.scale[-3:]), tuple(image_layer.translate[-3:])
-        affs_layer = self.viewer.add_image(
-            affs, name=_free_name(self.viewer, f"{image_layer.name} affinities ({name})"),
-            contrast_limits=(0, 1), colormap="magma", opacity=0.6, scale=(1, *scale),
-            translate=(0, *translate), visible=False,
-        )
-        affs_layer.metadata["tokenunify"] = {
-            "kind": "affinities", "store": str(store), "model": name, "threshold": threshold, "tta": tta,
-            "scoring": model.card.recommended_scoring}
+        affs_layer = None
+        if not reused:
+            affs_layer = self.viewer.add_image(
+                affs, name=_free_name(self.viewer, f"{image_layer.name} affinities ({name})"),
+                contrast_limits=(0, 1), colormap="magma", opacity=0.6, scale=(1, *scale),
+                translate=(0, *translate), visible=False,
+            )
+            affs_layer.metadata["tokenunify"] = {
+                "kind": "affinities", "store": str(store), "model": name, "threshold": threshold,
+                "tta": tta, "scoring": model.card.recommended_scoring}
         seg_layer = self.viewer.add_labels(
             labels, name=_free_name(self.viewer, f"segmentation ({name})"), scale=scale, translate=translate)
         seg_layer.metadata["tokenunify"] = {"kind": "labels", "threshold": threshold, "model": name}
-        self.events.affinities_changed.emit(affs_layer)
+        if affs_layer is not None:
+            self.events.affinities_changed.emit(affs_layer)
         kept = f"; your edited labels in '{edited.name}' are unchanged" if edited is not None else ""
-        message = (f"Predicted again with '{name}' into {store.name} (the old affinities are kept) and "
-                   f"segmented at its threshold {threshold:g} into the new layer '{seg_layer.name}'{kept}")
+        if reused:
+            message = (f"'{name}' is the starting model's network unchanged, so its affinities in "
+                       f"{store.name} were segmented again (nothing predicted) at the new threshold "
+                       f"{threshold:g} into the new layer '{seg_layer.name}'{kept}")
+        else:
+            message = (f"Predicted again with '{name}' into {store.name} (the old affinities are kept) "
+                       f"and segmented at its threshold {threshold:g} into the new layer "
+                       f"'{seg_layer.name}'{kept}")
         self.status.value = f"'{seg_layer.name}': threshold {threshold:g}{kept}"
         show_info(message)
         self.again_layers = (affs_layer, seg_layer)
@@ -458,14 +488,13 @@ class FinetunePanel(Panel):
         return None
 
 
-def start_affinities(viewer: Any, model: Any, shape: tuple) -> Any:
-    """The affinities the starting ``model`` predicted for a volume of ``shape`` (a layer whose
-    store records that model): self-distillation's targets, so finetuning need not predict them
-    again. ``None`` when no layer holds them (finetuning then predicts them itself)."""
+def _predicted_layers(viewer: Any, model: Any, shape: tuple):
+    """(data, store settings, store path) of every layer holding finished affinities that
+    ``model`` predicted for a volume of ``shape`` (its store records that model)."""
     from napari_tokenunify.engine.predict import predicted_with
 
-    if isinstance(model, (str, Path)):
-        return None
+    if model is None or isinstance(model, (str, Path)):
+        return
     for layer in viewer.layers:
         meta = layer.metadata.get("tokenunify") or {}
         if meta.get("kind") != "affinities" or not meta.get("store"):
@@ -473,19 +502,72 @@ def start_affinities(viewer: Any, model: Any, shape: tuple) -> Any:
         data = layer.data[0] if layer.multiscale else layer.data
         if tuple(data.shape[1:]) != tuple(shape) or not predicted_with(meta["store"], model):
             continue
-        if not _finished(meta["store"]):  # a cancelled prediction: part of it is empty
+        attrs = _store_attrs(meta["store"])
+        if not attrs.get("complete", False):  # a cancelled prediction: part of it is empty
             continue
-        return data
+        yield data, attrs.get("settings") or {}, Path(meta["store"])
+
+
+def start_affinities(viewer: Any, model: Any, shape: tuple) -> Any:
+    """The affinities the starting ``model`` predicted for a volume of ``shape`` (a layer whose
+    store records that model, whatever the flips): self-distillation's targets, so finetuning
+    need not predict them again. ``None`` when no layer holds them (finetuning then predicts
+    them itself)."""
+    return next((data for data, _, _ in _predicted_layers(viewer, model, shape)), None)
+
+
+def same_weights_affinities(viewer: Any, start: Any, model: Any, shape: tuple, tta: str) -> tuple[Any, Path] | None:
+    """(affinities, store) that ``start`` predicted for ``shape`` with the flips ``tta`` when
+    ``model`` holds exactly ``start``'s network (a finetuning that kept its start), so that
+    predicting with ``model`` would give the same numbers; else ``None``."""
+    if start is None or isinstance(start, (str, Path)) or not _same_network(start, model):
+        return None
+    norms = [getattr(getattr(m, "card", None), "normalization", None) for m in (start, model)]
+    if norms[0] != norms[1]:  # the same network fed other intensities predicts otherwise
+        return None
+    for data, settings, store in _predicted_layers(viewer, start, shape):
+        if settings.get("tta", "none") == tta:
+            return data, store
     return None
 
 
-def _finished(store: str) -> bool:
+def _same_network(a: Any, b: Any) -> bool:
+    """Whether ``b`` computes ``a``'s affinities: same class and equal tensors (``b`` may carry
+    training-only output channels that ``a`` lacks, as a finetuning with shape descriptors does)."""
+    import torch
+
+    if type(a) is not type(b):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    if set(sa) != set(sb):
+        return False
+    for key, ta in sa.items():
+        tb = sb[key]
+        if ta.shape != tb.shape:
+            if ta.ndim != tb.ndim or ta.ndim == 0 or ta.shape[1:] != tb.shape[1:] or tb.shape[0] < ta.shape[0]:
+                return False
+            tb = tb[: ta.shape[0]]  # the output channels a has, first
+        if not torch.equal(ta.detach().cpu(), tb.detach().cpu()):
+            return False
+    return True
+
+
+def _same_segmentation(start: Any, model: Any) -> bool:
+    """Whether ``model``'s card segments as ``start``'s does (threshold and scoring)."""
+    a, b = getattr(start, "card", None), getattr(model, "card", None)
+    if a is None or b is None:
+        return False
+    return (float(a.recommended_threshold) == float(b.recommended_threshold)
+            and a.recommended_scoring == b.recommended_scoring)
+
+
+def _store_attrs(store: str | Path) -> dict:
     import zarr
 
     try:
-        return bool(zarr.open_group(str(store), mode="r").attrs.get("complete", False))
+        return dict(zarr.open_group(str(store), mode="r").attrs)
     except Exception:  # noqa: BLE001 - unreadable: do not use it
-        return False
+        return {}
 
 
 def again_store(image_layer: Any, model_name: str) -> Path:
@@ -495,6 +577,16 @@ def again_store(image_layer: Any, model_name: str) -> Path:
     base = default_store(image_layer)
     tag = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") or "finetuned"
     return base.with_name(f"{base.name.removesuffix('.zarr')}-{tag}.zarr")
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``<stem>-2<suffix>``, ``-3``… when it exists."""
+    n = 2
+    free = path
+    while free.exists():
+        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return free
 
 
 def _free_name(viewer: Any, name: str) -> str:
