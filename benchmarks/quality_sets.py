@@ -59,6 +59,14 @@ class Crop:
                 labels = f[self.labels_key][self.region].astype(np.uint32)
         return raw, labels
 
+    def in_context(self) -> Crop:
+        """The whole volume this crop was cut from (its labels too): predicting that and scoring
+        only ``region`` shows the crop as a part of a larger volume is predicted (with tile
+        borders where the crop alone has none)."""
+        from dataclasses import replace
+
+        return replace(self, name=f"{self.name} in its volume", region=(ALL, ALL, ALL))
+
     @property
     def n_voxels(self) -> int:
         import h5py
