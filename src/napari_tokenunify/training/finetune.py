@@ -6,14 +6,13 @@ TokenUnify ``.pth``, or a pretraining output folder) or from scratch. Periodical
 validation volume with the engine and keeps the model with the lowest VOI (split + merge).
 Checkpoints are written atomically and runs resume; the initial model is never written to.
 
-Weight carry-over from pretraining: the pretrained network has one output channel (the
-reconstruction); :func:`transfer_weights` copies every parameter whose name and shape match into
-the affinity network, i.e. everything except the final 1×1×1 output convolution.
+The starting model and what carries over are :mod:`.start`'s, the corrected region and its
+held-back part :mod:`.regions`', validation and the card's threshold :mod:`.validation`'s; their
+public functions are re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +37,7 @@ from .config import DEFAULT_THRESHOLDS, FinetuneConfig, config_fields
 from .distill import soft_bce
 from .logs import LossLog, plot_losses
 from .lsd import LSD_CHANNELS, LSD_DOWNSAMPLE, lsd_targets
+from .regions import around_selection, box_bounds, check_region_size, crop_box, hold_back
 from .runtime import (
     Budget,
     check_input_divisor,
@@ -50,6 +50,19 @@ from .runtime import (
     set_lr,
 )
 from .sampling import DEFAULT_PATCH, PatchSampler, to_unit
+from .start import (
+    card_normalization,
+    default_name,
+    ema_model,
+    freeze_all_but,
+    head_parameters,
+    keep_output_channels,
+    prepare_model,
+    set_card_patch,
+    start_name,
+    start_record,
+    transfer_weights,
+)
 from .targets import (
     TrainingDataError,
     affinity_targets,
@@ -57,215 +70,17 @@ from .targets import (
     check_training_pair,
     grow_boundaries,
 )
-
-
-def transfer_weights(source: torch.nn.Module, target: torch.nn.Module) -> dict[str, list[str]]:
-    """Copy parameters/buffers with equal names and shapes from ``source`` into ``target``.
-
-    Returns ``{"copied": [...], "skipped": [...]}`` (skipped: missing in the source or of another
-    shape, e.g. the output convolution when the channel count changes).
-    """
-    src = source.state_dict()
-    dst = target.state_dict()
-    copied, skipped = [], []
-    for name, value in dst.items():
-        if name in src and tuple(src[name].shape) == tuple(value.shape):
-            dst[name] = src[name].detach().clone().to(value.dtype)
-            copied.append(name)
-        else:
-            skipped.append(name)
-    target.load_state_dict(dst)
-    return {"copied": copied, "skipped": skipped}
-
-
-def _out_channels(model: torch.nn.Module) -> int | None:
-    card = getattr(model, "card", None)
-    if card is not None and getattr(card, "out_channels", None):
-        return int(card.out_channels)
-    cfg = getattr(model, "config", None)
-    if isinstance(cfg, dict) and "out_channels" in cfg:
-        return int(cfg["out_channels"])
-    return None
-
-
-def _offset_list(offsets) -> list[tuple[int, ...]]:
-    return [tuple(int(v) for v in o) for o in (offsets or [])]
-
-
-def _carry_head_rows(source: torch.nn.Module, target: torch.nn.Module, rows: int) -> list[str]:
-    """Copy the first ``rows`` output channels of ``source``'s output convolution into
-    ``target``'s (same layer names, shapes equal but for the channel axis)."""
-    src, dst = source.state_dict(), target.state_dict()
-    done = []
-    for name in dst:
-        if not name.startswith("out.") or name not in src:
-            continue
-        a, b = src[name], dst[name]
-        if a.shape[1:] == b.shape[1:] and min(a.shape[0], b.shape[0]) >= rows:
-            b[:rows] = a[:rows].detach().to(b.dtype)
-            done.append(name)
-    target.load_state_dict(dst)
-    return done
-
-
-def keep_output_channels(model: torch.nn.Module, n: int = 3) -> torch.nn.Module:
-    """A copy of an EMMamba affinity model that predicts only its first ``n`` channels.
-
-    Auxiliary outputs (e.g. long-range affinities trained beside the nearest-neighbour ones) help
-    training only; the shipped contract is the three nearest-neighbour affinities waterz uses,
-    so a model is cut back to them before it is bundled. Weights of the kept channels are exact.
-    """
-    from dataclasses import replace
-
-    from ..model import build_model
-
-    card = getattr(model, "card", None)
-    preset = getattr(card, "preset", None) or "tiny"
-    have = _out_channels(model)
-    if have is None or n > have:
-        raise ValueError(f"the model has {have} output channels; cannot keep {n}")
-    target = build_model(preset, out_channels=n)
-    report = transfer_weights(model, target)
-    carried = _carry_head_rows(model, target, n)
-    missing = set(report["skipped"]) - set(carried)
-    if missing:
-        raise ValueError(f"cannot cut the model to {n} channels: {sorted(missing)} do not carry over")
-    if card is not None:
-        target.card = replace(card, out_channels=n, offsets=[list(o) for o in card.offsets[:n]],
-                              config=dict(target.card.config))
-    return target
-
-
-def prepare_model(
-    init: Any, n_channels: int, preset: str = "tiny", offsets: Sequence[Sequence[int]] | None = None,
-) -> tuple[torch.nn.Module, dict]:
-    """The network to finetune (never the caller's object: a copy) and a note of what carried over.
-
-    When the start is an affinity model whose offsets begin ``offsets`` (e.g. the three nearest
-    ones, with long-range ones added for training), its output channels carry over to those
-    offsets and only the new channels start fresh.
-
-    ``note["started_from"]`` describes the start for the new card: its name, the SHA-256 of its
-    weights (:func:`~napari_tokenunify.model.files.weights_sha256`), the file it was read from
-    and its own training record.
-    """
-    if init is None or init == "scratch":
-        from ..model import build_model
-
-        model = build_model(preset, out_channels=n_channels)
-        return model, {"init": "scratch", "started_from": {"name": "scratch", "preset": preset}}
-    if isinstance(init, torch.nn.Module):
-        source, name = copy.deepcopy(init), type(init).__name__
-        path = getattr(init, "source_path", None)
-    else:
-        from ..model import load_model
-
-        source, name = load_model(str(init), device="cpu"), str(init)
-        path = getattr(source, "source_path", None) or str(init)
-        card = getattr(source, "card", None)
-        if card is not None:
-            preset = getattr(card, "preset", preset) or preset
-    source.source_path = None  # the copy is a new model: it comes from no file yet
-    start = start_record(source, path)
-    if _out_channels(source) in (None, n_channels):
-        return source, {"init": name, "copied": "all", "started_from": start}
-    if type(source).__name__ != "EMMamba":  # a grown EMmamba would silently replace, e.g., a U-Net
-        raise ValueError(
-            f"cannot change the output channels of {name} ({type(source).__name__}, "
-            f"{_out_channels(source)} → {n_channels}): auxiliary offsets and shape descriptors "
-            "are trained as extra outputs of EMmamba models only; finetune this model without "
-            "them (its own offsets, lsd_sigma 0)"
-        )
-    from ..model import build_model
-
-    target = build_model(preset, out_channels=n_channels)
-    report = transfer_weights(source, target)
-    src_offsets = _offset_list(getattr(getattr(source, "card", None), "offsets", None))
-    if offsets is not None and src_offsets and _offset_list(offsets)[: len(src_offsets)] == src_offsets:
-        carried = _carry_head_rows(source, target, len(src_offsets))
-        report["skipped"] = [k for k in report["skipped"] if k not in carried]
-        report["copied"] += carried
-    src_norm = getattr(getattr(source, "card", None), "normalization", None)
-    if src_norm is not None and getattr(target, "card", None) is not None:
-        from dataclasses import replace
-
-        target.card = replace(target.card, normalization=src_norm)  # as the source was trained
-    if offsets is not None and getattr(target, "card", None) is not None:
-        from dataclasses import replace
-
-        target.card = replace(target.card, offsets=[list(o) for o in _offset_list(offsets)])
-        src_card = getattr(source, "card", None)
-        if src_card is not None and "segmentation_scoring" in (src_card.training or {}):
-            # the start's own channels carried over: validation segments them as the start's
-            # card says (a mean-scored default was otherwise validated with the median)
-            target.card = replace(target.card, training={
-                "segmentation_scoring": src_card.training["segmentation_scoring"]})
-    return target, {"init": name, "copied": len(report["copied"]), "reinitialised": report["skipped"],
-                    "started_from": start}
-
-
-def start_name(model: Any, path: Any = None) -> str:
-    """A short name for a model: its card's name, else its file's, preset or class name."""
-    card = getattr(model, "card", None)
-    if card is not None and getattr(card, "name", ""):
-        return str(card.name)
-    if path:
-        p = Path(str(path))
-        return p.stem if p.suffix in (".safetensors", ".pth", ".pt") else p.name
-    if card is not None and getattr(card, "preset", ""):
-        return str(card.preset)
-    return type(model).__name__.lower()
-
-
-def start_record(model: torch.nn.Module, path: Any = None) -> dict[str, Any]:
-    """What a finetuned card says about the model it started from."""
-    from ..model.files import weights_sha256
-
-    card = getattr(model, "card", None)
-    record: dict[str, Any] = {"name": start_name(model, path), "weights_sha256": weights_sha256(model)}
-    if path:
-        from ..model.bundled import portable_source
-
-        record["source"] = portable_source(path)
-    if card is not None:
-        record["preset"] = card.preset
-        if getattr(card, "description", ""):
-            record["description"] = card.description
-        record["segmentation_threshold"] = card.recommended_threshold
-        if card.training:
-            record["training"] = {k: v for k, v in card.training.items() if k != "_extra"}
-    return record
-
-
-def default_name(start: str, date: datetime.date | None = None, tag: str | None = None) -> str:
-    """``<start>-ft-<date>`` (``<start>-ft-<tag>-<date>`` with a tag, e.g. the widget's layer)."""
-    import re
-
-    day = (date or datetime.date.today()).isoformat()
-    parts = [start, "ft", *([tag] if tag else []), day]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("_")
-
-
-def _crop_box(arrays: list, box, patch_shape) -> tuple[list, np.ndarray]:
-    """Crop arrays to ``box`` plus half a patch of context each side; mask = 1 inside the box."""
-    shape = arrays[0].shape
-    if len(box) != 3:
-        raise ValueError(f"box must be three slices or (start, stop) pairs (z, y, x), got {box}")
-    lo, hi, inner = [], [], []
-    for b, size, p in zip(box, shape, patch_shape, strict=False):
-        start, stop = (b.start, b.stop) if isinstance(b, slice) else b
-        start, stop = max(0, int(start or 0)), min(size, int(size if stop is None else stop))
-        if stop <= start:
-            raise TrainingDataError(f"box {box} selects no voxel of a volume of shape {shape}")
-        a, z = max(0, start - p // 2), min(size, stop + p // 2)
-        lo.append(a)
-        hi.append(z)
-        inner.append(slice(start - a, stop - a))
-    sl = tuple(slice(a, z) for a, z in zip(lo, hi, strict=False))
-    cropped = [None if a is None else np.asarray(a[sl]) for a in arrays]
-    box_mask = np.zeros(tuple(z - a for a, z in zip(lo, hi, strict=False)), dtype=np.float32)
-    box_mask[tuple(inner)] = 1.0
-    return cropped, box_mask
+from .validation import (
+    chosen_threshold,
+    rechoose_threshold,
+    score_thresholds,
+    start_kept_note,
+    threshold_table,
+    validate,
+    validate_set,
+    validation_thresholds,
+    write_history,
+)
 
 
 def _batch(sampler, augment, offsets, rng, batch_size, distill=None, distill_p=0.0, boundary=0,
@@ -320,85 +135,6 @@ def training_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
         err = (pred[:, n_affinities:] - target[:, n_affinities:]) ** 2
         loss = loss + lsd_weight * (err * w).sum() / w.gt(0).sum().clamp_min(1)
     return loss
-
-
-def validate_set(
-    model, volumes: Sequence[tuple], *, device="cpu",
-    threshold: float | Sequence[float] = DEFAULT_THRESHOLDS, tta: str = "none",
-) -> dict[str, Any]:
-    """Score several validation volumes (``(raw, labels)`` or ``(raw, labels, mask)`` each) at one
-    shared agglomeration threshold: the one with the lowest mean VOI over the volumes (a model
-    card recommends one threshold for every volume). Returns the means (``voi``, ``voi_split``,
-    ``voi_merge``, ``arand``), ``threshold`` and ``per_volume`` (each volume's scores there)."""
-    thresholds = [float(threshold)] if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
-    if not volumes:
-        raise ValueError("give at least one validation volume")
-    tables = []
-    for vol in volumes:
-        v_mask = vol[2] if len(vol) > 2 else None
-        tables.append(score_thresholds(model, vol[0], vol[1], mask=v_mask, device=device,
-                                       thresholds=thresholds, tta=tta))
-    means = {t: float(np.mean([tab[t]["voi"] for tab in tables])) for t in thresholds}
-    t_best = min(thresholds, key=lambda t: means[t])
-    per = [tab[t_best] for tab in tables]
-    out: dict[str, Any] = {k: float(np.mean([p[k] for p in per])) for k in ("voi", "voi_split", "voi_merge", "arand")}
-    out["threshold"] = t_best
-    out["per_volume"] = per
-    return out
-
-
-def score_thresholds(
-    model, raw, labels, *, mask=None, device="cpu", thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    tta: str = "none",
-) -> dict[float, dict[str, float]]:
-    """Predict ``raw`` with the engine (as users do), agglomerate once and score every threshold:
-    ``{threshold: {voi, voi_split, voi_merge, arand, ..., affinity_bce, affinity_error}}``."""
-    from ..engine.agglomerate import Agglomerator
-    from ..engine.evaluate import affinity_scores, evaluate
-    from ..engine.predict import model_offsets, predict_affinities
-
-    thresholds = [float(t) for t in thresholds]
-    if not thresholds:
-        raise ValueError("give at least one validation threshold")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            affs = predict_affinities(raw, model, device=device, dtype="float32", tta=tta)
-    finally:
-        model.train(was_training)
-    card = getattr(model, "card", None)
-    scoring = card.recommended_scoring if card is not None else "median"
-    agg = Agglomerator(np.asarray(affs), scoring=scoring, max_threshold=max(thresholds))
-    gt = np.asarray(labels)
-    try:
-        extra = affinity_scores(affs, gt, model_offsets(model), mask=mask)
-    except ValueError:  # e.g. one label and no boundary: VOI alone
-        extra = {}
-    table = {}
-    for t in thresholds:
-        scores = {k: float(v) for k, v in evaluate(agg.segment(t), gt, ignore_label=0, mask=mask).items()}
-        scores["voi"] = scores["voi_split"] + scores["voi_merge"]
-        scores["threshold"] = t
-        table[t] = {**scores, **extra}
-    return table
-
-
-def validate(
-    model, raw, labels, *, mask=None, device="cpu", threshold: float | Sequence[float] = DEFAULT_THRESHOLDS,
-    tta: str = "none",
-) -> dict[str, float]:
-    """Predict, segment and score one validation volume with the engine (VOI/ARAND).
-
-    With several thresholds the agglomeration runs once and the threshold with the lowest VOI
-    (split + merge) is reported (``threshold`` in the result): the merge threshold that suits a
-    network changes as it trains, so a fixed one would rank checkpoints unfairly. ``tta``: the
-    test-time flips of the prediction (``engine.tta``). The per-affinity ``affinity_bce`` and
-    ``affinity_error`` (``engine.evaluate.affinity_scores``) are reported beside, not used to rank.
-    """
-    thresholds = [float(threshold)] if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
-    table = score_thresholds(model, raw, labels, mask=mask, device=device, thresholds=thresholds, tta=tta)
-    return dict(min(table.values(), key=lambda sc: sc["voi"]))
 
 
 def resolve_config(config: FinetuneConfig | None = None, **options: Any) -> tuple[FinetuneConfig, Any]:
@@ -520,17 +256,17 @@ def finetune(
     region: dict[str, Any] = {"kind": "whole volume"}
     full_raws, full_masks = list(raws), list(masks)  # self-distillation draws from all of them
     if box is not None:
-        region = {"kind": "box", "box": _box_bounds(box, np.shape(raw))}
-        (raw, labels, mask), box_mask = _crop_box([raw, labels, mask], box, patch_shape)
+        region = {"kind": "box", "box": box_bounds(box, np.shape(raw))}
+        (raw, labels, mask), box_mask = crop_box([raw, labels, mask], box, patch_shape)
         mask = box_mask if mask is None else box_mask * (np.asarray(mask) > 0)
         check_training_pair(raw, labels, mask)
         raws, labels_list, masks = [raw], [labels], [mask]
     elif not several and mask is not None:
         region = {"kind": "mask"}
     if region["kind"] != "whole volume":
-        region["voxels"] = _check_region_size(masks[0], patch_shape)
+        region["voxels"] = check_region_size(masks[0], patch_shape)
     if cfg.holdout > 0 and validation is None and not several:
-        masks[0], validation, region["holdout"] = _hold_back(
+        masks[0], validation, region["holdout"] = hold_back(
             raws[0], labels_list[0], masks[0], cfg.holdout, patch_shape)
     dev = resolve_device(device)
     rng, gen = seed_everything(cfg.seed)
@@ -542,11 +278,11 @@ def finetune(
     flips = getattr(getattr(model, "card", None), "recommended_tta", "none")
     # validation and the threshold re-chosen here use the start's agglomeration scoring
     scoring = getattr(getattr(model, "card", None), "recommended_scoring", "median")
-    thresholds, kept = _validation_thresholds(cfg, region, init_note, started_from)
-    _card_patch(model, patch_shape)
-    normalization = _card_normalization(model, normalization, init_note.get("init") == "scratch")
+    thresholds, kept = validation_thresholds(cfg, region, init_note, started_from)
+    set_card_patch(model, patch_shape)
+    normalization = card_normalization(model, normalization, init_note.get("init") == "scratch")
     model = model.to(dev)
-    head = _head_parameters(model, init_note, cfg.head_steps)
+    head = head_parameters(model, init_note, cfg.head_steps)
     check_input_divisor(model, patch_shape)
     augment = custom_augment if custom_augment is not None else (EMAugment() if cfg.augment else None)
     sampler = PatchSampler(
@@ -583,7 +319,7 @@ def finetune(
         raise ValueError("teacher_affinities needs a teacher, or self-distillation from a trained "
                          "starting model (self_distill on, distill_p > 0)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    averaged = _ema_model(model, cfg.ema)
+    averaged = ema_model(model, cfg.ema)
     scored = model if averaged is None else averaged.module  # the weights that are validated and kept
     out = Path(out_dir) if out_dir is not None else None
     log = LossLog(out / "loss.csv", resume=resume) if out is not None else None
@@ -652,7 +388,7 @@ def finetune(
                 start=False,
             )
         if out is not None:
-            _write_history(out / "validation.csv", history)
+            write_history(out / "validation.csv", history)
 
     if validation is not None and step == 0 and before is None and init_note.get("init") != "scratch":
         before = score()  # the starting model on the same data: the card's "before"
@@ -678,7 +414,7 @@ def finetune(
         lr_now = lr_at(step, cfg.steps, cfg.lr)
         set_lr(optimizer, lr_now)
         if head:
-            _freeze_all_but(model, head if step < cfg.head_steps else None)
+            freeze_all_but(model, head if step < cfg.head_steps else None)
         pred = model(x.to(dev))
         loss = training_loss(pred, target.to(dev), weight.to(dev), len(offsets), cfg.lsd_weight)
         optimizer_step(optimizer, loss, model.parameters(), step=step, lr=cfg.lr, what="finetuning")
@@ -697,25 +433,25 @@ def finetune(
         run_validation()
     checkpoint()
     if head:
-        _freeze_all_but(model, None)
+        freeze_all_but(model, None)
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     elif averaged is not None:
         model.load_state_dict(averaged.module.state_dict())
     model.eval()
-    threshold, threshold_choice = _chosen_threshold(best.get("scores"), started_from, region, kept)
+    threshold, threshold_choice = chosen_threshold(best.get("scores"), started_from, region, kept)
     tables: dict[str, dict[float, float]] = {}
     trained_start = init_note.get("copied") == "all" and threshold is not None and not several
     if kept and validation is not None and not isinstance(validation, list):
         # the kept checkpoint at every threshold on the held-back corrections: recorded, and the
         # card's threshold when it is clearly better there (``rechoose_margin``)
-        tables["held-back corrections"] = _threshold_table(model, validation, (*cfg.thresholds, threshold),
+        tables["held-back corrections"] = threshold_table(model, validation, (*cfg.thresholds, threshold),
                                                         device=str(dev))
     elif trained_start and validation is None and region["kind"] != "whole volume":
         # too few corrections to hold a part back: the corrections themselves (in-sample) score
         # the thresholds, with the same margin
-        crop = _around(raws[0], np.asarray(labels_list[0]), np.asarray(masks[0]) > 0, patch_shape)
-        tables["corrections (in-sample)"] = _threshold_table(model, crop, (*cfg.thresholds, threshold),
+        crop = around_selection(raws[0], np.asarray(labels_list[0]), np.asarray(masks[0]) > 0, patch_shape)
+        tables["corrections (in-sample)"] = threshold_table(model, crop, (*cfg.thresholds, threshold),
                                                           device=str(dev))
     for source, table in tables.items():
         rechosen = rechoose_threshold(table, threshold, cfg.rechoose_margin)
@@ -735,7 +471,7 @@ def finetune(
         "region": region,
         "steps": step,
         "best_step": best["step"] if best["state"] is not None else step,
-        **({"kept": _start_kept_note(before, history, cfg.start_margin)} if best.get("start") else {}),
+        **({"kept": start_kept_note(before, history, cfg.start_margin)} if best.get("start") else {}),
         "seconds": round(budget.elapsed, 1),
         "device": str(dev),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -783,124 +519,6 @@ def _data_record(data: Mapping[str, Any] | None, raws: list, voxel_size_nm: Sequ
     return record
 
 
-def _box_bounds(box, shape) -> list[list[int]]:
-    """A box (three slices or (start, stop) pairs) as ``[[z0, z1], [y0, y1], [x0, x1]]`` in the volume."""
-    out = []
-    for b, size in zip(box, shape, strict=False):
-        start, stop = (b.start, b.stop) if isinstance(b, slice) else b
-        out.append([max(0, int(start or 0)), min(int(size), int(size if stop is None else stop))])
-    return out
-
-
-def _check_region_size(mask, patch_shape: Sequence[int]) -> int:
-    """The corrected region's voxel count; :class:`TrainingDataError` below one training patch
-    (a patch would be mostly outside it: the network would learn from a handful of voxels)."""
-    n = int(np.count_nonzero(np.asarray(mask)))
-    need = int(np.prod(patch_shape))
-    if n < need:
-        dims = " × ".join(str(int(p)) for p in patch_shape)
-        raise TrainingDataError(
-            f"the corrected region holds {n} voxels, fewer than one training patch ({dims} = "
-            f"{need} voxels); mark a larger region (correct more labels around it, or give a "
-            "larger box or mask), or train on the whole volume"
-        )
-    return n
-
-
-def _hold_back(raw, labels, mask, share: float, patch_shape: Sequence[int]) -> tuple[Any, tuple | None, dict]:
-    """Hold back the last ``share`` of the corrected region along its longest axis to validate on.
-
-    Returns the training mask (the rest), the validation volume ``(raw, labels, mask)`` (cropped
-    to the held-back part with half a patch of context) and a note for the card. When the held-back
-    part holds fewer than two objects or the rest is too small to train on, nothing is held back
-    (the note says why) and training uses the whole region.
-    """
-    lab = np.asarray(labels)
-    region = np.ones(lab.shape, dtype=bool) if mask is None else np.asarray(mask) > 0
-    coords = np.nonzero(region)
-    lo = [int(c.min()) for c in coords]
-    hi = [int(c.max()) + 1 for c in coords]
-    axis = int(np.argmax([b - a for a, b in zip(lo, hi, strict=True)]))
-    extent = hi[axis] - lo[axis]
-    cut = hi[axis] - max(1, int(round(share * extent)))
-    along = np.arange(lab.shape[axis]).reshape([-1 if i == axis else 1 for i in range(3)])
-    held = region & (along >= cut)
-    train = region & (along < cut)
-    note: dict[str, Any] = {"share": share, "axis": "zyx"[axis], "from": cut}
-    ids = np.unique(lab[held])
-    if np.count_nonzero(ids) < 2:
-        return mask, None, {**note, "skipped": "the held-back part holds fewer than two objects"}
-    if np.count_nonzero(train) < int(np.prod(patch_shape)) or np.count_nonzero(np.unique(lab[train])) < 2:
-        return mask, None, {**note, "skipped": "the rest would be too small to train on"}
-    note["voxels"] = int(np.count_nonzero(held))
-    return train.astype(np.float32), _around(raw, lab, held, patch_shape), note
-
-
-def _around(raw, labels: np.ndarray, selected: np.ndarray, patch_shape: Sequence[int]) -> tuple:
-    """``(raw, labels, mask)`` cropped to the ``selected`` voxels with half a patch of context."""
-    hc = np.nonzero(selected)
-    sl = tuple(slice(max(0, int(c.min()) - p // 2), min(s, int(c.max()) + 1 + p // 2))
-               for c, p, s in zip(hc, patch_shape, labels.shape, strict=True))
-    return np.asarray(raw[sl]), labels[sl], selected[sl].astype(np.float32)
-
-
-def _start_kept_note(before: dict, history: Sequence[dict], margin: float) -> str:
-    """Why the card's weights are the starting model's (``FinetuneConfig.start_margin``)."""
-    tried = [h for h in history if h.get("step", 0) > 0]
-    best = min(tried, key=lambda h: h["voi"]) if tried else None
-    seen = (f"the best checkpoint, step {best['step']}, scored {best['voi']:.3f}" if best
-            else "no checkpoint was validated")
-    return (f"the starting model, unchanged: it scored VOI {before['voi']:.3f} on the held-back "
-            f"corrections and {seen}, not at least {margin:.0%} lower (start_margin)")
-
-
-def _validation_thresholds(cfg: FinetuneConfig, region: dict, init_note: dict,
-                           started_from: dict) -> tuple[tuple[float, ...], bool]:
-    """The thresholds validation tries, and whether that is the start's alone: with
-    ``keep_start_threshold``, held-back corrections of a trained start score at its threshold
-    (a fifth of a few corrections chooses a threshold badly: rule 17, docs/results.md)."""
-    held = region.get("holdout") and "skipped" not in region["holdout"]
-    start = started_from.get("segmentation_threshold")
-    if (cfg.keep_start_threshold and held and init_note.get("copied") == "all"
-            and isinstance(start, (int, float))):
-        return (float(start),), True
-    return cfg.thresholds, False
-
-
-def _chosen_threshold(scores: dict | None, started_from: dict, region: dict,
-                      kept: bool = False) -> tuple[float | None, str]:
-    """The card's segmentation threshold: the one chosen at the best validation, else the start's."""
-    if kept and scores and isinstance(scores.get("threshold"), (int, float)):
-        return float(scores["threshold"]), ("the starting model's, kept (the held-back corrections "
-                                            "chose the checkpoint at it)")
-    if scores and isinstance(scores.get("threshold"), (int, float)):
-        held = region.get("holdout") and "skipped" not in region["holdout"]
-        return float(scores["threshold"]), ("best of the held-back corrections" if held
-                                            else "best at validation")
-    start = started_from.get("segmentation_threshold")
-    if isinstance(start, (int, float)):
-        return float(start), "the starting model's: no validation"
-    return None, ""
-
-
-def _threshold_table(model, validation: tuple, thresholds: Sequence[float], device: str = "cpu") -> dict[float, float]:
-    """VOI of ``model`` on corrections ``(raw, labels, mask)`` (held back or not) at each threshold."""
-    v_mask = validation[2] if len(validation) > 2 else None
-    table = score_thresholds(model, validation[0], validation[1], mask=v_mask, device=device,
-                             thresholds=sorted({float(t) for t in thresholds}))
-    return {t: float(sc["voi"]) for t, sc in table.items()}
-
-
-def rechoose_threshold(table: Mapping[float, float], start: float, margin: float | None) -> float:
-    """The start's threshold, or the best of ``table`` (threshold → VOI on the corrections)
-    when its VOI is at least ``margin`` (a share) below the start's there; ``None``: the start's.
-    A fifth of a few corrections chooses a threshold noisily (rule 17), so small gains keep it."""
-    if margin is None or start not in table:
-        return start
-    best = min(table, key=lambda t: (table[t], abs(t - start)))
-    return best if table[best] <= (1.0 - margin) * table[start] else start
-
-
 def _teacher_progress(progress: ProgressCallback | None) -> ProgressCallback | None:
     """Report the teacher's prediction of the distillation volumes through ``progress`` too."""
     if progress is None:
@@ -931,77 +549,6 @@ def _teacher_name(teacher: Any) -> str:
         card = getattr(teacher, "card", None)
         return str(getattr(card, "description", None) or type(teacher).__name__)
     return str(teacher)
-
-
-def _card_normalization(model: torch.nn.Module, normalization: Any, is_new: bool) -> Any:
-    """The normalisation to train with, written into the card of the network in training (its
-    validation predicts with it, and the exported card records it)."""
-    from dataclasses import replace
-
-    from ..engine.normalize import ROBUST_NORMALIZATION
-
-    card = getattr(model, "card", None)
-    if normalization is None:
-        current = getattr(card, "normalization", None)
-        normalization = dict(ROBUST_NORMALIZATION) if is_new or card is None or not current else current
-    if card is not None:
-        model.card = replace(card, normalization=normalization)
-    return normalization
-
-
-def _card_patch(model: torch.nn.Module, patch_shape: Sequence[int]) -> None:
-    """Give the network in training the card patch size it will be exported with: prediction
-    tiles follow it, and EMmamba's output depends on the tile, so validation must use the same."""
-    from dataclasses import replace
-
-    card = getattr(model, "card", None)
-    if card is not None and list(getattr(card, "patch_size", None) or []) != list(patch_shape):
-        model.card = replace(card, patch_size=list(patch_shape))
-
-
-def _head_parameters(model: torch.nn.Module, init_note: dict, head_steps: int) -> set[str]:
-    """Names of the re-initialised parameters trained alone during the first ``head_steps``."""
-    if not head_steps:
-        return set()
-    if int(head_steps) < 0:
-        raise ValueError(f"head_steps must be 0 or more, got {head_steps}")
-    fresh = set(init_note.get("reinitialised") or ())
-    names = {n for n, _ in model.named_parameters() if n in fresh}
-    if not names:
-        raise ValueError(
-            "head_steps needs a pretrained init whose output layer is re-initialised (a model with "
-            f"another number of output channels); this init re-initialises nothing ({init_note.get('init')})"
-        )
-    return names
-
-
-def _freeze_all_but(model: torch.nn.Module, names: set[str] | None) -> None:
-    """Train only the parameters in ``names`` (all of them when ``names`` is None)."""
-    for n, p in model.named_parameters():
-        p.requires_grad_(names is None or n in names)
-
-
-def _ema_model(model: torch.nn.Module, decay: float | None):
-    """A torch ``AveragedModel`` keeping the exponential moving average of ``model``'s weights."""
-    if decay is None:
-        return None
-    if not 0.0 < float(decay) < 1.0:
-        raise ValueError(f"ema must be a decay between 0 and 1 (e.g. 0.999), got {decay}")
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(decay)), use_buffers=True)
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    import csv
-
-    keys = list(history[0].keys())
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, keys)
-        w.writeheader()
-        w.writerows(history)
-    tmp.replace(path)
 
 
 def _card(model, preset, offsets, patch_shape, training, scores, before, name, voxel_size_nm,
@@ -1050,6 +597,7 @@ def _card(model, preset, offsets, patch_shape, training, scores, before, name, v
 
 
 __all__ = [
-    "DEFAULT_THRESHOLDS", "FinetuneConfig", "default_name", "finetune", "prepare_model", "resolve_config",
-    "transfer_weights", "keep_output_channels", "validate", "validate_set", "to_unit",
+    "DEFAULT_THRESHOLDS", "FinetuneConfig", "default_name", "finetune", "keep_output_channels",
+    "prepare_model", "rechoose_threshold", "resolve_config", "score_thresholds", "start_name",
+    "start_record", "to_unit", "transfer_weights", "validate", "validate_set",
 ]
