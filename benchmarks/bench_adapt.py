@@ -73,6 +73,7 @@ import quality_sets as qs  # noqa: E402
 Region = tuple[slice, slice, slice]
 DEFAULT_VOLUMES = ("medulla-dense z90-119", "medulla-labeled/test")
 BLOCK = (8, 32, 32)  # the widget's block (uncertainty_ranking's default)
+VOXEL_NM = (10.0, 10.0, 10.0)  # every shared volume: 10 nm isotropic FIB-SEM (../shared/data/README.md)
 #: the rankings compared: with labels and an agglomerator (what the widget ranks by after
 #: Segment), with labels only, with neither
 # "boundaries + merges" is the widget's (merge levels 0.15, 0.1, 0.05 below t: rule 20);
@@ -425,8 +426,10 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
     labels = corrected_labels(before["seg"], gt, corrected)
     t0 = time.perf_counter()
     teacher = {"teacher_affinities": [before["affs"]]} if config.self_distill else {}
+    # the voxel size a user's file of these volumes carries (FinetuneConfig's automatic choices,
+    # e.g. permuted views for isotropic data, follow it as they would for the user)
     tuned = finetune(raw, labels, mask=corrected.astype(np.float32), init=model, config=config,
-                     device="cpu", name=f"bench-adapt-{region_kind}", **teacher)
+                     device="cpu", name=f"bench-adapt-{region_kind}", voxel_size_nm=VOXEL_NM, **teacher)
     train_s = time.perf_counter() - t0
     t_after = tuned.card.recommended_threshold
     with torch.no_grad():

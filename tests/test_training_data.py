@@ -169,7 +169,46 @@ def test_finetune_config_records_permuted_axes():
     cfg = FinetuneConfig(permute_axes=True)
     assert cfg.to_dict()["permute_axes"] is True
     assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
-    assert FinetuneConfig().permute_axes is False
+    # rule 46 (docs/results.md): automatic, i.e. for isotropic data; "on"/"off"/"auto" read too
+    assert FinetuneConfig().permute_axes is None
+    assert FinetuneConfig.from_dict(FinetuneConfig().to_dict()) == FinetuneConfig()
+    assert [FinetuneConfig(permute_axes=v).permute_axes for v in ("on", "off", "auto", "Auto")] == [
+        True, False, None, None]
+    with pytest.raises(ValueError, match="on, off or auto"):
+        FinetuneConfig(permute_axes="sometimes")
+
+
+def test_permuted_views_follow_the_voxel_size_when_automatic():
+    from napari_tokenunify.training.config import permute_for
+
+    assert permute_for(None, (10, 10, 10)) == (True, "auto: the voxel size 10 × 10 × 10 nm is isotropic")
+    assert permute_for(None, (8, 8, 9))[0] is True  # within 15 %
+    on, why = permute_for(None, (40, 4, 4))  # serial sections: z is not like y and x
+    assert on is False and "not isotropic" in why
+    assert permute_for(None, None) == (False, "auto: the voxel size is unknown")
+    assert permute_for(True, (40, 4, 4)) == (True, "set") and permute_for(False, (10, 10, 10)) == (False, "set")
+
+
+@pytest.mark.parametrize("voxel, on", [((10.0, 10.0, 10.0), True), ((40.0, 4.0, 4.0), False), (None, False)])
+def test_finetune_reads_permuted_views_of_isotropic_data_and_says_so(voxel, on, monkeypatch):
+    from napari_tokenunify.synthetic import make_synthetic_volume
+    from napari_tokenunify.training import finetune as ft
+
+    seen = []
+    real = ft.PatchSampler
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("permute_axes"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "PatchSampler", spy)
+    vol = make_synthetic_volume((16, 48, 48), seed=1)
+    model = ft.finetune(vol.image, vol.labels, steps=1, patch_shape=(16, 32, 32), augment=False,
+                        holdout=0.0, voxel_size_nm=voxel)
+    assert seen == [on]
+    record = model.card.training["permuted_views"]
+    assert record["on"] is on and record["why"].startswith("auto")
+    assert model.card.training["config"]["permute_axes"] is None
 
 
 def test_sampler_pads_patch_larger_than_volume():

@@ -308,6 +308,8 @@ def test_cli_defaults_are_the_config_defaults():
     assert finetune_config(_args("--start-margin", "0.05")) == d.with_(start_margin=0.05)
     assert finetune_config(_args("--start-margin", "-1")) == d.with_(start_margin=None)
     assert finetune_config(_args("--permute-axes")) == d.with_(permute_axes=True)
+    assert finetune_config(_args("--permute-axes", "off")) == d.with_(permute_axes=False)
+    assert d.permute_axes is None and finetune_config(_args("--permute-axes", "auto")) == d
     assert finetune_config(_args("--time-budget", "0")).time_budget_s is None  # 0: no limit
 
 

@@ -210,9 +210,11 @@ def register(sub) -> None:
                    "this many voxels, as extra training-only outputs (0: off; default %(default)s)")
     p.add_argument("--lsd-weight", type=float, default=d.lsd_weight,
                    help="weight of the shape descriptors' loss beside the affinities' (default %(default)s)")
-    p.add_argument("--permute-axes", action="store_true", default=d.permute_axes,
+    p.add_argument("--permute-axes", nargs="?", const="on", default="auto", choices=["on", "off", "auto"],
                    help="read training patches with their axes in a random order (z seen as y or x): "
-                   "more views of the same labels, for isotropic data only (e.g. FIB-SEM)")
+                   "more views of the same labels, for isotropic data only (e.g. FIB-SEM); auto "
+                   "(the default): on when the voxel size (the file's or --voxel-size) is the same "
+                   "along every axis to within 15 %%, off when it differs or is unknown")
     p.add_argument("--no-self-distill", dest="self_distill", action="store_false", default=d.self_distill,
                    help="do not distil from the starting model (by default a share --distill-p of "
                    "the samples, anywhere in --raw, has the start's own affinities as targets, so "

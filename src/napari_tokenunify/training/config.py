@@ -60,7 +60,8 @@ class FinetuneConfig:
     added to the loss; 0: off. Prediction ignores those channels (``bundle`` cuts them off).
     ``permute_axes``: read training patches with their axes in a random order (z seen as y or
     x and the other way round): more views of the same labels, for isotropic data only (FIB-SEM
-    at one voxel size along every axis); off by default.
+    at one voxel size along every axis). ``None`` ("auto", the default): on when the data's voxel
+    size is known and the same along every axis to within 15 % (:func:`permute_for`), else off.
     """
 
     # steps and time_budget_s: rule 30 (docs/results.md, session 13): the budget, not a step
@@ -102,7 +103,9 @@ class FinetuneConfig:
     grow_boundaries: int = 0
     lsd_sigma: float = 0.0
     lsd_weight: float = 1.0
-    permute_axes: bool = False
+    # rule 46 (docs/results.md, session 17): on a volume the model never saw, permuted views of
+    # the corrections took the never-corrected part further (see there); None: for isotropic data
+    permute_axes: bool | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the types once, here
@@ -114,7 +117,7 @@ class FinetuneConfig:
         set_(self, "seed", int(self.seed))
         set_(self, "grow_boundaries", _int("grow_boundaries", self.grow_boundaries, 0))
         set_(self, "augment", bool(self.augment))
-        set_(self, "permute_axes", bool(self.permute_axes))
+        set_(self, "permute_axes", _permute_setting(self.permute_axes))
         for name in ("lsd_sigma", "lsd_weight"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
@@ -211,3 +214,39 @@ def _int(name: str, value: Any, minimum: int) -> int:
 
 
 __all__ = ["DEFAULT_THRESHOLDS", "FinetuneConfig", "config_fields"]
+
+
+_PERMUTE_WORDS = {"auto": None, "none": None, "on": True, "true": True, "yes": True,
+                  "off": False, "false": False, "no": False}
+
+
+def _permute_setting(value: Any) -> bool | None:
+    """``permute_axes`` as True, False or None (auto); also "on", "off" and "auto"."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _PERMUTE_WORDS:
+        return _PERMUTE_WORDS[value.strip().lower()]
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"permute_axes must be on, off or auto (True, False or None), got {value!r}")
+
+
+#: how far apart the voxel size may be along the axes for permuted views (as resampling's tolerance)
+ISOTROPIC_TOLERANCE = 0.15
+
+
+def permute_for(setting: bool | None, voxel_size_nm: Any) -> tuple[bool, str]:
+    """Whether finetuning reads permuted views, and why: the setting when it is on or off; for
+    ``None`` (auto), on when ``voxel_size_nm`` (z, y, x) is known and within
+    :data:`ISOTROPIC_TOLERANCE` of its mean along every axis, else off."""
+    if setting is not None:
+        return bool(setting), "set"
+    if voxel_size_nm is None:
+        return False, "auto: the voxel size is unknown"
+    sizes = [float(v) for v in (voxel_size_nm if hasattr(voxel_size_nm, "__len__") else [voxel_size_nm] * 3)]
+    if len(sizes) == 1:
+        sizes = sizes * 3
+    mean = sum(sizes) / len(sizes)
+    iso = mean > 0 and all(abs(v / mean - 1.0) <= ISOTROPIC_TOLERANCE for v in sizes)
+    shown = " × ".join(f"{v:g}" for v in sizes)
+    return iso, f"auto: the voxel size {shown} nm is {'' if iso else 'not '}isotropic"

@@ -33,7 +33,7 @@ from .checkpoints import (
     guard_output,
     save_checkpoint,
 )
-from .config import DEFAULT_THRESHOLDS, FinetuneConfig, config_fields
+from .config import DEFAULT_THRESHOLDS, FinetuneConfig, config_fields, permute_for
 from .distill import soft_bce
 from .logs import LossLog, plot_losses
 from .lsd import LSD_CHANNELS, LSD_DOWNSAMPLE, lsd_targets
@@ -285,9 +285,10 @@ def finetune(
     head = head_parameters(model, init_note, cfg.head_steps)
     check_input_divisor(model, patch_shape)
     augment = custom_augment if custom_augment is not None else (EMAugment() if cfg.augment else None)
+    permute, permute_why = permute_for(cfg.permute_axes, data_record.get("voxel_size_nm"))
     sampler = PatchSampler(
         raws, patch_shape, labels=labels_list, masks=masks, seed=rng, min_labelled=0.05,
-        normalization=normalization, permute_axes=cfg.permute_axes,
+        normalization=normalization, permute_axes=permute,
     )
     distill, teacher_s = None, 0.0
     self_taught = (teacher is None and cfg.self_distill and cfg.distill_p > 0
@@ -481,6 +482,7 @@ def finetune(
         "lr": cfg.lr,
         "seed": cfg.seed,
         "augment": augment is not None,
+        "permuted_views": {"on": permute, "why": permute_why},
         **({"ema": cfg.ema} if averaged is not None else {}),
         **({"head_steps": cfg.head_steps} if head else {}),
         **({"test_time_flips": flips} if flips != "none" else {}),
