@@ -90,6 +90,8 @@ def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, n
     assert "held-back VOI" in panel.status.value
     # self-distillation took its targets from the start's affinities layer, the whole volume
     assert t["distillation"]["affinities"] == "given" and t["distillation"]["volume_shapes"] == [[16, 48, 48]]
+    # napari's default scale says nothing of the voxel size: no permuted views (rule 46's auto)
+    assert t["permuted_views"] == {"on": False, "why": "auto: the voxel size is unknown"}
 
     panel.use()
     text = widget.panel("Model").card.value
@@ -196,6 +198,7 @@ def test_predict_again_after_a_finetuning_that_kept_its_start_predicts_nothing(
     start.card.training = {"segmentation_threshold": 0.3, "segmentation_scoring": "mean"}
     widget.session.model = start
     image, labels = _layers(viewer, small_volume)
+    image.scale = labels.scale = (10, 10, 10)  # isotropic, as FIB-SEM: permuted views (rule 46)
     predict = widget.panel("Predict")
     pick(predict.image, image)
     predict.scope.value = "whole volume"
@@ -216,6 +219,7 @@ def test_predict_again_after_a_finetuning_that_kept_its_start_predicts_nothing(
     assert job.error is None, notes.messages
     model = widget.session.finetuned
     assert model.training_info.get("kept") and model.card.recommended_threshold == 0.3
+    assert model.card.training["permuted_views"]["on"] is True
     n_layers = len(viewer.layers)
 
     def no_prediction(*args, **kwargs):
