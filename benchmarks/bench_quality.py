@@ -53,7 +53,6 @@ def perturb_contrast(raw: np.ndarray, contrast: float = 0.5, shift: float = 20.0
 def run_volume(model: str, raw: np.ndarray, gt: np.ndarray, workdir: Path, tta: str | None,
                voxel_size=(10.0, 10.0, 10.0)) -> dict:
     from napari_tokenunify.cli import main as cli
-    from napari_tokenunify.engine.evaluate import evaluate
     from napari_tokenunify.io import open_volume, write_volume
 
     src = workdir / "raw.h5"
@@ -67,15 +66,21 @@ def run_volume(model: str, raw: np.ndarray, gt: np.ndarray, workdir: Path, tta: 
     seconds = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"tokenunify {' '.join(argv)} failed with exit code {rc}")
-    labels = np.asarray(open_volume(out).data)
+    return score_labels(np.asarray(open_volume(out).data), gt, seconds, raw.size)
+
+
+def score_labels(labels: np.ndarray, gt: np.ndarray, seconds: float, n_voxels: int) -> dict:
+    """VOI (split, merge, sum), ARAND, the same without the voxels beside a true boundary
+    (reported, never chosen by), the seconds and the speed over ``n_voxels`` processed."""
+    from napari_tokenunify.engine.evaluate import evaluate
+
     scores = {k: float(v) for k, v in evaluate(labels, gt, ignore_label=0).items()}
     scores["voi"] = scores["voi_split"] + scores["voi_merge"]
-    # reported, never chosen by: the score without the voxels beside a true boundary
     tol = evaluate(labels, gt, ignore_label=0, boundary_tolerance=1)
     scores["voi_tol1"] = float(tol["voi_split"] + tol["voi_merge"])
     scores["arand_tol1"] = float(tol["arand"])
     scores["seconds"] = seconds
-    scores["mvoxel_per_s"] = raw.size / seconds / 1e6
+    scores["mvoxel_per_s"] = n_voxels / seconds / 1e6
     return scores
 
 
@@ -83,7 +88,6 @@ def run_in_context(model_name: str, volume: np.ndarray, gt: np.ndarray, region: 
                    tta: str | None) -> dict:
     """Predict ``volume`` as ``tokenunify run`` does (the card's normalisation, tiles, flips), cut
     out ``region`` and segment only that at the card's threshold and scoring; scored on ``gt``."""
-    from napari_tokenunify.engine.evaluate import evaluate
     from napari_tokenunify.engine.pipeline import segment
     from napari_tokenunify.engine.predict import predict_affinities
     from napari_tokenunify.model import load_model
@@ -99,15 +103,7 @@ def run_in_context(model_name: str, volume: np.ndarray, gt: np.ndarray, region: 
             index[0], index[axis + 1] = c, 0
             affs[tuple(index)] = 0
     labels = segment(affs, threshold=card.recommended_threshold, scoring=card.recommended_scoring).labels
-    seconds = time.perf_counter() - t0
-    scores = {k: float(v) for k, v in evaluate(labels, gt, ignore_label=0).items()}
-    scores["voi"] = scores["voi_split"] + scores["voi_merge"]
-    tol = evaluate(labels, gt, ignore_label=0, boundary_tolerance=1)
-    scores["voi_tol1"] = float(tol["voi_split"] + tol["voi_merge"])
-    scores["arand_tol1"] = float(tol["arand"])
-    scores["seconds"] = seconds
-    scores["mvoxel_per_s"] = volume.size / seconds / 1e6
-    return scores
+    return score_labels(labels, gt, time.perf_counter() - t0, volume.size)
 
 
 def bench(models: list[str], *, perturb: bool = False, test: bool = False, tta: str | None = None,
