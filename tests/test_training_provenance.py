@@ -341,7 +341,9 @@ def test_cli_finetune_name_card_and_info(tmp_path, volume, start_model, capsys):
     for words in ("name: lab-ft", "start-net finetuned on", "preset: tiny", "voxel size (nm, z y x): (40, 8, 8)",
                   "normalization:", "recommended threshold: 0.3", "recommended test-time flips: none",
                   f"started from: start-net (weights sha256 {start_sha[:16]}", "region: kind whole volume",
-                  "run: 2 steps", "steps 2, teacher_tta yx", f"weights sha256: {sha}"):
+                  "run: 2 steps", "steps 2, teacher_tta yx", f"weights sha256: {sha}",
+                  # 40 x 8 x 8 nm: serial sections, so no permuted views (rule 46's auto)
+                  "permuted views: off (auto: the voxel size 40 × 8 × 8 nm is not isotropic)"):
         assert words in text, words
     assert main(["info"]) == 0  # without a model: versions and devices, as before
     assert "napari-tokenunify" in capsys.readouterr().out

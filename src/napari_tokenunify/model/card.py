@@ -185,6 +185,10 @@ def describe_card(card: ModelCard) -> list[str]:
             lines.append("  run: " + ", ".join(done))
         if t.get("kept"):
             lines.append(f"  kept: {t['kept']}")
+        views = t.get("permuted_views")
+        if isinstance(views, dict) and "on" in views:
+            lines.append(f"  permuted views: {'on' if views['on'] else 'off'}"
+                         + (f" ({views['why']})" if views.get("why") else ""))
         config = t.get("config")
         if isinstance(config, dict) and config:
             lines.append(f"  config: {_fmt(config)}")
