@@ -92,6 +92,7 @@ def test_finetune_name_card_use_and_predict_again(docked, small_volume, qtbot, n
     assert t["distillation"]["affinities"] == "given" and t["distillation"]["volume_shapes"] == [[16, 48, 48]]
     # napari's default scale says nothing of the voxel size: no permuted views (rule 46's auto)
     assert t["permuted_views"] == {"on": False, "why": "auto: the voxel size is unknown"}
+    assert "permuted views" not in panel.status.value
 
     panel.use()
     text = widget.panel("Model").card.value
@@ -220,6 +221,7 @@ def test_predict_again_after_a_finetuning_that_kept_its_start_predicts_nothing(
     model = widget.session.finetuned
     assert model.training_info.get("kept") and model.card.recommended_threshold == 0.3
     assert model.card.training["permuted_views"]["on"] is True
+    assert "permuted views" in panel.status.value and "kept unchanged" in panel.status.value
     n_layers = len(viewer.layers)
 
     def no_prediction(*args, **kwargs):

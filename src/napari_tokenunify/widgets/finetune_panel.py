@@ -295,6 +295,8 @@ class FinetunePanel(Panel):
         if after:
             was = f"{before['voi']:.3f} → " if before else ""
             line += f"; held-back VOI {was}{after['voi']:.3f}, threshold {model.card.recommended_threshold:g}"
+        if (t.get("permuted_views") or {}).get("on"):  # isotropic data: six views of each patch
+            line += "; trained on permuted views (isotropic voxels)"
         if t.get("kept"):  # FinetuneConfig.start_margin: no checkpoint was clearly better
             line += "; no checkpoint beat the starting model on the held-back corrections, so it is kept unchanged"
         self.status.value = line + "; save it, use it or predict again"
