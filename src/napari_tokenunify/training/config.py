@@ -213,7 +213,6 @@ def _int(name: str, value: Any, minimum: int) -> int:
     return number
 
 
-__all__ = ["DEFAULT_THRESHOLDS", "FinetuneConfig", "config_fields"]
 
 
 _PERMUTE_WORDS = {"auto": None, "none": None, "on": True, "true": True, "yes": True,
@@ -231,22 +230,24 @@ def _permute_setting(value: Any) -> bool | None:
     raise ValueError(f"permute_axes must be on, off or auto (True, False or None), got {value!r}")
 
 
-#: how far apart the voxel size may be along the axes for permuted views (as resampling's tolerance)
+#: how far apart the voxel size may be along the axes for permuted views (the same share as
+#: ``engine.resample.RESCALE_TOLERANCE``; not imported, as this module must stay free of torch)
 ISOTROPIC_TOLERANCE = 0.15
 
 
 def permute_for(setting: bool | None, voxel_size_nm: Any) -> tuple[bool, str]:
     """Whether finetuning reads permuted views, and why: the setting when it is on or off; for
-    ``None`` (auto), on when ``voxel_size_nm`` (z, y, x) is known and within
-    :data:`ISOTROPIC_TOLERANCE` of its mean along every axis, else off."""
+    ``None`` (auto), on when ``voxel_size_nm`` (z, y, x, as the card's data record holds it) is
+    known and within :data:`ISOTROPIC_TOLERANCE` of its mean along every axis, else off."""
     if setting is not None:
         return bool(setting), "set"
     if voxel_size_nm is None:
         return False, "auto: the voxel size is unknown"
-    sizes = [float(v) for v in (voxel_size_nm if hasattr(voxel_size_nm, "__len__") else [voxel_size_nm] * 3)]
-    if len(sizes) == 1:
-        sizes = sizes * 3
+    sizes = [float(v) for v in voxel_size_nm]
     mean = sum(sizes) / len(sizes)
     iso = mean > 0 and all(abs(v / mean - 1.0) <= ISOTROPIC_TOLERANCE for v in sizes)
     shown = " × ".join(f"{v:g}" for v in sizes)
     return iso, f"auto: the voxel size {shown} nm is {'' if iso else 'not '}isotropic"
+
+
+__all__ = ["DEFAULT_THRESHOLDS", "FinetuneConfig", "config_fields", "permute_for"]

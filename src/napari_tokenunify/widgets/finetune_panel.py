@@ -400,7 +400,10 @@ class FinetunePanel(Panel):
                     out = used.with_name(f"{used.stem}-labels-t{threshold:.2f}.zarr")
                     if reuse is not None:  # beside the start's store, named for the new model,
                         # never over labels of an earlier run (they may be edited)
-                        out = _free_path(store.with_name(f"{store.stem}-labels-t{threshold:.2f}.zarr"))
+                        from napari_tokenunify.engine.store import store_candidates
+
+                        out = next(p for p in store_candidates(
+                            store.with_name(f"{store.stem}-labels-t{threshold:.2f}.zarr")) if not p.exists())
                         out.parent.mkdir(parents=True, exist_ok=True)
                     labels = segment_blockwise(
                         affs, out, threshold=threshold, scoring=scoring, voxel_size=voxel,
@@ -534,24 +537,15 @@ def same_weights_affinities(viewer: Any, start: Any, model: Any, shape: tuple, t
 
 
 def _same_network(a: Any, b: Any) -> bool:
-    """Whether ``b`` computes ``a``'s affinities: same class and equal tensors (``b`` may carry
-    training-only output channels that ``a`` lacks, as a finetuning with shape descriptors does)."""
+    """Whether ``b`` is ``a``'s network: same class, same tensors (a start can only be kept by a
+    finetuning that copied all of it, so the two have the same outputs too)."""
     import torch
 
     if type(a) is not type(b):
         return False
     sa, sb = a.state_dict(), b.state_dict()
-    if set(sa) != set(sb):
-        return False
-    for key, ta in sa.items():
-        tb = sb[key]
-        if ta.shape != tb.shape:
-            if ta.ndim != tb.ndim or ta.ndim == 0 or ta.shape[1:] != tb.shape[1:] or tb.shape[0] < ta.shape[0]:
-                return False
-            tb = tb[: ta.shape[0]]  # the output channels a has, first
-        if not torch.equal(ta.detach().cpu(), tb.detach().cpu()):
-            return False
-    return True
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].detach().cpu(), sb[k].detach().cpu()) for k in sa)
 
 
 def _same_segmentation(start: Any, model: Any) -> bool:
@@ -579,16 +573,6 @@ def again_store(image_layer: Any, model_name: str) -> Path:
     base = default_store(image_layer)
     tag = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_") or "finetuned"
     return base.with_name(f"{base.name.removesuffix('.zarr')}-{tag}.zarr")
-
-
-def _free_path(path: Path) -> Path:
-    """``path``, or ``<stem>-2<suffix>``, ``-3``… when it exists."""
-    n = 2
-    free = path
-    while free.exists():
-        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        n += 1
-    return free
 
 
 def _free_name(viewer: Any, name: str) -> str:
