@@ -21,8 +21,7 @@ predicts each validation crop's whole volume (the dense crop's 120 sections: the
 inside it that the crop alone never has (rule 45, docs/results.md). Only the prediction sees the
 rest of the volume: segmenting the whole volume and cutting the labels would let the
 agglomeration lean on the sections the model was trained on. Reported, never chosen by.
-The last column,
-VOI±1, leaves out the voxels within one voxel of a true boundary (CREMI-style tolerance): it
+The last column, VOI±1, leaves out the voxels within one voxel of a true boundary (CREMI-style tolerance): it
 shows how much of a score is where boundaries fall to within a voxel; reported, never chosen by.
 """
 
@@ -97,10 +96,10 @@ def run_in_context(model_name: str, volume: np.ndarray, gt: np.ndarray, region: 
     t0 = time.perf_counter()
     affs = predict_affinities(volume, model, device="cpu", dtype="float16", tta=tta or card.recommended_tta)
     affs = np.asarray(affs[(slice(None), *region)], dtype=np.float32)
-    for c, axis in enumerate((0, 1, 2)):  # links to voxels outside the crop: 0, as for the crop alone
+    for axis in range(3):  # a link to a voxel outside the crop is 0, as for the crop alone
         if region[axis].start:
             index = [slice(None)] * 4
-            index[0], index[axis + 1] = c, 0
+            index[0], index[axis + 1] = axis, 0  # channel c is the link along axis c
             affs[tuple(index)] = 0
     labels = segment(affs, threshold=card.recommended_threshold, scoring=card.recommended_scoring).labels
     return score_labels(labels, gt, time.perf_counter() - t0, volume.size)
