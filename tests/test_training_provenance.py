@@ -3,6 +3,7 @@ is refused with what to do, outputs that would overwrite a model, and ``tokenuni
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
@@ -159,6 +160,35 @@ def test_the_kept_model_scores_every_threshold_and_rechooses_only_with_a_margin(
     if holdout == 0.0:  # from scratch there is no start threshold to weigh against: no table
         scratch = finetune(volume.image, volume.labels, **{**common, "init": "scratch"})
         assert "threshold_tables" not in scratch.card.training
+        assert "start_on_corrections" not in scratch.card.training
+
+
+@pytest.mark.parametrize("holdout", [0.25, 0.0])
+def test_the_card_records_the_start_on_all_the_corrections(volume, holdout):
+    """The starting model, as it was, scored at every threshold on all the corrections (held
+    back or not): the same table as scoring the start there directly, and ``info`` shows it."""
+    from napari_tokenunify.engine.normalize import ROBUST_NORMALIZATION
+    from napari_tokenunify.model.card import describe_card
+    from napari_tokenunify.training.regions import around_selection
+    from napari_tokenunify.training.validation import threshold_table
+
+    start = build_model("tiny")
+    start.card.training = {"segmentation_threshold": 0.3}
+    # the patch (prediction tile) and normalisation finetuning scores with, so that scoring the
+    # start directly below sees the same input
+    start.card = dataclasses.replace(start.card, patch_size=list(PATCH), normalization=dict(ROBUST_NORMALIZATION))
+    box = (slice(0, 16), slice(0, 48), slice(0, 40))
+    model = finetune(volume.image, volume.labels, box=box, init=start, steps=2, patch_shape=PATCH,
+                     augment=False, holdout=holdout, thresholds=(0.1, 0.5, 0.9), lr=1e-2, ema=None)
+    on = model.card.training["start_on_corrections"]
+    selected = np.zeros(volume.labels.shape, bool)
+    selected[box] = True
+    direct = threshold_table(start, around_selection(volume.image, np.asarray(volume.labels), selected, PATCH),
+                             (0.1, 0.3, 0.5, 0.9))
+    assert on["table"] == {f"{t:g}": round(v, 4) for t, v in direct.items()}
+    assert on["threshold"] == 0.3 and on["best"] == min(direct, key=lambda t: (direct[t], abs(t - 0.3)))
+    assert on["best_gain"] == pytest.approx(1 - direct[on["best"]] / direct[0.3], abs=1e-4)
+    assert any(line.startswith("  the start on the corrections: VOI") for line in describe_card(model.card))
 
 
 def test_start_margin_returns_the_start_unless_a_checkpoint_beats_it(volume):

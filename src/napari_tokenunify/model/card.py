@@ -189,6 +189,11 @@ def describe_card(card: ModelCard) -> list[str]:
         if isinstance(views, dict) and "on" in views:
             lines.append(f"  permuted views: {'on' if views['on'] else 'off'}"
                          + (f" ({views['why']})" if views.get("why") else ""))
+        on = t.get("start_on_corrections")
+        if isinstance(on, dict) and "best" in on and "threshold" in on:
+            table, t0, tb = on.get("table", {}), f"{on['threshold']:g}", f"{on['best']:g}"
+            lines.append(f"  the start on the corrections: VOI {table.get(t0, '?')} at its threshold "
+                         f"{t0}, best {table.get(tb, '?')} at {tb}")
         config = t.get("config")
         if isinstance(config, dict) and config:
             lines.append(f"  config: {_fmt(config)}")

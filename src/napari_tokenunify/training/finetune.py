@@ -75,6 +75,7 @@ from .validation import (
     rechoose_threshold,
     score_thresholds,
     start_kept_note,
+    start_table_record,
     threshold_table,
     validate,
     validate_set,
@@ -265,6 +266,8 @@ def finetune(
         region = {"kind": "mask"}
     if region["kind"] != "whole volume":
         region["voxels"] = check_region_size(masks[0], patch_shape)
+    # every correction, before a part is held back: the start's own scores there (below)
+    all_corrections = (raws[0], labels_list[0], masks[0]) if region["kind"] != "whole volume" else None
     if cfg.holdout > 0 and validation is None and not several:
         masks[0], validation, region["holdout"] = hold_back(
             raws[0], labels_list[0], masks[0], cfg.holdout, patch_shape)
@@ -400,6 +403,14 @@ def finetune(
             best.update(voi=before["voi"] * (1.0 - cfg.start_margin), step=0, scores=before, start=True,
                         state={k: v.detach().cpu().clone() for k, v in scored.state_dict().items()})
 
+    start_t = started_from.get("segmentation_threshold")
+    # the start as it was, scored after training (outside the time budget) on all the corrections
+    start_copy = None
+    if (step == 0 and all_corrections is not None and isinstance(start_t, (int, float))
+            and init_note.get("copied") == "all"):
+        from .self_distill import frozen_copy
+
+        start_copy = frozen_copy(model)
     reporter = ProgressReporter(cfg.steps, progress, "finetuning", "voxels/s")
     reporter.done = step
     voxels = cfg.batch_size * int(np.prod(patch_shape))
@@ -454,6 +465,13 @@ def finetune(
         crop = around_selection(raws[0], np.asarray(labels_list[0]), np.asarray(masks[0]) > 0, patch_shape)
         tables["corrections (in-sample)"] = threshold_table(model, crop, (*cfg.thresholds, threshold),
                                                           device=str(dev))
+    on_corrections = None
+    if start_copy is not None:
+        crop = around_selection(all_corrections[0], np.asarray(all_corrections[1]),
+                                np.asarray(all_corrections[2]) > 0, patch_shape)
+        on_corrections = start_table_record(threshold_table(start_copy, crop, (*cfg.thresholds, start_t),
+                                                          device=str(dev)), float(start_t))
+        del start_copy
     for source, table in tables.items():
         rechosen = rechoose_threshold(table, threshold, cfg.rechoose_margin)
         if rechosen != threshold:
@@ -490,6 +508,7 @@ def finetune(
            if threshold is not None else {}),
         **({"threshold_tables": {source: {f"{t:g}": round(v, 4) for t, v in table.items()}
                                  for source, table in tables.items()}} if tables else {}),
+        **({"start_on_corrections": on_corrections} if on_corrections else {}),
         "segmentation_scoring": scoring,
         **({"distillation": _distillation_record(teacher, self_taught, cfg, flips, distill,
                                                  teacher_affinities is not None)}

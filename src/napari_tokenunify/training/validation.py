@@ -147,6 +147,17 @@ def rechoose_threshold(table: Mapping[float, float], start: float, margin: float
 
 
 
+def start_table_record(table: Mapping[float, float], start: float) -> dict[str, Any]:
+    """The starting model's VOI at every threshold on all the corrections, none of which it was
+    trained on, for the card: where its best threshold lies against its own says how far the
+    user's volume is from the data the start was tuned on (recorded; it decides nothing)."""
+    best = min(table, key=lambda t: (table[t], abs(t - start)))
+    return {"table": {f"{t:g}": round(v, 4) for t, v in sorted(table.items())},
+            "threshold": start, "best": best,
+            "best_gain": round(1.0 - table[best] / table[start], 4) if table[start] > 0 else 0.0}
+
+
+
 def start_kept_note(before: dict, history: Sequence[dict], margin: float) -> str:
     """Why the card's weights are the starting model's (``FinetuneConfig.start_margin``)."""
     tried = [h for h in history if h.get("step", 0) > 0]
