@@ -451,6 +451,7 @@ def adapt_case(model_name: str, name: str, region_kind: str, *, share: float, bu
         "after_best": oracle(after_table),
         "after_by_threshold": {f"{t:g}": v for t, v in after_table.items()},
         "threshold_tables": info.get("threshold_tables"),
+        "start_on_corrections": info.get("start_on_corrections"),
         "held_back": held_back_record(tuned),
         "config": config.to_dict(),
         "_before": before,
