@@ -76,6 +76,7 @@ from .validation import (
     score_thresholds,
     start_kept_note,
     start_table_record,
+    table_record,
     threshold_table,
     validate,
     validate_set,
@@ -293,7 +294,7 @@ def finetune(
         raws, patch_shape, labels=labels_list, masks=masks, seed=rng, min_labelled=0.05,
         normalization=normalization, permute_axes=permute,
     )
-    distill, teacher_s = None, 0.0
+    distill, teacher_s, start_teacher = None, 0.0, None
     self_taught = (teacher is None and cfg.self_distill and cfg.distill_p > 0
                    and init_note.get("init") != "scratch" and init_note.get("copied") == "all")
     if teacher is not None or self_taught:
@@ -304,6 +305,7 @@ def finetune(
 
         if self_taught:  # the start, before any step, labels the volume it is finetuned on
             teacher_model, tta = frozen_copy(model), flips
+            start_teacher = teacher_model
             vols = list(distill_volumes) if distill_volumes is not None else (
                 full_raws if teacher_affinities is not None else distillation_volumes(
                     full_raws, full_masks, region.get("box"), patch_shape))
@@ -410,7 +412,7 @@ def finetune(
             and init_note.get("copied") == "all"):
         from .self_distill import frozen_copy
 
-        start_copy = frozen_copy(model)
+        start_copy = start_teacher if start_teacher is not None else frozen_copy(model)
     reporter = ProgressReporter(cfg.steps, progress, "finetuning", "voxels/s")
     reporter.done = step
     voxels = cfg.batch_size * int(np.prod(patch_shape))
@@ -459,16 +461,18 @@ def finetune(
         # card's threshold when it is clearly better there (``rechoose_margin``)
         tables["held-back corrections"] = threshold_table(model, validation, (*cfg.thresholds, threshold),
                                                         device=str(dev))
-    elif trained_start and validation is None and region["kind"] != "whole volume":
+    in_sample = trained_start and validation is None and all_corrections is not None
+    crop = None
+    if in_sample or start_copy is not None:  # all the corrections, with half a patch of context
+        crop = around_selection(all_corrections[0], np.asarray(all_corrections[1]),
+                                np.asarray(all_corrections[2]) > 0, patch_shape)
+    if in_sample:
         # too few corrections to hold a part back: the corrections themselves (in-sample) score
         # the thresholds, with the same margin
-        crop = around_selection(raws[0], np.asarray(labels_list[0]), np.asarray(masks[0]) > 0, patch_shape)
         tables["corrections (in-sample)"] = threshold_table(model, crop, (*cfg.thresholds, threshold),
                                                           device=str(dev))
     on_corrections = None
     if start_copy is not None:
-        crop = around_selection(all_corrections[0], np.asarray(all_corrections[1]),
-                                np.asarray(all_corrections[2]) > 0, patch_shape)
         on_corrections = start_table_record(threshold_table(start_copy, crop, (*cfg.thresholds, start_t),
                                                           device=str(dev)), float(start_t))
         del start_copy
@@ -506,8 +510,8 @@ def finetune(
         **({"test_time_flips": flips} if flips != "none" else {}),
         **({"segmentation_threshold": threshold, "threshold_choice": threshold_choice}
            if threshold is not None else {}),
-        **({"threshold_tables": {source: {f"{t:g}": round(v, 4) for t, v in table.items()}
-                                 for source, table in tables.items()}} if tables else {}),
+        **({"threshold_tables": {source: table_record(table) for source, table in tables.items()}}
+           if tables else {}),
         **({"start_on_corrections": on_corrections} if on_corrections else {}),
         "segmentation_scoring": scoring,
         **({"distillation": _distillation_record(teacher, self_taught, cfg, flips, distill,

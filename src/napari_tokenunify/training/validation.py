@@ -136,13 +136,25 @@ def threshold_table(model, validation: tuple, thresholds: Sequence[float], devic
 
 
 
+def best_threshold(table: Mapping[float, float], start: float) -> float:
+    """The threshold with the lowest VOI in ``table``; of equal ones, the nearest to ``start``."""
+    return min(table, key=lambda t: (table[t], abs(t - start)))
+
+
+
+def table_record(table: Mapping[float, float]) -> dict[str, float]:
+    """A threshold → VOI table as the card stores it (keys ``"0.3"``, four decimals)."""
+    return {f"{t:g}": round(v, 4) for t, v in table.items()}
+
+
+
 def rechoose_threshold(table: Mapping[float, float], start: float, margin: float | None) -> float:
     """The start's threshold, or the best of ``table`` (threshold → VOI on the corrections)
     when its VOI is at least ``margin`` (a share) below the start's there; ``None``: the start's.
     A fifth of a few corrections chooses a threshold noisily (rule 17), so small gains keep it."""
     if margin is None or start not in table:
         return start
-    best = min(table, key=lambda t: (table[t], abs(t - start)))
+    best = best_threshold(table, start)
     return best if table[best] <= (1.0 - margin) * table[start] else start
 
 
@@ -151,8 +163,8 @@ def start_table_record(table: Mapping[float, float], start: float) -> dict[str, 
     """The starting model's VOI at every threshold on all the corrections, none of which it was
     trained on, for the card: where its best threshold lies against its own says how far the
     user's volume is from the data the start was tuned on (recorded; it decides nothing)."""
-    best = min(table, key=lambda t: (table[t], abs(t - start)))
-    return {"table": {f"{t:g}": round(v, 4) for t, v in sorted(table.items())},
+    best = best_threshold(table, start)
+    return {"table": table_record(dict(sorted(table.items()))),
             "threshold": start, "best": best,
             "best_gain": round(1.0 - table[best] / table[start], 4) if table[start] > 0 else 0.0}
 
