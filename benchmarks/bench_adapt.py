@@ -276,7 +276,7 @@ def margin_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
     return out
 
 
-MARGINS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.2, 0.3)
+MARGINS: tuple[float | None, ...] = (None, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 def held_back_record(tuned: Any) -> dict | None:
@@ -298,26 +298,34 @@ def best_checkpoint_voi(held: dict | None) -> float | None:
 
 
 def start_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
-    """What ``FinetuneConfig.start_margin`` would have given in a run made without it: for each
-    margin, the finetuned model's after/before VOI when its best checkpoint beat the start by that
-    share on the held-back corrections, else 1 (the start kept, so the volume segments as before).
-    Training is the same either way: only which weights are returned differs."""
+    """What ``FinetuneConfig.start_margin`` would have given: for each margin, the finetuned
+    model's after/before VOI when its best checkpoint beat the start by that share on the
+    held-back corrections, else 1 (the start kept, so the volume segments as before). Training is
+    the same whatever the margin: only which weights are returned differs. A run made with margin
+    m answers every margin at least m exactly; a looser one only where the run kept a checkpoint
+    (else ``ratio`` is ``None``: that checkpoint was never scored on the volume)."""
     held = row.get("held_back")
-    if row["config"].get("start_margin") is not None:
-        raise ValueError("start_outcomes needs a run made with start_margin None")
     ratio = row["after"]["voi"] / row["before"]["voi"]
     best = best_checkpoint_voi(held)
+
+    def beats(m: float | None) -> bool:
+        return m is None or best is None or best <= (1.0 - m) * held["before"]
+
+    ran = beats(row["config"].get("start_margin"))  # the finetuned model was kept in the run
     out = []
     for m in margins:
-        beat = m is None or best is None or best <= (1.0 - m) * held["before"]
+        beat = beats(m)
+        known = beat == ran or not beat  # a start kept in the run hides its checkpoint's outcome
         out.append({"margin": m, "kept": "finetuned" if beat else "start",
-                    "ratio": ratio if beat else 1.0})
+                    "ratio": (ratio if beat else 1.0) if known else None,
+                    "held_back_gain": None if best is None or not held else 1.0 - best / held["before"]})
     return out
 
 
 def print_start_margins(rows: list[dict], margins: Sequence[float | None] = MARGINS) -> None:
-    """After/before VOI of each run had the start competed with the checkpoints (start_margin)."""
-    rows = [r for r in rows if r.get("held_back") and r["config"].get("start_margin") is None]
+    """After/before VOI of each run had the start competed with the checkpoints at each
+    ``start_margin`` (``?``: a margin looser than the run's, where the run kept the start)."""
+    rows = [r for r in rows if r.get("held_back")]
     if not rows:
         return
     print("start_margin (the starting model kept unless the best checkpoint is this much better on "
@@ -326,9 +334,19 @@ def print_start_margins(rows: list[dict], margins: Sequence[float | None] = MARG
           + " ".join(f"{'none' if m is None else m:>14}" for m in margins))
     for r in rows:
         best = best_checkpoint_voi(r["held_back"])
-        cells = [f"{o['ratio']:.3f} {o['kept'][:5]:<5}" for o in start_outcomes(r, margins)]
+        cells = [("?" if o["ratio"] is None else f"{o['ratio']:.3f} {o['kept'][:5]:<5}")
+                 for o in start_outcomes(r, margins)]
         print(f"{r['volume'][-30:]:<30} {r['region']:<7} {r['held_back']['before']:10.3f}/"
               f"{float('nan') if best is None else best:<10.3f} " + " ".join(f"{c:>14}" for c in cells))
+
+
+def print_reports(rows: list[dict]) -> None:
+    """Every table of the loop's runs: the cases, then what other margins would have given."""
+    print_adapt(rows)
+    print()
+    print_margins(rows)
+    print()
+    print_start_margins(rows)
 
 
 def flips(model: Any, tta: str | None) -> str:
@@ -526,7 +544,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tokenunify-bench-adapt",
                    help="where the first predictions are kept between runs ('' for none)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="print the tables of earlier runs' --json files instead of running")
     args = p.parse_args(argv)
+    if args.report:
+        rows = [r for f in args.report for r in json.loads(f.read_text())["runs"]]
+        print_reports(rows)
+        return 0
     missing = [c.name for c in (*qs.VALIDATION, *qs.TEST) if not c.available()]
     if missing:
         sys.exit(f"shared data missing for {missing}: put it at {qs.DATA} or set TOKENUNIFY_SHARED_DATA")
@@ -559,11 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(row)
                 print_adapt([row])
         print()
-        print_adapt(rows)
-        print()
-        print_margins(rows)
-        print()
-        print_start_margins(rows)
+        print_reports(rows)
         res = {"runs": rows}
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))

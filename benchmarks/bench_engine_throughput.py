@@ -23,8 +23,8 @@ def main() -> None:
     args = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    import torch
-
+    import napari_tokenunify  # noqa: F401, I001  (before torch: short OpenMP waits, see threads.py)
+    import torch  # noqa: I001
     from napari_tokenunify.engine.evaluate import evaluate
     from napari_tokenunify.engine.pipeline import segment
     from napari_tokenunify.engine.predict import predict_affinities

@@ -5,12 +5,13 @@ finetuning for a preset and patch shape, on a synthetic volume (no data needed).
   python benchmarks/bench_training.py --preset tiny --patch 16 80 80 --steps 20 --threads 1
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (napari_tokenunify before torch, on purpose)
 
 import argparse
 import tempfile
 import time
 
+import napari_tokenunify  # noqa: F401  (before torch: short OpenMP waits, see threads.py)
 import torch
 
 

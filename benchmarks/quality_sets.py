@@ -10,12 +10,15 @@ A gap of four sections separates training and validation in ``medulla-dense``, s
 training patch touches a validation section.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (napari_tokenunify before torch, on purpose)
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# before any benchmark imports torch: short OpenMP waits (threads.py), as the CLI and the widget
+# get them; with torch first, its spinning OpenMP threads contend with the numba scan's
+import napari_tokenunify  # noqa: F401
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,6 +3,7 @@ labels a correction leaves, scoring only the never-corrected part and the error 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -127,5 +128,33 @@ def test_start_outcomes_keep_the_start_unless_a_checkpoint_beats_it_by_the_margi
     # nothing held back: the margin cannot act, the finetuned model is what a user gets
     alone = ba.start_outcomes({**row, "held_back": None}, [0.1])
     assert alone[0]["kept"] == "finetuned" and alone[0]["ratio"] == 0.8
-    with pytest.raises(ValueError, match="start_margin None"):
-        ba.start_outcomes({**row, "config": {"start_margin": 0.1}}, [0.1])
+    # a run made with margin 0.05 (its checkpoint, 8 % better, kept) answers stricter margins
+    # exactly and looser ones too, since its checkpoint was scored on the volume
+    at5 = ba.start_outcomes({**row, "config": {"start_margin": 0.05}}, [None, 0.05, 0.1, 0.15])
+    assert [o["ratio"] for o in at5] == [0.8, 0.8, 1.0, 1.0]
+    assert at5[0]["held_back_gain"] == pytest.approx(0.08)
+    # a run that kept the start at 0.1 cannot say what a looser margin would have given
+    kept = ba.start_outcomes({**row, "after": {"voi": 2.0}, "config": {"start_margin": 0.1}},
+                             [0.0, 0.1, 0.2])
+    assert [o["ratio"] for o in kept] == [None, 1.0, 1.0]
+    assert [o["kept"] for o in kept] == ["finetuned", "start", "start"]
+
+
+def test_report_prints_the_tables_of_saved_runs(tmp_path, capsys):
+    """--report re-reads --json files: a rule's outcome is a command, not hand arithmetic."""
+    row = {"volume": "medulla-dense z90-119", "region": "blocks", "share_corrected": 0.1,
+           "steps": 900, "train_s": 300.0, "threshold_before": 0.6, "threshold_after": 0.6,
+           "before": {"voi": 1.37, "arand": 0.115}, "after": {"voi": 1.727, "arand": 0.13},
+           "before_best": {"voi": 1.37, "threshold": 0.6}, "after_best": {"voi": 1.7, "threshold": 0.6},
+           "config": {"start_margin": 0.1},
+           "held_back": {"before": 1.908, "history": [[100, 1.98], [900, 1.713]]}}
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps({"runs": [row]}))
+    assert ba.main(["--report", str(f)]) == 0
+    out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("medulla-dense") and "1.908" in ln]
+    assert len(line) == 1
+    # held-back gain 10.2 %: kept at margins up to 0.1 (after/before 1.261), the start at 0.15
+    cells = line[0].split("1.908/1.713")[1].split()
+    by_margin = [" ".join(cells[i:i + 2]) for i in range(0, len(cells), 2)]
+    assert by_margin == ["1.261 finet"] * 4 + ["1.000 start"] * 3  # none, 0, 0.05, 0.1 | 0.15, 0.2, 0.3

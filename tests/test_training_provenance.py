@@ -45,13 +45,13 @@ def start_model(tmp_path_factory):
 
 def test_config_defaults_types_and_round_trip():
     c = FinetuneConfig()
-    assert c.steps == 5000 and c.lr == 2e-4 and c.ema == 0.99 and c.holdout == 0.2
+    assert c.steps == 5000 and c.lr == 5e-4 and c.ema == 0.99 and c.holdout == 0.2
     assert c.time_budget_s == 300.0  # rule 30: five minutes end training, not the step count
     assert c.patch_shape is None and c.thresholds == DEFAULT_THRESHOLDS
     d = FinetuneConfig(patch_shape=[16, 32, 32], thresholds=[0.3], steps=10.0)
     assert d.patch_shape == PATCH and d.thresholds == (0.3,) and d.steps == 10
     assert FinetuneConfig.from_dict(json.loads(json.dumps(d.to_dict()))) == d
-    assert c.with_(lr=3e-3).lr == 3e-3 and c.lr == 2e-4  # frozen: a copy
+    assert c.with_(lr=3e-3).lr == 3e-3 and c.lr == 5e-4  # frozen: a copy
     with pytest.raises(TypeError, match="unknown finetune option"):
         c.with_(learning_rate=1)
 
