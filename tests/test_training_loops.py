@@ -361,3 +361,44 @@ def test_expected_steps_follow_the_pace_and_never_pass_the_step_count():
     budget._t0 -= 6.0  # 12 s for 10 steps: 50 steps in the budget
     assert 49 <= budget.expected_steps(10) <= 50
     assert budget.expected_steps(0) == 100
+
+
+def test_anneal_to_budget_ends_the_learning_rate_decay_with_the_time_budget(monkeypatch):
+    """With ``anneal_to_budget`` the cosine decays over the steps the time budget allows, so the
+    last steps run near the floor; without it, over ``steps``, which minutes never reach."""
+    from napari_tokenunify.training.runtime import Budget, lr_at
+
+    budget = Budget(5000, seconds=60.0)
+    budget._t0 -= 54.0  # 900 steps in 54 s: 1000 steps in the budget
+    assert budget.schedule_steps(900, to_budget=False) == 5000
+    assert budget.schedule_steps(900, to_budget=True) == 1000
+    budget._t0 -= 5.4  # 990 steps in 59.4 s: the budget's last steps
+    near_end = lr_at(990, budget.schedule_steps(990, to_budget=True), 5e-4)
+    assert near_end < 0.06 * 5e-4  # the floor (5 %) at the budget's end
+    assert lr_at(990, budget.schedule_steps(990, to_budget=False), 5e-4) > 0.9 * 5e-4
+    assert Budget(200).schedule_steps(50, to_budget=True) == 200  # no time budget: the steps
+
+
+def test_finetune_with_anneal_to_budget_ends_near_the_floor_rate(volume, monkeypatch, tmp_path):
+    """finetune() itself decays to the time budget: its last logged learning rate is near the
+    floor, while without the option it is still near the full rate when the budget ends."""
+    from napari_tokenunify.training import runtime
+    from napari_tokenunify.training.config import FinetuneConfig
+
+    now = [0.0]
+
+    def tick() -> float:
+        now[0] += 0.002  # every clock read: 2 ms, whatever the machine
+        return now[0]
+
+    monkeypatch.setattr(runtime.time, "perf_counter", tick)
+    last = {}
+    for anneal in (False, True):
+        cfg = FinetuneConfig(steps=5000, time_budget_s=1.0, anneal_to_budget=anneal, val_every=0,
+                             holdout=0.0, augment=False, patch_shape=PATCH, self_distill=False)
+        model = finetune(volume.image, volume.labels, config=cfg, out_dir=tmp_path / str(anneal))
+        assert model.training_info["steps"] < 5000  # the budget ended it
+        rows = read_log(tmp_path / str(anneal) / "loss.csv")
+        last[anneal] = float(rows[-1]["lr"]) / cfg.lr
+    assert last[False] > 0.9
+    assert last[True] < 0.2

@@ -62,6 +62,9 @@ class FinetuneConfig:
     x and the other way round): more views of the same labels, for isotropic data only (FIB-SEM
     at one voxel size along every axis). ``None`` ("auto", the default): on when the data's voxel
     size is known and the same along every axis to within 15 % (:func:`permute_for`), else off.
+    ``anneal_to_budget``: with a time budget, the learning rate's cosine decay ends when the
+    budget does (at the pace of the steps so far) instead of at ``steps``, which a budget of
+    minutes never reaches (training would stop near the full rate).
     """
 
     # steps and time_budget_s: rule 30 (docs/results.md, session 13): the budget, not a step
@@ -109,6 +112,7 @@ class FinetuneConfig:
     # rule 46 (docs/results.md, session 17): on a volume the model never saw, permuted views of
     # the corrections took the never-corrected part further (see there); None: for isotropic data
     permute_axes: bool | None = None
+    anneal_to_budget: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the types once, here
@@ -128,6 +132,7 @@ class FinetuneConfig:
                                  f"got {getattr(self, name)}")
             set_(self, name, value)
         set_(self, "self_distill", bool(self.self_distill))
+        set_(self, "anneal_to_budget", bool(self.anneal_to_budget))
         set_(self, "keep_start_threshold", bool(self.keep_start_threshold))
         if self.rechoose_margin is not None:
             margin = float(self.rechoose_margin)

@@ -425,7 +425,7 @@ def finetune(
             raise
         x, target, weight = _batch(sampler, augment, offsets, rng, cfg.batch_size, distill, cfg.distill_p,
                                    cfg.grow_boundaries, cfg.lsd_sigma)
-        lr_now = lr_at(step, cfg.steps, cfg.lr)
+        lr_now = lr_at(step, budget.schedule_steps(step, cfg.anneal_to_budget), cfg.lr)
         set_lr(optimizer, lr_now)
         if head:
             freeze_all_but(model, head if step < cfg.head_steps else None)

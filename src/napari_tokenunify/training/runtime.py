@@ -64,6 +64,11 @@ class Budget:
         pace = step / self.elapsed
         return int(min(self.steps, max(step, round(pace * self.seconds))))
 
+    def schedule_steps(self, step: int, to_budget: bool) -> int:
+        """The step count a learning-rate schedule decays over: ``steps``, or with ``to_budget``
+        the steps the time budget is expected to allow (so the decay ends when training does)."""
+        return self.expected_steps(step) if to_budget else self.steps
+
 
 def hardware() -> str:
     """E.g. ``cpu: x86_64, 2 cores, torch 2.13.0, 1 thread`` or the CUDA device name."""
