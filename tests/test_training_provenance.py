@@ -341,6 +341,8 @@ def test_cli_defaults_are_the_config_defaults():
     assert finetune_config(_args("--permute-axes", "off")) == d.with_(permute_axes=False)
     assert d.permute_axes is None and finetune_config(_args("--permute-axes", "auto")) == d
     assert finetune_config(_args("--time-budget", "0")).time_budget_s is None  # 0: no limit
+    assert finetune_config(_args("--anneal-to-budget")) == d.with_(anneal_to_budget=True)
+    assert finetune_config(_args("--no-anneal-to-budget")) == d.with_(anneal_to_budget=False)
 
 
 def _write(tmp_path, volume, mask=None):

@@ -38,6 +38,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         keep_start_threshold=args.keep_start_threshold and not args.threshold,
         rechoose_margin=None if args.rechoose_margin is None or args.rechoose_margin < 0 else args.rechoose_margin,
         start_margin=None if args.start_margin is None or args.start_margin < 0 else args.start_margin,
+        anneal_to_budget=args.anneal_to_budget,
     )
 
 
@@ -215,6 +216,9 @@ def register(sub) -> None:
                    "more views of the same labels, for isotropic data only (e.g. FIB-SEM); auto "
                    "(the default): on when the voxel size (the file's or --voxel-size) is the same "
                    "along every axis to within 15 %%, off when it differs or is unknown")
+    p.add_argument("--anneal-to-budget", action=argparse.BooleanOptionalAction, default=d.anneal_to_budget,
+                   help="end the learning rate's cosine decay with --time-budget (at the pace of "
+                   "the steps so far) instead of at --steps, which a budget of minutes never reaches")
     p.add_argument("--no-self-distill", dest="self_distill", action="store_false", default=d.self_distill,
                    help="do not distil from the starting model (by default a share --distill-p of "
                    "the samples, anywhere in --raw, has the start's own affinities as targets, so "
