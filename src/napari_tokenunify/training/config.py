@@ -64,7 +64,7 @@ class FinetuneConfig:
     size is known and the same along every axis to within 15 % (:func:`permute_for`), else off.
     ``anneal_to_budget``: with a time budget, the learning rate's cosine decay ends when the
     budget does (at the pace of the steps so far) instead of at ``steps``, which a budget of
-    minutes never reaches (training would stop near the full rate).
+    minutes never reaches (training would stop near the full rate). On by default (rule 53).
     """
 
     # steps and time_budget_s: rule 30 (docs/results.md, session 13): the budget, not a step
@@ -112,7 +112,9 @@ class FinetuneConfig:
     # rule 46 (docs/results.md, session 17): on a volume the model never saw, permuted views of
     # the corrections took the never-corrected part further (see there); None: for isotropic data
     permute_axes: bool | None = None
-    anneal_to_budget: bool = False
+    # rule 53 (docs/results.md, session 19): on a volume the model never saw, ending the decay
+    # with the budget took the never-corrected part further (see there)
+    anneal_to_budget: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the types once, here
