@@ -312,13 +312,14 @@ def start_outcomes(row: dict, margins: Sequence[float | None]) -> list[dict]:
         return m is None or best is None or best <= (1.0 - m) * held["before"]
 
     ran = beats(row["config"].get("start_margin"))  # the finetuned model was kept in the run
+    gain = None if best is None or not held else 1.0 - best / held["before"]
     out = []
     for m in margins:
         beat = beats(m)
-        known = beat == ran or not beat  # a start kept in the run hides its checkpoint's outcome
-        out.append({"margin": m, "kept": "finetuned" if beat else "start",
-                    "ratio": (ratio if beat else 1.0) if known else None,
-                    "held_back_gain": None if best is None or not held else 1.0 - best / held["before"]})
+        # a start kept in the run hides what its best checkpoint would have done to the volume
+        ratio_m = (ratio if ran else None) if beat else 1.0
+        out.append({"margin": m, "kept": "finetuned" if beat else "start", "ratio": ratio_m,
+                    "held_back_gain": gain})
     return out
 
 

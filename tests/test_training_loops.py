@@ -363,6 +363,20 @@ def test_expected_steps_follow_the_pace_and_never_pass_the_step_count():
     assert budget.expected_steps(0) == 100
 
 
+def test_expected_steps_take_the_pace_of_this_run_alone():
+    """Seconds the budget counts before training (the start predicting its own targets) or from
+    an earlier run do not slow the pace: it is this run's steps over this run's seconds."""
+    from napari_tokenunify.training.runtime import Budget
+
+    before = Budget(1000, seconds=60.0, elapsed=30.0)  # 30 s of predicting first
+    before._t0 -= 10.0  # 100 steps in 10 s; 20 s left: 200 more
+    assert before.expected_steps(100) == 300
+    resumed = Budget(1000, seconds=60.0, elapsed=30.0, start_step=500)
+    resumed._t0 -= 10.0  # steps 500-600 in 10 s; 20 s left
+    assert resumed.expected_steps(600) == 800
+    assert resumed.expected_steps(500) == 1000  # no step yet in this run: the step count
+
+
 def test_anneal_to_budget_ends_the_learning_rate_decay_with_the_time_budget(monkeypatch):
     """With ``anneal_to_budget`` the cosine decays over the steps the time budget allows, so the
     last steps run near the floor; without it, over ``steps``, which minutes never reach."""

@@ -351,7 +351,7 @@ def finetune(
         if log is not None:
             log.truncate_after(step)
 
-    budget = Budget(cfg.steps, cfg.time_budget_s, elapsed + teacher_s)
+    budget = Budget(cfg.steps, cfg.time_budget_s, elapsed + teacher_s, start_step=step)
 
     def checkpoint() -> None:
         if out is None:

@@ -158,7 +158,7 @@ def pretrain(
             },
         )
 
-    budget = Budget(steps, time_budget_s, elapsed)
+    budget = Budget(steps, time_budget_s, elapsed, start_step=step)
     reporter = ProgressReporter(steps, progress, "pretraining", "voxels/s")
     reporter.done = step
     model.train()

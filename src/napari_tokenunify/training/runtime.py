@@ -37,9 +37,14 @@ def restore_rng(state: dict[str, Any], rng: np.random.Generator, gen: torch.Gene
 
 
 class Budget:
-    """Stops training after ``steps`` steps or ``seconds`` of training time (across resumes)."""
+    """Stops training after ``steps`` steps or ``seconds`` of training time (across resumes).
 
-    def __init__(self, steps: int, seconds: float | None = None, elapsed: float = 0.0) -> None:
+    ``elapsed``: seconds already spent (earlier runs, or work before training that the budget
+    counts); ``start_step``: the step this run starts at. The pace of the steps is measured on
+    this run alone, so neither skews the expected number of steps."""
+
+    def __init__(self, steps: int, seconds: float | None = None, elapsed: float = 0.0,
+                 start_step: int = 0) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if seconds is not None and seconds <= 0:
@@ -47,6 +52,7 @@ class Budget:
         self.steps = int(steps)
         self.seconds = seconds
         self._before = float(elapsed)
+        self._start_step = int(start_step)
         self._t0 = time.perf_counter()
 
     @property
@@ -58,11 +64,13 @@ class Budget:
 
     def expected_steps(self, step: int) -> int:
         """The steps training will have made when it stops: ``steps``, or fewer when the time
-        budget will end it first at the pace so far (for a progress bar that ends full)."""
-        if self.seconds is None or step < 1 or self.elapsed <= 0:
+        budget will end it first at this run's pace so far (for a progress bar that ends full
+        and a learning-rate decay that ends with training)."""
+        ran, took = step - self._start_step, time.perf_counter() - self._t0
+        if self.seconds is None or ran < 1 or took <= 0:
             return self.steps
-        pace = step / self.elapsed
-        return int(min(self.steps, max(step, round(pace * self.seconds))))
+        left = max(0.0, self.seconds - self._before - took)
+        return int(min(self.steps, max(step, round(step + left * ran / took))))
 
     def schedule_steps(self, step: int, to_budget: bool) -> int:
         """The step count a learning-rate schedule decays over: ``steps``, or with ``to_budget``
