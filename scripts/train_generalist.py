@@ -63,7 +63,29 @@ def init_for(name: str, args):
         net.card = replace(ModelCard(preset="unet", patch_size=list(args.patch), config=net.config,
                                      name="untrained residual-unet"), normalization=dict(ROBUST_NORMALIZATION))
         return net
+    if args.widen:
+        return widened(name, args)
     return name  # scratch, default, unet, or a model path
+
+
+def widened(name: str, args):
+    """The model ``name`` widened to ``--widen`` (same function up to ``--widen-noise``), with its
+    card, the new config and a note of the widening."""
+    from dataclasses import replace
+
+    from napari_tokenunify.model import load_model
+    from napari_tokenunify.model.widen import widen
+
+    start = load_model(name, device="cpu")
+    *fs, hidden = args.widen
+    wide = widen(start, fs, hidden, noise=args.widen_noise, seed=args.seed)
+    note = {"from": start.card.name, "feature_sizes": [list(start.config.feature_sizes), fs],
+            "hidden_size": [start.config.hidden_size, hidden], "noise": args.widen_noise,
+            "method": "Net2WiderNet (channels copied, their readers halved)"}
+    wide.card = replace(start.card, config=wide.config.to_dict(), preset="custom",
+                        training={**(start.card.training or {}), "widened": note})
+    wide.source_path = start.source_path
+    return wide
 
 
 def training_offsets(aux: list[int]) -> list[tuple[int, int, int]]:
@@ -229,6 +251,10 @@ def main(argv=None) -> int:
                    help="finetune: only the TRAIN crops whose names start with these (e.g. medulla-dense)")
     p.add_argument("--validate-only", nargs="+", default=None, metavar="NAME",
                    help="finetune: only the VALIDATION crops whose names start with these")
+    p.add_argument("--widen", type=int, nargs=5, default=None, metavar=("F0", "F1", "F2", "F3", "H"),
+                   help="finetune: start from INIT widened to these feature sizes and hidden size "
+                        "(each the old width or twice it; the same function up to --widen-noise)")
+    p.add_argument("--widen-noise", type=float, default=0.01)
     p.add_argument("--tag", default="")
     p.add_argument("--description", default=None)
     p.add_argument("--flips", default="none", choices=["none", "yx", "zyx"],

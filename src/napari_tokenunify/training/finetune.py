@@ -588,6 +588,10 @@ def _card(model, preset, offsets, patch_shape, training, scores, before, name, v
         from ..model.files import UNET_PRESET
 
         preset = UNET_PRESET
+    elif getattr(model, "config", None) is not None:  # name what was trained, not what was asked
+        from ..model.checkpoint import preset_for
+
+        preset = preset_for(model.config) or "custom"
     metrics: dict[str, Any] = {}
     if scores:
         metrics["validation"] = scores
