@@ -210,6 +210,11 @@ def stage_bundle(args) -> None:
             training["lsd"] = {**training["lsd"], "note": "trained as extra outputs; cut off for shipping"}
         card["out_channels"], card["offsets"] = 3, card["offsets"][:3]
         card["config"] = dict(cut.card.config)
+    if args.half or (tmp / "model.safetensors").stat().st_size > 20e6:  # the bundle's size limit
+        from napari_tokenunify.model import load_model, save_model
+
+        save_model(load_model(tmp, device="cpu"), tmp, half=True)
+        training["weights_stored_as"] = "float16 (loaded as float32)"
     (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
@@ -262,6 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--to", type=Path, default=None, help="bundle: write here instead of the package")
     p.add_argument("--name", default="default", choices=["default", "unet"],
                    help="bundle: the bundled model it becomes (its card's name and folder)")
+    p.add_argument("--half", action="store_true",
+                   help="bundle: store the weights as float16 (automatic when float32 would pass 20 MB)")
     p.add_argument("--bench", type=Path, default=None, help="bundle: bench_quality.py --json output")
     args = p.parse_args(argv)
 

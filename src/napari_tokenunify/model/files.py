@@ -50,11 +50,14 @@ def _default_offsets(n: int) -> list[list[int]]:
     return [list(o) for o in NEAREST_OFFSETS] if n == 3 else []
 
 
-def save_model(model: EMMamba, directory: str | Path, card: ModelCard | None = None) -> Path:
+def save_model(
+    model: EMMamba, directory: str | Path, card: ModelCard | None = None, half: bool = False
+) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/card.json``; returns the folder.
 
     Each file is written under a temporary name and then renamed, so neither is ever left
-    half-written.
+    half-written. ``half`` stores floating-point weights as float16 (half the file; they load
+    back as float32), for bundling a network whose 32-bit weights would be too large.
     """
     from safetensors.torch import save_file
 
@@ -71,7 +74,10 @@ def save_model(model: EMMamba, directory: str | Path, card: ModelCard | None = N
         card.in_channels = config.in_channels
         card.out_channels = config.out_channels
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": "napari-tokenunify", "preset": str(card.preset)}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    meta = {"format": "napari-tokenunify", "preset": str(card.preset),
+            "weights_dtype": "float16" if half else "float32"}
     _atomic(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=meta))
     _atomic(directory / CARD_NAME, lambda p: Path(p).write_text(card.to_json() + "\n", encoding="utf-8"))
     model.card = card
@@ -130,7 +136,10 @@ def weights_sha256(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     state = model.state_dict() if isinstance(model, torch.nn.Module) else model
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name].detach().to("cpu").contiguous()
+        t = state[name].detach().to("cpu")
+        if t.is_floating_point():  # weights stored in 16 bits load as 32: hash what runs
+            t = t.float()
+        t = t.contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
