@@ -60,7 +60,8 @@ def _expand(name: str, old: torch.Tensor, shape: torch.Size, d_state: int) -> to
 
 def _x_proj(old: torch.Tensor, shape: torch.Size, d_state: int) -> torch.Tensor:
     """x_proj rows are [dt (rank), B (d_state), C (d_state)]: the read side doubles, and a larger
-    dt rank gets zero rows (its dt_proj columns are zero too, so dt is unchanged)."""
+    dt rank gets zero rows (its dt_proj columns are zero too, so dt is unchanged; with zero noise
+    that rank would never get a gradient, so ``widen``'s noise is what brings it to life)."""
     new = _double(old, 1, 1, halve=True) if shape[1] == 2 * old.shape[1] else old
     extra = shape[0] - old.shape[0]
     if extra < 0:
