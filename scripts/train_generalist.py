@@ -82,8 +82,7 @@ def widened(name: str, args):
     note = {"from": start.card.name, "feature_sizes": [list(start.config.feature_sizes), fs],
             "hidden_size": [start.config.hidden_size, hidden], "noise": args.widen_noise,
             "method": "Net2WiderNet (channels copied, their readers halved)"}
-    wide.card = replace(start.card, config=wide.config.to_dict(), preset="custom",
-                        training={**(start.card.training or {}), "widened": note})
+    wide.card = replace(wide.card, training={**(wide.card.training or {}), "widened": note})
     wide.source_path = start.source_path
     return wide
 

@@ -32,6 +32,8 @@ def test_widening_keeps_the_function(net, x, widths):
     wide = widen(net, *widths, noise=0.0).eval()
     assert wide.config.feature_sizes == widths[0] and wide.config.hidden_size == widths[1]
     assert wide.num_parameters() > 2 * net.num_parameters()
+    assert wide.card.preset == "custom" and wide.card.config["feature_sizes"] == list(widths[0])
+    assert wide.card.normalization == net.card.normalization
     with torch.no_grad():
         y, yw = net(x), wide(x)
     assert yw.shape == y.shape

@@ -11,9 +11,11 @@ default's function instead of from scratch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
+from .checkpoint import preset_for
 from .network import EMMamba
 
 # parameters whose first axis is two concatenated groups ([x, z] of the Mamba input projection)
@@ -81,6 +83,7 @@ def widen(
     width or twice it, computing the same function up to ``noise`` (the standard deviation of
     the noise added to doubled weights, relative to each tensor's own).
 
+    The copy's card is the start's with the new config (preset ``custom``).
     Raises ``ValueError`` for widths that are neither, or where a residual block would lose its
     projection (a stage doubled while the next is not and then matches it).
     """
@@ -110,5 +113,6 @@ def widen(
             value = value + noise * value.std() * torch.randn(value.shape, generator=gen)
         new_state[name] = value.to(target.dtype)
     wide.load_state_dict(new_state, strict=True)
-    wide.card = None
+    card = getattr(model, "card", None)  # the start's normalisation, threshold and record carry over
+    wide.card = replace(card, config=cfg.to_dict(), preset=preset_for(cfg) or "custom") if card else None
     return wide
