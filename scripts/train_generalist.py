@@ -122,6 +122,7 @@ def stage_finetune(args) -> None:
     distill = {}
     if args.teacher:  # noisy student: the teacher's flip-averaged affinities of unlabeled crops
         distill = {"teacher": args.teacher, "distill_p": args.distill_p, "teacher_tta": args.teacher_tta,
+                   "distill_margin": args.distill_margin,
                    "distill_volumes": [_central(raw, args.distill_crop) for raw, _ in qs.load_all(qs.UNLABELED)]}
     finetune(
         [r for r, _ in train], [lab for _, lab in train], init=init_for(args.init, args),
@@ -139,6 +140,7 @@ def stage_finetune(args) -> None:
         "train": [c.name for c in train_crops], "validation": [c.name for c in val_crops],
         "selection_rule": qs.SELECTION_RULE, "init": args.init,
         **({"distillation": {"teacher": args.teacher, "share": args.distill_p, "teacher_tta": args.teacher_tta,
+                             "margin": args.distill_margin,
                              "volumes": [f"{c.name} central {args.distill_crop}" for c in qs.UNLABELED]}}
            if args.teacher else {})}, indent=2))
 
@@ -243,6 +245,8 @@ def main(argv=None) -> int:
                    help="finetune: distil from this model on central crops of the unlabeled volumes")
     p.add_argument("--distill-crop", type=int, nargs=3, default=[100, 200, 200], metavar=("Z", "Y", "X"))
     p.add_argument("--distill-p", type=float, default=0.5)
+    p.add_argument("--distill-margin", type=float, default=0.0,
+                   help="finetune: only teacher affinities at least this far from 0.5 are targets")
     p.add_argument("--teacher-tta", default="yx", choices=["none", "yx", "zyx"])
     p.add_argument("--grow-boundaries", type=int, default=0, metavar="N",
                    help="finetune: N one-voxel boundaries in every training patch's labels (rule 19)")

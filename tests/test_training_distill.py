@@ -12,6 +12,7 @@ import torch
 
 from napari_tokenunify.affinities import NEAREST_OFFSETS, labels_to_affinities
 from napari_tokenunify.training.augment import EMAugment
+from napari_tokenunify.training.config import FinetuneConfig
 from napari_tokenunify.training.distill import TeacherTargets, flip_affinities, transpose_yx
 from napari_tokenunify.training.finetune import finetune
 
@@ -78,6 +79,41 @@ def test_samples_pad_a_volume_smaller_than_the_patch():
     tt = TeacherTargets(None, [labels], PATCH, OFFSETS, np.random.default_rng(1), affinities=[affs], tta="none")
     x, target, weight = tt.sample(None)
     assert x.shape == PATCH and (weight[:, 10:] == 0).all() and (weight[:, :10, :20, :20] > 0).mean() > 0.9
+
+
+def test_a_margin_drops_the_targets_the_teacher_is_unsure_of():
+    """With ``margin`` only teacher affinities at least that far from 0.5 carry weight; the
+    others are left to the labelled samples. A teacher that says 0.1, 0.45, 0.6 and 0.9 in
+    four bands keeps only the 0.1 and 0.9 bands at margin 0.25."""
+    affs = np.empty((3, 16, 32, 32), np.float32)
+    for i, v in enumerate((0.1, 0.45, 0.6, 0.9)):
+        affs[:, :, :, 8 * i:8 * (i + 1)] = v
+    raw = np.zeros((16, 32, 32), np.uint8)
+    _, target, weight = TeacherTargets(None, [raw], PATCH, OFFSETS, np.random.default_rng(0), affinities=[affs],
+                                       tta="none", margin=0.25).sample(None)
+    unsure = (target > 0.25) & (target < 0.75)
+    assert unsure.any() and (weight[unsure] == 0).all()
+    assert (weight[~unsure][1:] > 0).mean() > 0.9  # the first offset's first section is undefined
+    _, _, every = TeacherTargets(None, [raw], PATCH, OFFSETS, np.random.default_rng(0), affinities=[affs],
+                                 tta="none").sample(None)
+    assert (every[unsure] > 0).mean() > 0.9
+    with pytest.raises(ValueError, match="margin"):
+        TeacherTargets(None, [raw], PATCH, OFFSETS, np.random.default_rng(0), affinities=[affs], margin=0.5)
+    with pytest.raises(ValueError, match="distill_margin"):
+        FinetuneConfig(distill_margin=-0.1)
+    assert FinetuneConfig(distill_margin=0.25).to_dict()["distill_margin"] == 0.25
+
+
+def test_the_card_records_the_distillation_margin(tmp_path):
+    from napari_tokenunify.synthetic import make_synthetic_volume
+    from napari_tokenunify.training.unet import ResidualUNet3D
+
+    vol = make_synthetic_volume((16, 32, 32), seed=5)
+    finetune(vol.image, vol.labels, init=ResidualUNet3D(out_channels=3, widths=(4, 8, 16)), teacher=_Constant(),
+             distill_p=1.0, distill_margin=0.25, teacher_tta="none", steps=2, ema=None, patch_shape=PATCH,
+             augment=False, out_dir=tmp_path / "run")
+    training = json.loads((tmp_path / "run" / "model" / "card.json").read_text())["training"]
+    assert training["distillation"]["margin"] == 0.25 and training["config"]["distill_margin"] == 0.25
 
 
 class _Constant(torch.nn.Module):

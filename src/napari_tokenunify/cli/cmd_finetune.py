@@ -32,6 +32,7 @@ def finetune_config(args: argparse.Namespace) -> FinetuneConfig:
         thresholds=tuple(args.threshold) if args.threshold else DEFAULTS.thresholds,
         holdout=args.holdout, time_budget_s=args.time_budget or None, seed=args.seed,
         checkpoint_every=args.checkpoint_every, distill_p=args.distill_p, teacher_tta=args.teacher_tta,
+        distill_margin=args.distill_margin,
         self_distill=args.self_distill, grow_boundaries=args.grow_boundaries,
         lsd_sigma=args.lsd_sigma, lsd_weight=args.lsd_weight, permute_axes=args.permute_axes,
         # thresholds given are thresholds to choose among, also on held-back corrections
@@ -188,6 +189,9 @@ def register(sub) -> None:
                    help="share of samples with the teacher's targets (1: teacher only)")
     p.add_argument("--teacher-tta", default=d.teacher_tta, choices=["none", "yx", "zyx"],
                    help="the teacher's test-time flips")
+    p.add_argument("--distill-margin", type=float, default=d.distill_margin,
+                   help="only the teacher's affinities at least this far from 0.5 are targets "
+                   "(e.g. 0.25: below 0.25 or above 0.75; where it is unsure the labels alone teach)")
     p.add_argument("--rechoose-threshold", dest="keep_start_threshold", action="store_false",
                    default=d.keep_start_threshold,
                    help="re-choose the threshold on the held-back corrections (by default they choose "

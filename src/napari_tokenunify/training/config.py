@@ -33,7 +33,9 @@ class FinetuneConfig:
     many seconds of training (the best model so far is kept; ``None``: ``steps`` alone end it).
     ``distill_p``/``teacher_tta``:
     share of samples with a teacher's soft targets and the teacher's test-time flips (used only
-    with a teacher). ``self_distill``: with no teacher given, a trained starting model is its own
+    with a teacher). ``distill_margin``: only the teacher's affinities at least this far from
+    0.5 are targets (0: all; 0.25: below 0.25 or above 0.75), so where the teacher is unsure the
+    labels alone teach. ``self_distill``: with no teacher given, a trained starting model is its own
     teacher (``distill_p`` of the samples, anywhere in the volume, with the start's affinities
     as soft targets: :mod:`.self_distill`); off for a network started from scratch or with a
     new output layer. ``keep_start_threshold``: with held-back corrections (``holdout``) and a
@@ -92,6 +94,7 @@ class FinetuneConfig:
     checkpoint_every: int = 50
     distill_p: float = 0.5
     teacher_tta: str = "yx"
+    distill_margin: float = 0.0
     # rule 14 (docs/results.md, session 9): without it 5 minutes of finetuning on a tenth of a
     # held-out volume made the never-corrected part 33 % worse on average, with it 9 %
     self_distill: bool = True
@@ -184,6 +187,11 @@ class FinetuneConfig:
         if not 0.0 <= p <= 1.0:  # finetune() asks for more than 0 when there is a teacher
             raise ValueError(f"distill_p must be a share in [0, 1], got {self.distill_p}")
         set_(self, "distill_p", p)
+        margin = float(self.distill_margin)
+        if not 0.0 <= margin < 0.5:
+            raise ValueError(f"distill_margin must be in [0, 0.5) (0: every teacher affinity is a target; "
+                             f"0.25: only those below 0.25 or above 0.75), got {self.distill_margin}")
+        set_(self, "distill_margin", margin)
         if self.teacher_tta not in TTA_MODES:
             raise ValueError(f"teacher_tta must be one of {', '.join(TTA_MODES)}, got {self.teacher_tta!r}")
 

@@ -79,7 +79,9 @@ class TeacherTargets:
     ``volumes``: the raw volumes (z, y, x) to draw from; the teacher predicts each in full once
     (``tta``: its test-time flips), so give crops of very large ones, or pass its
     ``affinities`` (C, Z, Y, X) per volume, computed before (numpy, zarr or dask: only the
-    sampled patches are read). ``rng`` drives sampling and augmentation. ``normalization``: the
+    sampled patches are read). ``margin``: only teacher affinities at least this far from 0.5
+    are targets (where the teacher is unsure, the labelled samples alone teach; 0: all are).
+    ``rng`` drives sampling and augmentation. ``normalization``: the
     student's card normalisation, applied to the raw patches exactly as the labelled samples
     (``sampling.PatchSampler``) and prediction apply it; without it integers are scaled by their
     dtype's range.
@@ -97,11 +99,16 @@ class TeacherTargets:
         progress=None,
         affinities: Sequence | None = None,
         normalization: Any = None,
+        margin: float = 0.0,
     ) -> None:
         from ..engine.predict import predict_affinities
         from ..engine.tta import check_tta
 
         check_tta(tta, offsets)
+        if not 0.0 <= float(margin) < 0.5:
+            raise ValueError(f"the distillation margin must be in [0, 0.5) (0: every teacher affinity is a "
+                             f"target; 0.25: only those below 0.25 or above 0.75), got {margin}")
+        self.margin = float(margin)
         self.offsets = [tuple(int(v) for v in o) for o in offsets]
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.rng = rng
@@ -166,6 +173,8 @@ class TeacherTargets:
         target = np.stack([_pad_to(t, self.patch_shape, "constant") for t in target])
         defined = np.stack([_pad_to(t, self.patch_shape, "constant") for t in defined])
         valid = mask_links(mask, self.offsets) * defined
+        if self.margin > 0:
+            valid = valid * (np.abs(target - 0.5) >= self.margin)
         return raw.astype(np.float32), target, balance_weights(target, valid)
 
 

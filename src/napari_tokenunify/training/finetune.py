@@ -317,7 +317,7 @@ def finetune(
         t0 = time.perf_counter()
         distill = TeacherTargets(teacher_model, vols, patch_shape, offsets, rng, dev, tta=tta,
                                  progress=_teacher_progress(progress), affinities=teacher_affinities,
-                                 normalization=normalization)
+                                 normalization=normalization, margin=cfg.distill_margin)
         teacher_s = time.perf_counter() - t0  # the teacher's prediction counts in the time budget
     elif distill_volumes is not None:
         raise ValueError("distill_volumes needs a teacher (the model whose affinities are the targets)")
@@ -559,14 +559,17 @@ def _teacher_progress(progress: ProgressCallback | None) -> ProgressCallback | N
 
 def _distillation_record(teacher: Any, self_taught: bool, cfg: FinetuneConfig, flips: str,
                          distill: Any, given: bool) -> dict[str, Any]:
-    """``training.distillation`` of the card: who taught, how often, on what."""
+    """``training.distillation`` of the card: who taught, how often, on what (and, when set,
+    how sure the teacher had to be for its affinity to count)."""
+    margin = {"margin": cfg.distill_margin} if cfg.distill_margin > 0 else {}
     if self_taught:
         from .self_distill import TEACHER_NAME
 
-        return {"teacher": TEACHER_NAME, "share": cfg.distill_p, "teacher_tta": flips,
+        return {"teacher": TEACHER_NAME, "share": cfg.distill_p, "teacher_tta": flips, **margin,
                 "affinities": "given" if given else "predicted",
                 "volume_shapes": [[int(v) for v in np.shape(x)] for x in distill.volumes]}
-    return {"teacher": _teacher_name(teacher), "share": cfg.distill_p, "teacher_tta": cfg.teacher_tta}
+    return {"teacher": _teacher_name(teacher), "share": cfg.distill_p, "teacher_tta": cfg.teacher_tta,
+            **margin}
 
 
 def _teacher_name(teacher: Any) -> str:
