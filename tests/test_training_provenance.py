@@ -421,3 +421,27 @@ def test_a_bundled_start_is_recorded_by_its_name_not_this_machines_path():
 
     for name in ("default", "unet"):
         assert "/work/" not in (BUNDLED_DIR / name / "card.json").read_text()
+
+
+def test_a_long_lineage_keeps_every_generation_s_hash_but_not_its_whole_record():
+    """Each finetuning nests its start's training record; past LINEAGE_DEPTH generations only
+    who the start was (name, weights hash) stays, so cards stop growing with every generation."""
+    from napari_tokenunify.training.start import LINEAGE_DEPTH, trim_lineage
+
+    training: dict = {"steps": 0, "history": list(range(100))}
+    for g in range(1, 8):
+        training = {"steps": g, "history": list(range(100)),
+                    "started_from": {"name": f"gen{g - 1}", "weights_sha256": f"{g - 1:064d}",
+                                     "training": training}}
+    trimmed = trim_lineage(training)
+    chain, node = [], trimmed
+    while "started_from" in node:
+        start = node["started_from"]
+        chain.append(start)
+        node = start.get("training", {})
+    assert [s["name"] for s in chain][:LINEAGE_DEPTH + 1] == ["gen6", "gen5", "gen4", "gen3"][:LINEAGE_DEPTH + 1]
+    assert all("training" in s for s in chain[:LINEAGE_DEPTH])
+    last = chain[LINEAGE_DEPTH]
+    assert "training" not in last and last["weights_sha256"] == f"{6 - LINEAGE_DEPTH:064d}" and "trimmed" in last
+    assert len(json.dumps(trimmed)) < len(json.dumps(training))
+    assert trim_lineage({"steps": 1}) == {"steps": 1}

@@ -182,8 +182,37 @@ def start_name(model: Any, path: Any = None) -> str:
 
 
 
+#: generations of a lineage whose whole training records a card keeps; older starts keep their
+#: name, weights hash, source and description only (each finetuning nested its start's record
+#: in full, so a card grew with every generation: the session-20 candidate's was 223 KB)
+LINEAGE_DEPTH = 3
+_LINEAGE_KEYS = ("started_from", "continued_from")
+_KEPT_WHEN_TRIMMED = ("name", "weights_sha256", "source", "description", "preset")
+
+
+def trim_lineage(training: dict[str, Any], depth: int = LINEAGE_DEPTH) -> dict[str, Any]:
+    """``training`` with the starts nested in it kept whole for ``depth`` generations and
+    reduced to who they were (name, weights hash, source, description) beyond: the chain of
+    hashes stays complete, the old runs' details are in the older cards."""
+    out = dict(training)
+    for key in _LINEAGE_KEYS:
+        start = out.get(key)
+        if not isinstance(start, dict):
+            continue
+        if depth <= 0:
+            kept = {k: start[k] for k in _KEPT_WHEN_TRIMMED if k in start}
+            out[key] = {**kept, "trimmed": f"older training records left out after {LINEAGE_DEPTH} generations"}
+            continue
+        inner = dict(start)
+        if isinstance(inner.get("training"), dict):
+            inner["training"] = trim_lineage(inner["training"], depth - 1)
+        out[key] = trim_lineage(inner, depth - 1) if key == "continued_from" else inner
+    return out
+
+
 def start_record(model: torch.nn.Module, path: Any = None) -> dict[str, Any]:
-    """What a finetuned card says about the model it started from."""
+    """What a finetuned card says about the model it started from (its own lineage trimmed to
+    :data:`LINEAGE_DEPTH` generations)."""
     from ..model.files import weights_sha256
 
     card = getattr(model, "card", None)
@@ -198,7 +227,7 @@ def start_record(model: torch.nn.Module, path: Any = None) -> dict[str, Any]:
             record["description"] = card.description
         record["segmentation_threshold"] = card.recommended_threshold
         if card.training:
-            record["training"] = {k: v for k, v in card.training.items() if k != "_extra"}
+            record["training"] = trim_lineage({k: v for k, v in card.training.items() if k != "_extra"})
     return record
 
 
