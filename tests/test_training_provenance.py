@@ -321,9 +321,10 @@ def test_cli_defaults_are_the_config_defaults():
     d = FinetuneConfig()
     assert (args.steps, args.lr, args.batch_size, args.patch, args.augment, args.ema, args.head_steps,
             args.val_every, args.holdout, args.time_budget, args.seed, args.checkpoint_every,
-            args.distill_p, args.teacher_tta) == (
+            args.distill_p, args.teacher_tta, args.distill_margin) == (
         d.steps, d.lr, d.batch_size, d.patch_shape, d.augment, d.ema, d.head_steps, d.val_every,
-        d.holdout, d.time_budget_s, d.seed, d.checkpoint_every, d.distill_p, d.teacher_tta)
+        d.holdout, d.time_budget_s, d.seed, d.checkpoint_every, d.distill_p, d.teacher_tta, d.distill_margin)
+    assert finetune_config(_args("--distill-margin", "0.25")) == d.with_(distill_margin=0.25)
     cfg = finetune_config(_args("--steps", "3", "--patch", "16", "32", "32", "--no-augment",
                                 "--threshold", "0.2", "0.4", "--holdout", "0.2", "--time-budget", "60"))
     # thresholds given are thresholds to choose among, so the start's is not kept
