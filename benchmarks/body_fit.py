@@ -9,7 +9,13 @@ affinity (over the three nearest-neighbour links) at the voxels of a body whose 
 share its id, on the trained sections and on the validation sections, beside the same mean
 inside every other body. It decides nothing (the validation set does).
 
+``--oracle``: how much fitting that body would be worth. The dense validation crop is predicted
+as ``bench_quality`` predicts it and segmented at the card's threshold and scoring three times:
+as predicted; with every link inside the body set to 1; and with, besides, every link between
+the body and another one set to 0 (the body fitted perfectly). VOI and ARAND of each.
+
     python benchmarks/body_fit.py default /path/to/model [--body 280] [--threads 2] [--json out.json]
+    python benchmarks/body_fit.py default --oracle
 """
 
 from __future__ import annotations
@@ -55,12 +61,54 @@ def body_fit(affinities: np.ndarray, labels: np.ndarray, body: int) -> dict[str,
     return out
 
 
+def fitted(affinities: np.ndarray, labels: np.ndarray, body: int, cut_edges: bool) -> np.ndarray:
+    """Nearest-neighbour ``affinities`` (channel c: voxel v and v - 1 along axis c) with every link
+    inside ``body`` set to 1 and, with ``cut_edges``, every link between it and another id to 0."""
+    out = affinities.copy()
+    inside = labels == body
+    for c in range(3):
+        here = [slice(None)] * 3
+        there = [slice(None)] * 3
+        here[c], there[c] = slice(1, None), slice(0, -1)
+        both = inside[tuple(here)] & inside[tuple(there)]
+        one = inside[tuple(here)] ^ inside[tuple(there)]
+        out[c][tuple(here)][both] = 1.0
+        if cut_edges:
+            out[c][tuple(here)][one] = 0.0
+    return out
+
+
+def oracle(model_name: str, body: int) -> dict[str, dict[str, float]]:
+    """VOI/ARAND of the dense validation crop as predicted, with ``body`` filled in, and with it
+    fitted perfectly (see the module docstring)."""
+    from bench_quality import score_labels
+
+    from napari_tokenunify.engine.pipeline import segment
+    from napari_tokenunify.engine.predict import predict_affinities
+    from napari_tokenunify.model import load_model
+
+    model = load_model(model_name, device="cpu")
+    raw, gt = qs.VALIDATION[0].load()
+    affs = np.asarray(predict_affinities(raw, model, device="cpu", dtype="float16",
+                                         tta=model.card.recommended_tta), np.float32)
+    variants = {"as predicted": affs, "inside set to 1": fitted(affs, gt, body, False),
+                "inside 1, edges 0": fitted(affs, gt, body, True)}
+    out = {}
+    for name, a in variants.items():
+        labels = segment(a, threshold=model.card.recommended_threshold,
+                         scoring=model.card.recommended_scoring).labels
+        s = score_labels(labels, gt, 1.0, raw.size)
+        out[name] = {k: s[k] for k in ("voi", "voi_split", "voi_merge", "arand")}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+")
     p.add_argument("--body", type=int, default=280)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--oracle", action="store_true", help="what fitting the body would be worth (see above)")
     args = p.parse_args(argv)
     import torch
 
@@ -72,6 +120,15 @@ def main(argv=None) -> int:
     if not crop.available():
         print(f"skipped: {qs.DATA / qs.DENSE} is missing (put the shared data at {qs.DATA} "
               "or set TOKENUNIFY_SHARED_DATA)")
+        return 0
+    if args.oracle:
+        results = {name: oracle(name, args.body) for name in args.models}
+        for name, rows in results.items():
+            for variant, r in rows.items():
+                print(f"{name}, {variant}: VOI {r['voi']:.3f} (split {r['voi_split']:.3f}, "
+                      f"merge {r['voi_merge']:.3f}), ARAND {r['arand']:.3f}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"body": args.body, "oracle": results}, indent=2))
         return 0
     raw, labels = crop.load()
     results = {}

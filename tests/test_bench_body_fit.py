@@ -32,3 +32,17 @@ def test_body_fit_separates_the_body_from_the_others():
     assert val["body_voxels"] == 30 * 8 * 3  # columns 5-7 (column 4 borders the other body)
     trained = fit["trained z40-89"]
     assert 0.0 < trained["body"] < 0.5 and trained["body_voxels"] == 50 * 8 * 3
+
+
+def test_fitted_fills_the_body_and_cuts_its_edges():
+    labels = np.zeros((4, 5, 6), np.uint32)
+    labels[:, 1:4, 2:5] = 280
+    affs = np.full((3, *labels.shape), 0.5, np.float32)
+    filled = body_fit.fitted(affs, labels, 280, cut_edges=False)
+    cut = body_fit.fitted(affs, labels, 280, cut_edges=True)
+    # x links (channel 2) at voxel v join v and v - 1 along x
+    assert filled[2, 0, 2, 3] == 1.0 and filled[2, 0, 2, 2] == 0.5  # inside; entering the body
+    assert cut[2, 0, 2, 2] == 0.0 and cut[2, 0, 2, 5] == 0.0 and cut[2, 0, 2, 1] == 0.5
+    assert cut[1, 0, 1, 3] == 0.0 and cut[1, 0, 2, 3] == 1.0  # y: entering, inside
+    assert (filled[0, 1:, 1:4, 2:5] == 1.0).all() and (filled[0, 0] == 0.5).all()  # no link before z 0
+    assert (affs == 0.5).all()  # the input is left as it was
