@@ -444,5 +444,8 @@ def test_a_long_lineage_keeps_every_generation_s_hash_but_not_its_whole_record()
     assert all("training" in s for s in chain[:LINEAGE_DEPTH])
     last = chain[LINEAGE_DEPTH]
     assert "training" not in last and last["weights_sha256"] == f"{6 - LINEAGE_DEPTH:064d}" and "trimmed" in last
+    # the hashes of every older generation stay, nearest first
+    assert [e["weights_sha256"] for e in last["earlier"]] == [f"{g:064d}" for g in range(5 - LINEAGE_DEPTH, -1, -1)]
+    assert trim_lineage(trimmed) == trimmed  # trimming again (a card of a card) changes nothing
     assert len(json.dumps(trimmed)) < len(json.dumps(training))
     assert trim_lineage({"steps": 1}) == {"steps": 1}

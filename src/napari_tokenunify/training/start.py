@@ -191,23 +191,45 @@ _KEPT_WHEN_TRIMMED = ("name", "weights_sha256", "source", "description", "preset
 
 
 def trim_lineage(training: dict[str, Any], depth: int = LINEAGE_DEPTH) -> dict[str, Any]:
-    """``training`` with the starts nested in it kept whole for ``depth`` generations and
-    reduced to who they were (name, weights hash, source, description) beyond: the chain of
-    hashes stays complete, the old runs' details are in the older cards."""
+    """``training`` with the starts nested in it kept whole for ``depth`` generations; beyond,
+    a start keeps who it was (name, weights hash, source, description) and the names and hashes
+    of the starts before it (``earlier``), so the chain of hashes stays complete while the old
+    runs' details stay in the older models' own cards."""
     out = dict(training)
     for key in _LINEAGE_KEYS:
         start = out.get(key)
         if not isinstance(start, dict):
             continue
+        if "trimmed" in start:  # trimmed before (a card of a card): as it is
+            continue
         if depth <= 0:
-            kept = {k: start[k] for k in _KEPT_WHEN_TRIMMED if k in start}
-            out[key] = {**kept, "trimmed": f"older training records left out after {LINEAGE_DEPTH} generations"}
+            out[key] = {**{k: start[k] for k in _KEPT_WHEN_TRIMMED if k in start},
+                        "earlier": _earlier(start),
+                        "trimmed": "its training record is left out here (see that model's own card)"}
             continue
         inner = dict(start)
         if isinstance(inner.get("training"), dict):
             inner["training"] = trim_lineage(inner["training"], depth - 1)
         out[key] = trim_lineage(inner, depth - 1) if key == "continued_from" else inner
     return out
+
+
+def _earlier(start: dict[str, Any]) -> list[dict[str, Any]]:
+    """Name and weights hash of every start before ``start`` (nearest first)."""
+    chain: list[dict[str, Any]] = []
+    node = start
+    while True:
+        training = node.get("training") if isinstance(node.get("training"), dict) else node
+        nxt = training.get("started_from")
+        if not isinstance(nxt, dict):
+            nxt = training.get("continued_from")
+        if not isinstance(nxt, dict) or len(chain) > 100:
+            return chain
+        chain.append({k: nxt[k] for k in ("name", "weights_sha256") if k in nxt})
+        chain.extend(nxt.get("earlier", []))
+        if "earlier" in nxt:
+            return chain
+        node = nxt
 
 
 def start_record(model: torch.nn.Module, path: Any = None) -> dict[str, Any]:
