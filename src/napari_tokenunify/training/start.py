@@ -182,9 +182,10 @@ def start_name(model: Any, path: Any = None) -> str:
 
 
 
-#: generations of a lineage whose whole training records a card keeps; older starts keep their
-#: name, weights hash, source and description only (each finetuning nested its start's record
-#: in full, so a card grew with every generation: the session-20 candidate's was 223 KB)
+#: generations of a lineage whose whole training records a card keeps; the start beyond keeps its
+#: name, weights hash, source and description and the names and hashes of those before it (each
+#: finetuning nested its start's record in full, so a card grew with every generation: the
+#: session-20 candidate's was 223 KB)
 LINEAGE_DEPTH = 3
 _LINEAGE_KEYS = ("started_from", "continued_from")
 _KEPT_WHEN_TRIMMED = ("name", "weights_sha256", "source", "description", "preset")
