@@ -187,11 +187,7 @@ class FinetuneConfig:
         if not 0.0 <= p <= 1.0:  # finetune() asks for more than 0 when there is a teacher
             raise ValueError(f"distill_p must be a share in [0, 1], got {self.distill_p}")
         set_(self, "distill_p", p)
-        margin = float(self.distill_margin)
-        if not 0.0 <= margin < 0.5:
-            raise ValueError(f"distill_margin must be in [0, 0.5) (0: every teacher affinity is a target; "
-                             f"0.25: only those below 0.25 or above 0.75), got {self.distill_margin}")
-        set_(self, "distill_margin", margin)
+        set_(self, "distill_margin", check_distill_margin(self.distill_margin))
         if self.teacher_tta not in TTA_MODES:
             raise ValueError(f"teacher_tta must be one of {', '.join(TTA_MODES)}, got {self.teacher_tta!r}")
 
@@ -237,6 +233,15 @@ _PERMUTE_WORDS = {"auto": None, "none": None, "on": True, "true": True, "yes": T
                   "off": False, "false": False, "no": False}
 
 
+def check_distill_margin(value: Any) -> float:
+    """``value`` as a distillation margin: a distance from 0.5 in [0, 0.5), else ``ValueError``."""
+    margin = float(value)
+    if not 0.0 <= margin < 0.5:
+        raise ValueError(f"distill_margin must be in [0, 0.5) (0: every teacher affinity is a target; "
+                         f"0.25: only those below 0.25 or above 0.75), got {value}")
+    return margin
+
+
 def _permute_setting(value: Any) -> bool | None:
     """``permute_axes`` as True, False or None (auto); also "on", "off" and "auto"."""
     if value is None or isinstance(value, bool):
@@ -268,4 +273,4 @@ def permute_for(setting: bool | None, voxel_size_nm: Any) -> tuple[bool, str]:
     return iso, f"auto: the voxel size {shown} nm is {'' if iso else 'not '}isotropic"
 
 
-__all__ = ["DEFAULT_THRESHOLDS", "FinetuneConfig", "config_fields", "permute_for"]
+__all__ = ["DEFAULT_THRESHOLDS", "FinetuneConfig", "check_distill_margin", "config_fields", "permute_for"]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import EMAugment
+from .config import check_distill_margin
 from .targets import balance_weights, mask_links
 
 
@@ -105,10 +106,7 @@ class TeacherTargets:
         from ..engine.tta import check_tta
 
         check_tta(tta, offsets)
-        if not 0.0 <= float(margin) < 0.5:
-            raise ValueError(f"the distillation margin must be in [0, 0.5) (0: every teacher affinity is a "
-                             f"target; 0.25: only those below 0.25 or above 0.75), got {margin}")
-        self.margin = float(margin)
+        self.margin = check_distill_margin(margin)
         self.offsets = [tuple(int(v) for v in o) for o in offsets]
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.rng = rng
